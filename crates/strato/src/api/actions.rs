@@ -1,0 +1,890 @@
+//! One type per EC2 action: its request, decoded from the Query form in `decode`, and `run`,
+//! which calls one control-plane function and writes the answer's XML. Element names are
+//! botocore's (`tools/ec2-shape.py ACTION` prints them). Adding an action is adding a type
+//! here and its name to the list in `api::dispatch`.
+
+use std::future::Future;
+
+use base64::Engine;
+
+use super::error::{ApiError, ApiResult};
+use super::query::{Filter, Params, TagSpec};
+use super::xml::Xml;
+use super::Ctx;
+use crate::control::filter::check_max_results;
+use crate::control::model::{KeyPair, Peer, SecurityGroup, SgRule, Subnet, Vpc};
+use crate::control::security_groups::{permissions, GroupPair, GroupSelector, IpPermission};
+
+pub trait Action: Sized + Send {
+    const NAME: &'static str;
+    fn decode(p: &mut Params) -> ApiResult<Self>;
+    fn run(self, ctx: &Ctx, x: &mut Xml) -> impl Future<Output = ApiResult<()>> + Send;
+}
+
+/// `MaxResults` + `NextToken`, with the action's bounds.
+struct Page {
+    max: Option<usize>,
+    token: Option<String>,
+}
+
+impl Page {
+    fn decode(p: &mut Params, lo: i64, hi: i64) -> ApiResult<Page> {
+        let max = check_max_results(p.int("MaxResults")?, lo, hi)?;
+        Ok(Page { max, token: p.str("NextToken").filter(|t| !t.is_empty()) })
+    }
+}
+
+fn write_next_token(x: &mut Xml, token: Option<String>) {
+    x.opt_field("nextToken", token);
+}
+
+fn arn(ctx: &Ctx, owner: &str, kind: &str, id: &str) -> String {
+    format!("arn:aws:ec2:{}:{owner}:{kind}/{id}", ctx.control.region.name)
+}
+
+// ---------------------------------------------------------------- regions, zones, types
+
+pub struct DescribeRegions {
+    names: Vec<String>,
+    filters: Vec<Filter>,
+}
+
+impl Action for DescribeRegions {
+    const NAME: &'static str = "DescribeRegions";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        p.bool("AllRegions")?;
+        Ok(DescribeRegions { names: p.list("RegionName")?, filters: p.filters()? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let regions = ctx.control.describe_regions(&self.names, &self.filters, &ctx.endpoint_host)?;
+        x.list("regionInfo", regions, |x, r| {
+            x.field("regionName", &r.name)
+                .field("regionEndpoint", &r.endpoint)
+                .field("optInStatus", "opt-in-not-required");
+        });
+        Ok(())
+    }
+}
+
+pub struct DescribeAvailabilityZones {
+    names: Vec<String>,
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+}
+
+impl Action for DescribeAvailabilityZones {
+    const NAME: &'static str = "DescribeAvailabilityZones";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        p.bool("AllAvailabilityZones")?;
+        Ok(DescribeAvailabilityZones { names: p.list("ZoneName")?, ids: p.list("ZoneId")?, filters: p.filters()? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let zones = ctx.control.describe_zones(&self.names, &self.ids, &self.filters)?;
+        x.list("availabilityZoneInfo", zones, |x, z| {
+            x.field("zoneName", &z.name)
+                .field("zoneId", &z.id)
+                .field("zoneState", &z.state)
+                .field("regionName", &z.region)
+                .field("groupName", &z.region)
+                .field("networkBorderGroup", &z.region)
+                .field("optInStatus", "opt-in-not-required")
+                .field("zoneType", "availability-zone")
+                .list("messageSet", Vec::<()>::new(), |_, _| {});
+        });
+        Ok(())
+    }
+}
+
+pub struct DescribeAccountAttributes {
+    names: Vec<String>,
+}
+
+impl Action for DescribeAccountAttributes {
+    const NAME: &'static str = "DescribeAccountAttributes";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeAccountAttributes { names: p.list("AttributeName")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let attrs = ctx.control.account_attributes(&ctx.caller, &self.names).await?;
+        x.list("accountAttributeSet", attrs, |x, (name, values)| {
+            x.field("attributeName", name).list("attributeValueSet", values, |x, v| {
+                x.field("attributeValue", v);
+            });
+        });
+        Ok(())
+    }
+}
+
+pub struct DescribeInstanceTypes {
+    types: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeInstanceTypes {
+    const NAME: &'static str = "DescribeInstanceTypes";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeInstanceTypes {
+            types: p.list("InstanceType")?,
+            filters: p.filters()?,
+            page: Page::decode(p, 5, 100)?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (types, next) = ctx.control.describe_instance_types(
+            &self.types,
+            &self.filters,
+            self.page.max,
+            self.page.token.as_deref(),
+        )?;
+        x.list("instanceTypeSet", types, |x, t| {
+            x.field("instanceType", &t.name)
+                .field("currentGeneration", true)
+                .field("freeTierEligible", t.free_tier)
+                .list("supportedUsageClasses", ["on-demand"], |x, v| {
+                    x.text(v);
+                })
+                .list("supportedRootDeviceTypes", ["ebs"], |x, v| {
+                    x.text(v);
+                })
+                .list("supportedVirtualizationTypes", ["hvm"], |x, v| {
+                    x.text(v);
+                })
+                .field("bareMetal", false)
+                .field("hypervisor", "kvm");
+            x.open("processorInfo")
+                .list("supportedArchitectures", ["x86_64"], |x, v| {
+                    x.text(v);
+                })
+                .close("processorInfo");
+            x.open("vCpuInfo")
+                .field("defaultVCpus", t.vcpus)
+                .field("defaultCores", t.vcpus.div_ceil(2).max(1))
+                .field("defaultThreadsPerCore", if t.vcpus > 1 { 2 } else { 1 })
+                .close("vCpuInfo");
+            x.open("memoryInfo").field("sizeInMiB", t.memory_mib).close("memoryInfo");
+            x.field("instanceStorageSupported", t.instance_storage_gb.is_some());
+            if let Some(gb) = t.instance_storage_gb {
+                x.open("instanceStorageInfo").field("totalSizeInGB", gb);
+                x.list("disks", [gb], |x, gb| {
+                    x.field("sizeInGB", gb).field("count", 1).field("type", "ssd");
+                });
+                x.field("nvmeSupport", "required").close("instanceStorageInfo");
+            }
+            x.open("ebsInfo")
+                .field("ebsOptimizedSupport", "default")
+                .field("encryptionSupport", "unsupported")
+                .field("nvmeSupport", "unsupported")
+                .close("ebsInfo");
+            x.open("networkInfo")
+                .field("networkPerformance", "Up to 5 Gigabit")
+                .field("maximumNetworkInterfaces", 1)
+                .field("ipv4AddressesPerInterface", 1)
+                .field("ipv6AddressesPerInterface", 0)
+                .field("ipv6Supported", false)
+                .field("enaSupport", "unsupported")
+                .close("networkInfo");
+            x.field("hibernationSupported", false)
+                .field("burstablePerformanceSupported", t.burstable)
+                .field("dedicatedHostsSupported", false)
+                .field("autoRecoverySupported", false);
+        });
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- key pairs
+
+pub struct CreateKeyPair {
+    name: String,
+    key_type: String,
+    format: String,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CreateKeyPair {
+    const NAME: &'static str = "CreateKeyPair";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(CreateKeyPair {
+            name: p.required("KeyName")?,
+            key_type: p.str("KeyType").unwrap_or_else(|| "rsa".into()),
+            format: p.str("KeyFormat").unwrap_or_else(|| "pem".into()),
+            tags: p.tag_specs()?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (k, material) =
+            ctx.control.create_key_pair(&ctx.caller, &self.name, &self.key_type, &self.format, &self.tags).await?;
+        x.field("keyPairId", &k.id)
+            .field("keyName", &k.name)
+            .field("keyFingerprint", &k.fingerprint)
+            .field("keyMaterial", material)
+            .tags(&k.tags);
+        Ok(())
+    }
+}
+
+pub struct ImportKeyPair {
+    name: String,
+    material: Vec<u8>,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for ImportKeyPair {
+    const NAME: &'static str = "ImportKeyPair";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let name = p.required("KeyName")?;
+        let b64 = p.required("PublicKeyMaterial")?;
+        // A blob travels base64-encoded in the Query protocol.
+        let material = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| ApiError::invalid_value("Value for parameter PublicKeyMaterial is not valid base64"))?;
+        Ok(ImportKeyPair { name, material, tags: p.tag_specs()? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let k = ctx.control.import_key_pair(&ctx.caller, &self.name, &self.material, &self.tags).await?;
+        x.field("keyPairId", &k.id).field("keyName", &k.name).field("keyFingerprint", &k.fingerprint).tags(&k.tags);
+        Ok(())
+    }
+}
+
+pub struct DescribeKeyPairs {
+    names: Vec<String>,
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    include_public_key: bool,
+}
+
+impl Action for DescribeKeyPairs {
+    const NAME: &'static str = "DescribeKeyPairs";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeKeyPairs {
+            names: p.list("KeyName")?,
+            ids: p.list("KeyPairId")?,
+            filters: p.filters()?,
+            include_public_key: p.bool("IncludePublicKey")?.unwrap_or(false),
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let keys = ctx.control.describe_key_pairs(&ctx.caller, &self.names, &self.ids, &self.filters).await?;
+        x.list("keySet", keys, |x, k: KeyPair| {
+            x.field("keyPairId", &k.id)
+                .field("keyName", &k.name)
+                .field("keyFingerprint", &k.fingerprint)
+                .field("keyType", &k.key_type)
+                .field("createTime", super::timestamp(&k.created_at));
+            if self.include_public_key {
+                x.field("publicKey", &k.public_key);
+            }
+            x.tags(&k.tags);
+        });
+        Ok(())
+    }
+}
+
+pub struct DeleteKeyPair {
+    name: Option<String>,
+    id: Option<String>,
+}
+
+impl Action for DeleteKeyPair {
+    const NAME: &'static str = "DeleteKeyPair";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DeleteKeyPair { name: p.str("KeyName"), id: p.str("KeyPairId") })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let id = ctx.control.delete_key_pair(&ctx.caller, self.name.as_deref(), self.id.as_deref()).await?;
+        x.field("return", true).opt_field("keyPairId", id);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- VPCs and subnets
+
+fn write_vpc(x: &mut Xml, v: &Vpc) {
+    x.field("vpcId", &v.id)
+        .field("ownerId", &v.owner)
+        .field("state", "available")
+        .field("cidrBlock", &v.cidr)
+        .list("cidrBlockAssociationSet", [&v.cidr], |x, c| {
+            x.field("associationId", format!("vpc-cidr-assoc-{}", &v.id.as_str()[4..]))
+                .field("cidrBlock", c)
+                .open("cidrBlockState")
+                .field("state", "associated")
+                .close("cidrBlockState");
+        })
+        .field("dhcpOptionsId", "default")
+        .field("instanceTenancy", &v.instance_tenancy)
+        .field("isDefault", v.is_default)
+        .tags(&v.tags);
+}
+
+fn write_subnet(ctx: &Ctx, x: &mut Xml, s: &Subnet) {
+    x.field("subnetId", &s.id)
+        .field("subnetArn", arn(ctx, s.owner.as_str(), "subnet", s.id.as_str()))
+        .field("state", "available")
+        .field("ownerId", &s.owner)
+        .field("vpcId", &s.vpc_id)
+        .field("cidrBlock", &s.cidr)
+        .field("availableIpAddressCount", s.available_ips())
+        .field("availabilityZone", &s.availability_zone)
+        .field("availabilityZoneId", &s.availability_zone_id)
+        .field("defaultForAz", s.is_default)
+        .field("mapPublicIpOnLaunch", s.map_public_ip)
+        .field("assignIpv6AddressOnCreation", false)
+        .field("ipv6Native", false)
+        .list("ipv6CidrBlockAssociationSet", Vec::<()>::new(), |_, _| {})
+        .tags(&s.tags);
+}
+
+pub struct CreateVpc {
+    cidr: String,
+    tenancy: Option<String>,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CreateVpc {
+    const NAME: &'static str = "CreateVpc";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.bool("AmazonProvidedIpv6CidrBlock")? == Some(true) {
+            return Err(ApiError::invalid_value("IPv6 CIDR blocks are not supported by Strato yet"));
+        }
+        Ok(CreateVpc { cidr: p.required("CidrBlock")?, tenancy: p.str("InstanceTenancy"), tags: p.tag_specs()? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let v = ctx.control.create_vpc(&ctx.caller, &self.cidr, self.tenancy.as_deref(), &self.tags).await?;
+        x.open("vpc");
+        write_vpc(x, &v);
+        x.close("vpc");
+        Ok(())
+    }
+}
+
+pub struct DescribeVpcs {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeVpcs {
+    const NAME: &'static str = "DescribeVpcs";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeVpcs { ids: p.list("VpcId")?, filters: p.filters()?, page: Page::decode(p, 5, 1000)? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (vpcs, next) = ctx
+            .control
+            .describe_vpcs(&ctx.caller, &self.ids, &self.filters, self.page.max, self.page.token.as_deref())
+            .await?;
+        x.list("vpcSet", vpcs, |x, v| write_vpc(x, &v));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+pub struct DeleteVpc {
+    id: String,
+}
+
+impl Action for DeleteVpc {
+    const NAME: &'static str = "DeleteVpc";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DeleteVpc { id: p.required("VpcId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.delete_vpc(&ctx.caller, &self.id).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct CreateSubnet {
+    vpc_id: String,
+    cidr: String,
+    zone: Option<String>,
+    zone_id: Option<String>,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CreateSubnet {
+    const NAME: &'static str = "CreateSubnet";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.str("Ipv6CidrBlock").is_some() || p.bool("Ipv6Native")? == Some(true) {
+            return Err(ApiError::invalid_value("IPv6 subnets are not supported by Strato yet"));
+        }
+        Ok(CreateSubnet {
+            vpc_id: p.required("VpcId")?,
+            cidr: p.required("CidrBlock")?,
+            zone: p.str("AvailabilityZone"),
+            zone_id: p.str("AvailabilityZoneId"),
+            tags: p.tag_specs()?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let s = ctx
+            .control
+            .create_subnet(
+                &ctx.caller,
+                &self.vpc_id,
+                &self.cidr,
+                self.zone.as_deref(),
+                self.zone_id.as_deref(),
+                &self.tags,
+            )
+            .await?;
+        x.open("subnet");
+        write_subnet(ctx, x, &s);
+        x.close("subnet");
+        Ok(())
+    }
+}
+
+pub struct DescribeSubnets {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeSubnets {
+    const NAME: &'static str = "DescribeSubnets";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeSubnets { ids: p.list("SubnetId")?, filters: p.filters()?, page: Page::decode(p, 5, 1000)? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (subnets, next) = ctx
+            .control
+            .describe_subnets(&ctx.caller, &self.ids, &self.filters, self.page.max, self.page.token.as_deref())
+            .await?;
+        x.list("subnetSet", subnets, |x, s| write_subnet(ctx, x, &s));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+pub struct DeleteSubnet {
+    id: String,
+}
+
+impl Action for DeleteSubnet {
+    const NAME: &'static str = "DeleteSubnet";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DeleteSubnet { id: p.required("SubnetId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.delete_subnet(&ctx.caller, &self.id).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- security groups
+
+fn write_permissions(x: &mut Xml, tag: &str, rules: &[SgRule], egress: bool) {
+    x.list(tag, permissions(rules, egress), |x, p| {
+        x.field("ipProtocol", &p.protocol).opt_field("fromPort", p.from_port).opt_field("toPort", p.to_port);
+        x.list("groups", &p.groups, |x, (g, owner, d)| {
+            x.field("userId", owner).field("groupId", g).opt_field("description", d.as_ref());
+        });
+        x.list("ipRanges", &p.ipv4, |x, (c, d)| {
+            x.field("cidrIp", c).opt_field("description", d.as_ref());
+        });
+        x.list("ipv6Ranges", &p.ipv6, |x, (c, d)| {
+            x.field("cidrIpv6", c).opt_field("description", d.as_ref());
+        });
+        x.list("prefixListIds", Vec::<()>::new(), |_, _| {});
+    });
+}
+
+fn write_group(ctx: &Ctx, x: &mut Xml, g: &SecurityGroup) {
+    x.field("ownerId", &g.owner)
+        .field("groupId", &g.id)
+        .field("groupName", &g.name)
+        .field("groupDescription", &g.description)
+        .field("vpcId", &g.vpc_id)
+        .field("securityGroupArn", arn(ctx, g.owner.as_str(), "security-group", g.id.as_str()));
+    write_permissions(x, "ipPermissions", &g.rules, false);
+    write_permissions(x, "ipPermissionsEgress", &g.rules, true);
+    x.tags(&g.tags);
+}
+
+fn write_rule(ctx: &Ctx, x: &mut Xml, r: &SgRule, owner: &str, tags: &[(String, String)]) {
+    x.field("securityGroupRuleId", &r.id)
+        .field("groupId", &r.group_id)
+        .field("groupOwnerId", owner)
+        .field("isEgress", r.is_egress)
+        .field("ipProtocol", &r.protocol)
+        .field("fromPort", r.from_port.unwrap_or(-1))
+        .field("toPort", r.to_port.unwrap_or(-1));
+    match &r.peer {
+        Peer::Ipv4(c) => {
+            x.field("cidrIpv4", c);
+        }
+        Peer::Ipv6(c) => {
+            x.field("cidrIpv6", c);
+        }
+        Peer::Group { group_id, owner } => {
+            x.open("referencedGroupInfo")
+                .field("groupId", group_id)
+                .field("userId", owner)
+                .close("referencedGroupInfo");
+        }
+    }
+    x.opt_field("description", r.description.as_ref())
+        .field("securityGroupRuleArn", arn(ctx, owner, "security-group-rule", r.id.as_str()))
+        .tags(tags);
+}
+
+pub struct CreateSecurityGroup {
+    name: String,
+    description: String,
+    vpc_id: Option<String>,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CreateSecurityGroup {
+    const NAME: &'static str = "CreateSecurityGroup";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(CreateSecurityGroup {
+            name: p.required("GroupName")?,
+            description: p.required("GroupDescription")?,
+            vpc_id: p.str("VpcId"),
+            tags: p.tag_specs()?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (g, tags) = ctx
+            .control
+            .create_security_group(&ctx.caller, &self.name, &self.description, self.vpc_id.as_deref(), &self.tags)
+            .await?;
+        x.field("return", true)
+            .field("groupId", &g.id)
+            .field("securityGroupArn", arn(ctx, g.owner.as_str(), "security-group", g.id.as_str()))
+            .tags(&tags);
+        Ok(())
+    }
+}
+
+pub struct DescribeSecurityGroups {
+    ids: Vec<String>,
+    names: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeSecurityGroups {
+    const NAME: &'static str = "DescribeSecurityGroups";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let r = DescribeSecurityGroups {
+            ids: p.list("GroupId")?,
+            names: p.list("GroupName")?,
+            filters: p.filters()?,
+            page: Page::decode(p, 5, 1000)?,
+        };
+        if r.page.max.is_some() && !r.ids.is_empty() {
+            return Err(ApiError::InvalidParameterCombination(
+                "The parameter groupIdSet cannot be used with the parameter maxResults".into(),
+            ));
+        }
+        Ok(r)
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (groups, next) = ctx
+            .control
+            .describe_security_groups(
+                &ctx.caller,
+                &self.ids,
+                &self.names,
+                &self.filters,
+                self.page.max,
+                self.page.token.as_deref(),
+            )
+            .await?;
+        x.list("securityGroupInfo", groups, |x, g| write_group(ctx, x, &g));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+fn group_selector(p: &mut Params) -> ApiResult<GroupSelector> {
+    match (p.str("GroupId"), p.str("GroupName")) {
+        (Some(id), None) => Ok(GroupSelector::Id(id)),
+        (None, Some(name)) => Ok(GroupSelector::Name(name)),
+        (Some(_), Some(_)) => {
+            Err(ApiError::InvalidParameterCombination("Specify GroupId or GroupName, not both".into()))
+        }
+        (None, None) => Err(ApiError::MissingParameter("GroupId".into())),
+    }
+}
+
+pub struct DeleteSecurityGroup {
+    group: GroupSelector,
+}
+
+impl Action for DeleteSecurityGroup {
+    const NAME: &'static str = "DeleteSecurityGroup";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DeleteSecurityGroup { group: group_selector(p)? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let id = ctx.control.delete_security_group(&ctx.caller, &self.group).await?;
+        x.field("return", true).field("groupId", id);
+        Ok(())
+    }
+}
+
+/// `IpPermissions.N.*`, plus the older top-level form (`IpProtocol`, `CidrIp`, ...).
+fn decode_permissions(p: &mut Params) -> ApiResult<Vec<IpPermission>> {
+    let mut out = Vec::new();
+    for n in p.indices("IpPermissions")? {
+        let b = format!("IpPermissions.{n}");
+        let mut perm = IpPermission {
+            protocol: p.str(&format!("{b}.IpProtocol")).unwrap_or_default(),
+            from_port: p.int(&format!("{b}.FromPort"))?,
+            to_port: p.int(&format!("{b}.ToPort"))?,
+            ..Default::default()
+        };
+        for m in p.indices(&format!("{b}.IpRanges"))? {
+            let cidr = p.required(&format!("{b}.IpRanges.{m}.CidrIp"))?;
+            perm.ipv4.push((cidr, p.str(&format!("{b}.IpRanges.{m}.Description"))));
+        }
+        for m in p.indices(&format!("{b}.Ipv6Ranges"))? {
+            let cidr = p.required(&format!("{b}.Ipv6Ranges.{m}.CidrIpv6"))?;
+            perm.ipv6.push((cidr, p.str(&format!("{b}.Ipv6Ranges.{m}.Description"))));
+        }
+        for m in p.indices(&format!("{b}.Groups"))? {
+            let g = format!("{b}.Groups.{m}");
+            for ignored in ["VpcId", "VpcPeeringConnectionId", "PeeringStatus"] {
+                p.str(&format!("{g}.{ignored}"));
+            }
+            perm.groups.push(GroupPair {
+                group_id: p.str(&format!("{g}.GroupId")),
+                group_name: p.str(&format!("{g}.GroupName")),
+                user_id: p.str(&format!("{g}.UserId")),
+                description: p.str(&format!("{g}.Description")),
+            });
+        }
+        for m in p.indices(&format!("{b}.PrefixListIds"))? {
+            p.str(&format!("{b}.PrefixListIds.{m}.Description"));
+            perm.prefix_lists.push(p.required(&format!("{b}.PrefixListIds.{m}.PrefixListId"))?);
+        }
+        out.push(perm);
+    }
+    let protocol = p.str("IpProtocol");
+    let cidr = p.str("CidrIp");
+    let source_name = p.str("SourceSecurityGroupName");
+    let source_owner = p.str("SourceSecurityGroupOwnerId");
+    let from_port = p.int("FromPort")?;
+    let to_port = p.int("ToPort")?;
+    if protocol.is_some() || cidr.is_some() || source_name.is_some() || from_port.is_some() || to_port.is_some() {
+        if !out.is_empty() {
+            return Err(ApiError::InvalidParameterCombination(
+                "The parameter IpPermissions cannot be used with IpProtocol, CidrIp or SourceSecurityGroupName".into(),
+            ));
+        }
+        let mut perm = IpPermission {
+            protocol: protocol.unwrap_or_else(|| "-1".into()),
+            from_port,
+            to_port,
+            ..Default::default()
+        };
+        if let Some(c) = cidr {
+            perm.ipv4.push((c, None));
+        }
+        if let Some(name) = source_name {
+            perm.groups.push(GroupPair { group_name: Some(name), user_id: source_owner, ..Default::default() });
+        }
+        out.push(perm);
+    }
+    Ok(out)
+}
+
+macro_rules! authorize_action {
+    ($name:ident, $egress:expr) => {
+        pub struct $name {
+            group: GroupSelector,
+            perms: Vec<IpPermission>,
+            tags: Vec<TagSpec>,
+        }
+
+        impl Action for $name {
+            const NAME: &'static str = stringify!($name);
+            fn decode(p: &mut Params) -> ApiResult<Self> {
+                Ok($name { group: group_selector(p)?, perms: decode_permissions(p)?, tags: p.tag_specs()? })
+            }
+            async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+                let (rules, owner, tags) =
+                    ctx.control.authorize(&ctx.caller, &self.group, &self.perms, $egress, &self.tags).await?;
+                x.field("return", true);
+                x.list("securityGroupRuleSet", rules, |x, r| write_rule(ctx, x, &r, owner.as_str(), &tags));
+                Ok(())
+            }
+        }
+    };
+}
+
+authorize_action!(AuthorizeSecurityGroupIngress, false);
+authorize_action!(AuthorizeSecurityGroupEgress, true);
+
+fn write_unknown_permissions(x: &mut Xml, perms: &[IpPermission]) {
+    x.list("unknownIpPermissionSet", perms, |x, p| {
+        x.field("ipProtocol", &p.protocol).opt_field("fromPort", p.from_port).opt_field("toPort", p.to_port);
+        x.list("groups", &p.groups, |x, g| {
+            x.opt_field("groupId", g.group_id.as_ref())
+                .opt_field("groupName", g.group_name.as_ref())
+                .opt_field("userId", g.user_id.as_ref());
+        });
+        x.list("ipRanges", &p.ipv4, |x, (c, _)| {
+            x.field("cidrIp", c);
+        });
+        x.list("ipv6Ranges", &p.ipv6, |x, (c, _)| {
+            x.field("cidrIpv6", c);
+        });
+    });
+}
+
+macro_rules! revoke_action {
+    ($name:ident, $egress:expr) => {
+        pub struct $name {
+            group: GroupSelector,
+            perms: Vec<IpPermission>,
+            rule_ids: Vec<String>,
+        }
+
+        impl Action for $name {
+            const NAME: &'static str = stringify!($name);
+            fn decode(p: &mut Params) -> ApiResult<Self> {
+                let group = group_selector(p)?;
+                let perms = decode_permissions(p)?;
+                let rule_ids = p.list("SecurityGroupRuleId")?;
+                if perms.is_empty() && rule_ids.is_empty() {
+                    return Err(ApiError::MissingParameter("IpPermissions or SecurityGroupRuleIds".into()));
+                }
+                Ok($name { group, perms, rule_ids })
+            }
+            async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+                let (revoked, unknown) =
+                    ctx.control.revoke(&ctx.caller, &self.group, &self.perms, &self.rule_ids, $egress).await?;
+                x.field("return", true);
+                if !unknown.is_empty() {
+                    write_unknown_permissions(x, &unknown);
+                }
+                x.list("revokedSecurityGroupRuleSet", revoked, |x, r| {
+                    x.field("securityGroupRuleId", &r.id)
+                        .field("groupId", &r.group_id)
+                        .field("isEgress", r.is_egress)
+                        .field("ipProtocol", &r.protocol)
+                        .field("fromPort", r.from_port.unwrap_or(-1))
+                        .field("toPort", r.to_port.unwrap_or(-1));
+                    match &r.peer {
+                        Peer::Ipv4(c) => x.field("cidrIpv4", c),
+                        Peer::Ipv6(c) => x.field("cidrIpv6", c),
+                        Peer::Group { group_id, .. } => x.field("referencedGroupId", group_id),
+                    };
+                    x.opt_field("description", r.description.as_ref());
+                });
+                Ok(())
+            }
+        }
+    };
+}
+
+revoke_action!(RevokeSecurityGroupIngress, false);
+revoke_action!(RevokeSecurityGroupEgress, true);
+
+pub struct DescribeSecurityGroupRules {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeSecurityGroupRules {
+    const NAME: &'static str = "DescribeSecurityGroupRules";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeSecurityGroupRules {
+            ids: p.list("SecurityGroupRuleId")?,
+            filters: p.filters()?,
+            page: Page::decode(p, 5, 1000)?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (rules, next) = ctx
+            .control
+            .describe_security_group_rules(
+                &ctx.caller,
+                &self.ids,
+                &self.filters,
+                self.page.max,
+                self.page.token.as_deref(),
+            )
+            .await?;
+        x.list("securityGroupRuleSet", rules, |x, r| write_rule(ctx, x, &r.rule, r.owner.as_str(), &r.tags));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- tags
+
+pub struct CreateTags {
+    ids: Vec<String>,
+    tags: Vec<(String, String)>,
+}
+
+impl Action for CreateTags {
+    const NAME: &'static str = "CreateTags";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(CreateTags { ids: p.list("ResourceId")?, tags: p.tags("Tag")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.create_tags(&ctx.caller, &self.ids, &self.tags).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct DeleteTags {
+    ids: Vec<String>,
+    tags: Vec<(String, Option<String>)>,
+}
+
+impl Action for DeleteTags {
+    const NAME: &'static str = "DeleteTags";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let ids = p.list("ResourceId")?;
+        let mut tags = Vec::new();
+        for n in p.indices("Tag")? {
+            tags.push((p.required(&format!("Tag.{n}.Key"))?, p.str(&format!("Tag.{n}.Value"))));
+        }
+        Ok(DeleteTags { ids, tags })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.delete_tags(&ctx.caller, &self.ids, &self.tags).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct DescribeTags {
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeTags {
+    const NAME: &'static str = "DescribeTags";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeTags { filters: p.filters()?, page: Page::decode(p, 5, 1000)? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (rows, next) =
+            ctx.control.describe_tags(&ctx.caller, &self.filters, self.page.max, self.page.token.as_deref()).await?;
+        x.list("tagSet", rows, |x, r| {
+            x.field("resourceId", &r.resource_id)
+                .field("resourceType", &r.resource_type)
+                .field("key", &r.key)
+                .field("value", &r.value);
+        });
+        write_next_token(x, next);
+        Ok(())
+    }
+}

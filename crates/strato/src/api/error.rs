@@ -1,0 +1,152 @@
+//! The one error type every EC2 action answers with, and its mapping to EC2 error codes and
+//! HTTP statuses. Internal detail (database errors and the like) is logged, never sent.
+
+use std::borrow::Cow;
+
+use axum::http::StatusCode;
+
+use crate::ids::MalformedId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    // --- authentication and authorisation
+    #[error("Request is missing Authentication Token")]
+    MissingAuthenticationToken,
+    #[error("{0}")]
+    AuthFailure(Cow<'static, str>),
+    #[error("{0}")]
+    IncompleteSignature(String),
+    #[error("{0}")]
+    RequestExpired(String),
+    #[error("You are not authorized to perform this operation.")]
+    UnauthorizedOperation,
+    #[error("Request would have succeeded, but DryRun flag is set.")]
+    DryRunOperation,
+
+    // --- the request itself
+    #[error("The action {0} is not valid for this web service.")]
+    InvalidAction(String),
+    #[error("The request must contain the parameter {0}")]
+    MissingParameter(String),
+    #[error("The parameter {0} is not recognized")]
+    UnknownParameter(String),
+    #[error("{0}")]
+    InvalidParameterValue(String),
+    #[error("{0}")]
+    InvalidParameterCombination(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("The token '{0}' is invalid.")]
+    InvalidPaginationToken(String),
+    #[error("{0}")]
+    InvalidFilter(String),
+
+    // --- resources
+    #[error("{0}")]
+    Malformed(MalformedId),
+    /// `code` is the resource's `...NotFound` code, e.g. `InvalidGroup.NotFound`.
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// `code` is the resource's `...Duplicate` code, e.g. `InvalidKeyPair.Duplicate`.
+    #[error("{message}")]
+    Duplicate { code: &'static str, message: String },
+    #[error("{0}")]
+    DependencyViolation(String),
+    #[error("{0}")]
+    CannotDelete(String),
+    #[error("{0}")]
+    InvalidPermissionNotFound(String),
+    #[error("{0}")]
+    InvalidKeyFormat(String),
+    #[error("{0}")]
+    InvalidVpcRange(String),
+    #[error("{0}")]
+    InvalidSubnetRange(String),
+    #[error("{0}")]
+    InvalidSubnetConflict(String),
+    #[error("{message}")]
+    LimitExceeded { code: &'static str, message: String },
+
+    /// Anything that is our fault. The cause is logged; the client sees a generic message.
+    #[error("An internal error has occurred")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The EC2 error code, as clients match on it.
+    pub fn code(&self) -> &str {
+        match self {
+            ApiError::MissingAuthenticationToken => "MissingAuthenticationToken",
+            ApiError::AuthFailure(_) => "AuthFailure",
+            ApiError::IncompleteSignature(_) => "IncompleteSignature",
+            ApiError::RequestExpired(_) => "RequestExpired",
+            ApiError::UnauthorizedOperation => "UnauthorizedOperation",
+            ApiError::DryRunOperation => "DryRunOperation",
+            ApiError::InvalidAction(_) => "InvalidAction",
+            ApiError::MissingParameter(_) => "MissingParameter",
+            ApiError::UnknownParameter(_) => "UnknownParameter",
+            ApiError::InvalidParameterValue(_) => "InvalidParameterValue",
+            ApiError::InvalidParameterCombination(_) => "InvalidParameterCombination",
+            ApiError::InvalidParameter(_) => "InvalidParameter",
+            ApiError::InvalidRequest(_) => "InvalidRequest",
+            ApiError::InvalidPaginationToken(_) => "InvalidPaginationToken",
+            ApiError::InvalidFilter(_) => "InvalidParameterValue",
+            ApiError::Malformed(m) => m.code,
+            ApiError::NotFound { code, .. } => code,
+            ApiError::Duplicate { code, .. } => code,
+            ApiError::DependencyViolation(_) => "DependencyViolation",
+            ApiError::CannotDelete(_) => "CannotDelete",
+            ApiError::InvalidPermissionNotFound(_) => "InvalidPermission.NotFound",
+            ApiError::InvalidKeyFormat(_) => "InvalidKey.Format",
+            ApiError::InvalidVpcRange(_) => "InvalidVpc.Range",
+            ApiError::InvalidSubnetRange(_) => "InvalidSubnet.Range",
+            ApiError::InvalidSubnetConflict(_) => "InvalidSubnet.Conflict",
+            ApiError::LimitExceeded { code, .. } => code,
+            ApiError::Internal(_) => "InternalError",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingAuthenticationToken | ApiError::AuthFailure(_) => StatusCode::UNAUTHORIZED,
+            ApiError::UnauthorizedOperation => StatusCode::FORBIDDEN,
+            ApiError::DryRunOperation => StatusCode::PRECONDITION_FAILED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::NotFound { code, message: message.into() }
+    }
+
+    pub fn duplicate(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Duplicate { code, message: message.into() }
+    }
+
+    pub fn invalid_value(message: impl Into<String>) -> Self {
+        ApiError::InvalidParameterValue(message.into())
+    }
+}
+
+impl From<MalformedId> for ApiError {
+    fn from(m: MalformedId) -> Self {
+        ApiError::Malformed(m)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::Internal(e)
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,219 @@
+//! The EC2 front door: an HTTP server speaking the EC2 Query protocol.
+//!
+//! Every request goes through one pipeline (`process`): read the body (at most
+//! `MAX_BODY_BYTES`), decode the form, verify SigV4 against the caller's secret, pick the
+//! action, decode its typed request (unknown parameters are errors), check permission and
+//! `DryRun`, run it, and answer XML. Any failure becomes the EC2 error document with the
+//! code and status of `ApiError`; nothing half-done is left behind because each control
+//! function runs in one transaction.
+
+pub mod actions;
+pub mod error;
+pub mod query;
+pub mod sigv4;
+pub mod xml;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, Method, Request};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+
+use crate::control::model::Caller;
+use crate::control::Control;
+use actions::Action;
+use error::{ApiError, ApiResult};
+use query::Params;
+use xml::Xml;
+
+/// Largest request body accepted. EC2's own limit is about this size; user data (16 KiB
+/// base64) fits many times over.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything an action needs to know about its request.
+pub struct Ctx {
+    pub control: Arc<Control>,
+    pub caller: Caller,
+    pub request_id: String,
+    /// The `Host` the client used, shown as the region's endpoint.
+    pub endpoint_host: String,
+}
+
+/// EC2's timestamp form: `2026-11-26T20:28:55.000Z`.
+pub fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+macro_rules! dispatch_table {
+    ($($action:ident),* $(,)?) => {
+        /// The EC2 actions Strato implements.
+        pub const SUPPORTED_ACTIONS: &[&str] = &[$(stringify!($action)),*];
+
+        async fn dispatch(name: &str, ctx: &Ctx, p: &mut Params) -> ApiResult<String> {
+            match name {
+                $(stringify!($action) => call::<actions::$action>(ctx, p).await,)*
+                _ => Err(ApiError::InvalidAction(name.to_owned())),
+            }
+        }
+    };
+}
+
+dispatch_table!(
+    DescribeRegions,
+    DescribeAvailabilityZones,
+    DescribeAccountAttributes,
+    DescribeInstanceTypes,
+    CreateKeyPair,
+    ImportKeyPair,
+    DescribeKeyPairs,
+    DeleteKeyPair,
+    CreateVpc,
+    DescribeVpcs,
+    DeleteVpc,
+    CreateSubnet,
+    DescribeSubnets,
+    DeleteSubnet,
+    CreateSecurityGroup,
+    DescribeSecurityGroups,
+    DeleteSecurityGroup,
+    AuthorizeSecurityGroupIngress,
+    AuthorizeSecurityGroupEgress,
+    RevokeSecurityGroupIngress,
+    RevokeSecurityGroupEgress,
+    DescribeSecurityGroupRules,
+    CreateTags,
+    DeleteTags,
+    DescribeTags,
+);
+
+/// Whether an action only reads (allowed to read-only accounts).
+fn is_read_only(action: &str) -> bool {
+    action.starts_with("Describe") || action.starts_with("Get")
+}
+
+async fn call<A: Action>(ctx: &Ctx, p: &mut Params) -> ApiResult<String> {
+    let dry_run = p.bool("DryRun")?.unwrap_or(false);
+    let req = A::decode(p)?;
+    p.finish()?;
+    if ctx.caller.read_only && !is_read_only(A::NAME) {
+        return Err(ApiError::UnauthorizedOperation);
+    }
+    if dry_run {
+        return Err(ApiError::DryRunOperation);
+    }
+    let mut x = Xml::response(A::NAME, &ctx.request_id);
+    req.run(ctx, &mut x).await?;
+    Ok(x.finish(A::NAME))
+}
+
+pub struct ApiState {
+    pub control: Arc<Control>,
+}
+
+/// The axum router: every path and method goes to the one pipeline.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (parts, body) = req.into_parts();
+    let mut action = String::new();
+    let result = process(&state, &parts, body, &request_id, &mut action).await;
+    match result {
+        Ok(xml) => {
+            tracing::debug!(%request_id, action, micros = started.elapsed().as_micros() as u64, "ok");
+            ([(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], xml).into_response()
+        }
+        Err(e) => {
+            if let ApiError::Internal(cause) = &e {
+                tracing::error!(%request_id, action, error = format!("{cause:#}"), "internal error");
+            } else {
+                tracing::debug!(%request_id, action, code = e.code(), "client error");
+            }
+            let doc = xml::error_document(e.code(), &e.to_string(), &request_id);
+            (e.status(), [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], doc).into_response()
+        }
+    }
+}
+
+async fn process(
+    state: &ApiState,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    request_id: &str,
+    action_out: &mut String,
+) -> ApiResult<String> {
+    if parts.method != Method::POST && parts.method != Method::GET {
+        return Err(ApiError::InvalidRequest(format!(
+            "The HTTP method {} is not supported; use POST or GET",
+            parts.method
+        )));
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::InvalidRequest(format!("The request body is larger than {MAX_BODY_BYTES} bytes or could not be read"))
+    })?;
+    let query = parts.uri.query().unwrap_or("");
+    let mut params = Params::parse(query.as_bytes())?;
+    if parts.method == Method::POST && !body.is_empty() {
+        params.merge(Params::parse(&body)?)?;
+    }
+
+    // Authenticate before anything else is looked at, as AWS does.
+    let req = sigv4::RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query,
+        headers: &parts.headers,
+        body: &body,
+    };
+    let claims = sigv4::parse(&req)?;
+    let now = Utc::now();
+    claims.check_scope(&state.control.region.name, "ec2", now)?;
+    let (secret, caller) =
+        state.control.lookup_access_key(&claims.access_key).await?.ok_or_else(|| {
+            ApiError::AuthFailure("AWS was not able to validate the provided access credentials".into())
+        })?;
+    claims.verify(&req, &secret)?;
+    for k in [
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Expires",
+        "X-Amz-Security-Token",
+    ] {
+        params.mark_used(k);
+    }
+
+    let action = params.peek("Action").map(str::to_owned).ok_or_else(|| ApiError::MissingParameter("Action".into()))?;
+    params.mark_used("Action");
+    if let Some(v) = params.peek("Version") {
+        if v.len() != 10 || !v.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            return Err(ApiError::invalid_value(format!("Invalid API version '{v}'")));
+        }
+        params.mark_used("Version");
+    }
+    action_out.clone_from(&action);
+    let endpoint_host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1").to_owned();
+    let ctx = Ctx { control: state.control.clone(), caller, request_id: request_id.to_owned(), endpoint_host };
+    dispatch(&action, &ctx, &mut params).await
+}

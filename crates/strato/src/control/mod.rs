@@ -1,0 +1,143 @@
+//! The control plane: accounts and every resource, their validation and their state. It is
+//! the only writer of the database (`store`). The API calls one function here per action,
+//! with the `Caller` it authenticated; every function reads and changes only that caller's
+//! resources, and answers another account's id exactly as an id that does not exist.
+//!
+//! Control functions return `ApiError` directly: their failures are EC2 errors by nature
+//! (`InvalidGroup.NotFound`, `DependencyViolation`, ...), and a database failure becomes an
+//! `InternalError` whose cause is logged.
+
+pub mod cidr;
+pub mod filter;
+pub mod info;
+pub mod keypairs;
+pub mod model;
+pub mod network;
+pub mod security_groups;
+pub mod tags;
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use chrono::Utc;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::catalog::{Catalogue, Region};
+use crate::ids::AccountId;
+use crate::store::{self, Store};
+use model::{Account, Caller};
+
+/// The name of the account `strato serve` creates on first start.
+pub const ADMIN_ACCOUNT: &str = "admin";
+
+pub struct Control {
+    store: Store,
+    pub region: Region,
+    pub catalogue: Catalogue,
+    /// Access keys already seen: they are never changed once issued, so a hit is final.
+    keys: RwLock<HashMap<String, (String, Caller)>>,
+}
+
+/// An access key pair, as handed to a user once.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub account_id: AccountId,
+    pub account_name: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl Control {
+    /// Opens the control plane on a store. The region is fixed at first start: a database made
+    /// for one region refuses to serve another.
+    pub async fn new(store: Store, region: Region, catalogue: Catalogue) -> anyhow::Result<Control> {
+        let mut tx = store.begin_write().await?;
+        match store::get_meta(tx.conn(), "region").await? {
+            Some(r) if r != region.name => {
+                anyhow::bail!("this data dir holds region {r}; start with --region {r} or use another data dir")
+            }
+            Some(_) => {}
+            None => store::set_meta(tx.conn(), "region", &region.name).await?,
+        }
+        tx.commit().await?;
+        Ok(Control { store, region, catalogue, keys: RwLock::new(HashMap::new()) })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The secret and account of an access key id, for SigV4.
+    pub async fn lookup_access_key(&self, key_id: &str) -> ApiResult<Option<(String, Caller)>> {
+        if let Ok(cache) = self.keys.read() {
+            if let Some(hit) = cache.get(key_id) {
+                return Ok(Some(hit.clone()));
+            }
+        }
+        let mut c = self.store.read().await?;
+        let found = store::access_key(&mut c, key_id).await?;
+        if let (Some(hit), Ok(mut cache)) = (&found, self.keys.write()) {
+            cache.insert(key_id.to_owned(), hit.clone());
+        }
+        Ok(found)
+    }
+
+    /// Creates an account with its access key, default VPC, subnets and security group.
+    pub async fn create_account(&self, name: &str, read_only: bool) -> ApiResult<Credentials> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ApiError::invalid_value("Account names are 1 to 64 letters, digits, '-' or '_'"));
+        }
+        let mut tx = self.store.begin_write().await?;
+        if store::account_by_name(tx.conn(), name).await?.is_some() {
+            return Err(ApiError::duplicate(
+                "AccountAlreadyExists",
+                format!("An account named '{name}' already exists"),
+            ));
+        }
+        let account = Account { id: AccountId::generate(), name: name.to_owned(), read_only, created_at: Utc::now() };
+        store::insert_account(tx.conn(), &account).await?;
+        let access_key_id = new_access_key_id();
+        let secret: String = rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
+        store::insert_access_key(tx.conn(), &account.id, &access_key_id, &secret).await?;
+        network::create_default_vpc(tx.conn(), &self.region, &account.id).await?;
+        tx.commit().await?;
+        tracing::info!(account_id = %account.id, name, "account created");
+        Ok(Credentials {
+            account_id: account.id,
+            account_name: name.to_owned(),
+            access_key_id,
+            secret_access_key: secret,
+        })
+    }
+
+    /// The credentials of an existing account (its first access key), by name.
+    pub async fn credentials(&self, name: &str) -> ApiResult<Option<Credentials>> {
+        let mut c = self.store.read().await?;
+        let Some(account) = store::account_by_name(&mut c, name).await? else { return Ok(None) };
+        let keys = store::access_keys_of(&mut c, &account.id).await?;
+        Ok(keys.into_iter().next().map(|(access_key_id, secret_access_key)| Credentials {
+            account_id: account.id.clone(),
+            account_name: account.name.clone(),
+            access_key_id,
+            secret_access_key,
+        }))
+    }
+
+    pub async fn accounts(&self) -> ApiResult<Vec<Account>> {
+        let mut c = self.store.read().await?;
+        Ok(store::list_accounts(&mut c).await?)
+    }
+}
+
+/// `AKIA` + 16 uppercase letters and digits, like AWS's long-term keys.
+fn new_access_key_id() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..16).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect();
+    format!("AKIA{tail}")
+}

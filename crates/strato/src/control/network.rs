@@ -1,0 +1,352 @@
+//! VPCs and subnets as records (the packets that flow through them come with the network
+//! issue). Every VPC has a default security group; every account has a default VPC
+//! (172.31.0.0/16) with one default subnet per availability zone (172.31.0.0/20,
+//! 172.31.16.0/20, ...), public IP on launch, as on EC2.
+
+use sqlx::SqliteConnection;
+
+use super::cidr::Ipv4Cidr;
+use super::filter::{self, Filterable};
+use super::model::{Caller, Subnet, Tags, Vpc};
+use super::security_groups::create_default_group;
+use super::tags::{put_tags, tags_for};
+use super::Control;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::query::{Filter, TagSpec};
+use crate::catalog::Region;
+use crate::ids::{AccountId, SubnetId, VpcId};
+use crate::store;
+
+pub const DEFAULT_VPC_CIDR: &str = "172.31.0.0/16";
+
+pub async fn create_default_vpc(c: &mut SqliteConnection, region: &Region, account: &AccountId) -> ApiResult<Vpc> {
+    let vpc = Vpc {
+        id: VpcId::generate(),
+        owner: account.clone(),
+        cidr: DEFAULT_VPC_CIDR.into(),
+        is_default: true,
+        instance_tenancy: "default".into(),
+        enable_dns_support: true,
+        enable_dns_hostnames: true,
+        tags: vec![],
+    };
+    store::insert_vpc(c, &vpc).await?;
+    create_default_group(c, account, &vpc.id).await?;
+    for (i, zone) in region.zones.iter().enumerate() {
+        let s = Subnet {
+            id: SubnetId::generate(),
+            owner: account.clone(),
+            vpc_id: vpc.id.clone(),
+            cidr: format!("172.31.{}.0/20", i * 16),
+            availability_zone: zone.clone(),
+            availability_zone_id: region.zone_id(zone).unwrap_or_default(),
+            is_default: true,
+            map_public_ip: true,
+            tags: vec![],
+        };
+        store::insert_subnet(c, &s).await?;
+    }
+    Ok(vpc)
+}
+
+impl Filterable for Vpc {
+    const FILTERS: &'static [&'static str] = &[
+        "cidr",
+        "cidr-block-association.cidr-block",
+        "cidr-block-association.state",
+        "dhcp-options-id",
+        "is-default",
+        "owner-id",
+        "state",
+        "vpc-id",
+        "instance-tenancy",
+    ];
+    fn filter_values(&self, name: &str) -> Vec<String> {
+        match name {
+            "cidr" | "cidr-block-association.cidr-block" => vec![self.cidr.clone()],
+            "cidr-block-association.state" => vec!["associated".into()],
+            "is-default" => vec![self.is_default.to_string()],
+            "owner-id" => vec![self.owner.to_string()],
+            "state" => vec!["available".into()],
+            "vpc-id" => vec![self.id.to_string()],
+            "instance-tenancy" => vec![self.instance_tenancy.clone()],
+            _ => vec![],
+        }
+    }
+    fn tags(&self) -> &Tags {
+        &self.tags
+    }
+    fn sort_key(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
+impl Filterable for Subnet {
+    const FILTERS: &'static [&'static str] = &[
+        "availability-zone",
+        "availability-zone-id",
+        "available-ip-address-count",
+        "cidr-block",
+        "cidr",
+        "cidrBlock",
+        "default-for-az",
+        "defaultForAz",
+        "map-public-ip-on-launch",
+        "owner-id",
+        "state",
+        "subnet-id",
+        "vpc-id",
+    ];
+    fn filter_values(&self, name: &str) -> Vec<String> {
+        match name {
+            "availability-zone" => vec![self.availability_zone.clone()],
+            "availability-zone-id" => vec![self.availability_zone_id.clone()],
+            "available-ip-address-count" => vec![self.available_ips().to_string()],
+            "cidr-block" | "cidr" | "cidrBlock" => vec![self.cidr.clone()],
+            "default-for-az" | "defaultForAz" => vec![self.is_default.to_string()],
+            "map-public-ip-on-launch" => vec![self.map_public_ip.to_string()],
+            "owner-id" => vec![self.owner.to_string()],
+            "state" => vec!["available".into()],
+            "subnet-id" => vec![self.id.to_string()],
+            "vpc-id" => vec![self.vpc_id.to_string()],
+            _ => vec![],
+        }
+    }
+    fn tags(&self) -> &Tags {
+        &self.tags
+    }
+    fn sort_key(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
+impl Subnet {
+    /// Addresses left for instances: EC2 reserves the first four and the last of each subnet.
+    pub fn available_ips(&self) -> u64 {
+        Ipv4Cidr::parse(&self.cidr, false).map(|c| c.size().saturating_sub(5)).unwrap_or(0)
+    }
+}
+
+fn vpc_not_found(id: &str) -> ApiError {
+    ApiError::not_found("InvalidVpcID.NotFound", format!("The vpc ID '{id}' does not exist"))
+}
+
+fn subnet_not_found(id: &str) -> ApiError {
+    ApiError::not_found("InvalidSubnetID.NotFound", format!("The subnet ID '{id}' does not exist"))
+}
+
+/// Keeps the items whose ids were asked for, failing on the first id that is not there.
+pub fn select_ids<T, F: Fn(&T) -> &str>(
+    items: Vec<T>,
+    ids: &[String],
+    id_of: F,
+    missing: impl Fn(&str) -> ApiError,
+) -> ApiResult<Vec<T>> {
+    if ids.is_empty() {
+        return Ok(items);
+    }
+    for id in ids {
+        if !items.iter().any(|i| id_of(i) == id) {
+            return Err(missing(id));
+        }
+    }
+    Ok(items.into_iter().filter(|i| ids.iter().any(|id| id == id_of(i))).collect())
+}
+
+impl Control {
+    pub(crate) async fn load_vpcs(&self, c: &mut SqliteConnection, account: &AccountId) -> ApiResult<Vec<Vpc>> {
+        let mut vpcs = store::vpcs(c, account).await?;
+        let mut tags = store::tags_by_type(c, account, "vpc").await?;
+        for v in &mut vpcs {
+            v.tags = tags.remove(v.id.as_str()).unwrap_or_default();
+        }
+        Ok(vpcs)
+    }
+
+    pub(crate) async fn load_subnets(&self, c: &mut SqliteConnection, account: &AccountId) -> ApiResult<Vec<Subnet>> {
+        let mut subnets = store::subnets(c, account).await?;
+        let mut tags = store::tags_by_type(c, account, "subnet").await?;
+        for s in &mut subnets {
+            s.tags = tags.remove(s.id.as_str()).unwrap_or_default();
+            s.availability_zone_id = self.region.zone_id(&s.availability_zone).unwrap_or_default();
+        }
+        Ok(subnets)
+    }
+
+    pub async fn create_vpc(
+        &self,
+        caller: &Caller,
+        cidr: &str,
+        tenancy: Option<&str>,
+        specs: &[TagSpec],
+    ) -> ApiResult<Vpc> {
+        let block = Ipv4Cidr::parse(cidr, true).ok_or_else(|| {
+            ApiError::invalid_value(format!(
+                "Value ({cidr}) for parameter cidrBlock is invalid. This is not a valid CIDR block."
+            ))
+        })?;
+        if !(16..=28).contains(&block.prefix) {
+            return Err(ApiError::InvalidVpcRange(format!("The CIDR '{cidr}' is invalid.")));
+        }
+        let tenancy = tenancy.unwrap_or("default");
+        if tenancy != "default" {
+            return Err(ApiError::invalid_value(format!(
+                "Instance tenancy '{tenancy}' is not supported: Strato offers shared (default) tenancy only"
+            )));
+        }
+        let tags = tags_for(specs, "vpc")?;
+        let vpc = Vpc {
+            id: VpcId::generate(),
+            owner: caller.account_id.clone(),
+            cidr: block.to_string(),
+            is_default: false,
+            instance_tenancy: tenancy.into(),
+            enable_dns_support: true,
+            enable_dns_hostnames: false,
+            tags: tags.clone(),
+        };
+        let mut tx = self.store().begin_write().await?;
+        store::insert_vpc(tx.conn(), &vpc).await?;
+        create_default_group(tx.conn(), &caller.account_id, &vpc.id).await?;
+        put_tags(tx.conn(), &caller.account_id, vpc.id.as_str(), "vpc", &tags).await?;
+        tx.commit().await?;
+        Ok(vpc)
+    }
+
+    pub async fn describe_vpcs(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        filters: &[Filter],
+        max: Option<usize>,
+        token: Option<&str>,
+    ) -> ApiResult<(Vec<Vpc>, Option<String>)> {
+        for id in ids {
+            VpcId::parse(id)?;
+        }
+        filter::check_filters::<Vpc>(filters)?;
+        let mut c = self.store().read().await?;
+        let vpcs = self.load_vpcs(&mut c, &caller.account_id).await?;
+        let vpcs = select_ids(vpcs, ids, |v| v.id.as_str(), vpc_not_found)?;
+        let vpcs = vpcs.into_iter().filter(|v| filter::matches(v, filters)).collect();
+        filter::paginate(vpcs, max, token)
+    }
+
+    pub async fn delete_vpc(&self, caller: &Caller, id: &str) -> ApiResult<()> {
+        let id = VpcId::parse(id)?;
+        let mut tx = self.store().begin_write().await?;
+        let vpcs = store::vpcs(tx.conn(), &caller.account_id).await?;
+        if !vpcs.iter().any(|v| v.id == id) {
+            return Err(vpc_not_found(id.as_str()));
+        }
+        let subnets = store::subnets(tx.conn(), &caller.account_id).await?;
+        if subnets.iter().any(|s| s.vpc_id == id) {
+            return Err(ApiError::DependencyViolation(format!(
+                "The vpc '{id}' has dependencies and cannot be deleted."
+            )));
+        }
+        let groups = store::security_groups(tx.conn(), &caller.account_id).await?;
+        if groups.iter().any(|g| g.vpc_id == id && g.name != "default") {
+            return Err(ApiError::DependencyViolation(format!(
+                "The vpc '{id}' has dependencies and cannot be deleted."
+            )));
+        }
+        for g in groups.iter().filter(|g| g.vpc_id == id) {
+            store::delete_security_group(tx.conn(), &caller.account_id, &g.id).await?;
+            store::delete_all_tags(tx.conn(), g.id.as_str()).await?;
+        }
+        store::delete_vpc(tx.conn(), &caller.account_id, &id).await?;
+        store::delete_all_tags(tx.conn(), id.as_str()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn create_subnet(
+        &self,
+        caller: &Caller,
+        vpc_id: &str,
+        cidr: &str,
+        zone: Option<&str>,
+        zone_id: Option<&str>,
+        specs: &[TagSpec],
+    ) -> ApiResult<Subnet> {
+        let vpc_id = VpcId::parse(vpc_id)?;
+        let block = Ipv4Cidr::parse(cidr, true).ok_or_else(|| {
+            ApiError::invalid_value(format!(
+                "Value ({cidr}) for parameter cidrBlock is invalid. This is not a valid CIDR block."
+            ))
+        })?;
+        let zone = match (zone, zone_id) {
+            (Some(_), Some(_)) => return Err(ApiError::InvalidParameterCombination("Only one of AvailabilityZone or AvailabilityZoneId may be given".into())),
+            (Some(z), None) => self.region.zones.iter().find(|x| *x == z).cloned()
+                .ok_or_else(|| ApiError::invalid_value(format!("Value ({z}) for parameter availabilityZone is invalid. Subnets can currently only be created in the following availability zones: {}.", self.region.zones.join(", "))))?,
+            (None, Some(id)) => self.region.zones.iter().find(|z| self.region.zone_id(z).as_deref() == Some(id)).cloned()
+                .ok_or_else(|| ApiError::invalid_value(format!("Value ({id}) for parameter availabilityZoneId is invalid.")))?,
+            (None, None) => self.region.zones[rand::random::<usize>() % self.region.zones.len()].clone(),
+        };
+        let tags = tags_for(specs, "subnet")?;
+        let mut tx = self.store().begin_write().await?;
+        let vpcs = store::vpcs(tx.conn(), &caller.account_id).await?;
+        let vpc = vpcs.iter().find(|v| v.id == vpc_id).ok_or_else(|| vpc_not_found(vpc_id.as_str()))?;
+        let vpc_block = Ipv4Cidr::parse(&vpc.cidr, true)
+            .ok_or_else(|| anyhow::anyhow!("stored VPC CIDR {} does not parse", vpc.cidr))?;
+        if !(16..=28).contains(&block.prefix) || !vpc_block.contains(&block) {
+            return Err(ApiError::InvalidSubnetRange(format!("The CIDR '{cidr}' is invalid.")));
+        }
+        let subnets = store::subnets(tx.conn(), &caller.account_id).await?;
+        if subnets
+            .iter()
+            .filter(|s| s.vpc_id == vpc_id)
+            .any(|s| Ipv4Cidr::parse(&s.cidr, false).is_some_and(|b| b.overlaps(&block)))
+        {
+            return Err(ApiError::InvalidSubnetConflict(format!("The CIDR '{cidr}' conflicts with another subnet")));
+        }
+        let subnet = Subnet {
+            id: SubnetId::generate(),
+            owner: caller.account_id.clone(),
+            vpc_id,
+            cidr: block.to_string(),
+            availability_zone_id: self.region.zone_id(&zone).unwrap_or_default(),
+            availability_zone: zone,
+            is_default: false,
+            map_public_ip: false,
+            tags: tags.clone(),
+        };
+        store::insert_subnet(tx.conn(), &subnet).await?;
+        put_tags(tx.conn(), &caller.account_id, subnet.id.as_str(), "subnet", &tags).await?;
+        tx.commit().await?;
+        Ok(subnet)
+    }
+
+    pub async fn describe_subnets(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        filters: &[Filter],
+        max: Option<usize>,
+        token: Option<&str>,
+    ) -> ApiResult<(Vec<Subnet>, Option<String>)> {
+        for id in ids {
+            SubnetId::parse(id)?;
+        }
+        filter::check_filters::<Subnet>(filters)?;
+        let mut c = self.store().read().await?;
+        let subnets = self.load_subnets(&mut c, &caller.account_id).await?;
+        let subnets = select_ids(subnets, ids, |s| s.id.as_str(), subnet_not_found)?;
+        let subnets: Vec<Subnet> = subnets.into_iter().filter(|s| filter::matches(s, filters)).collect();
+        filter::paginate(subnets, max, token)
+    }
+
+    pub async fn delete_subnet(&self, caller: &Caller, id: &str) -> ApiResult<()> {
+        let id = SubnetId::parse(id)?;
+        let mut tx = self.store().begin_write().await?;
+        let subnets = store::subnets(tx.conn(), &caller.account_id).await?;
+        if !subnets.iter().any(|s| s.id == id) {
+            return Err(subnet_not_found(id.as_str()));
+        }
+        store::delete_subnet(tx.conn(), &caller.account_id, &id).await?;
+        store::delete_all_tags(tx.conn(), id.as_str()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

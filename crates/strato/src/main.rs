@@ -1,0 +1,161 @@
+//! The `strato` command: serve the cloud, manage accounts, measure the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use strato::server;
+
+#[derive(Parser)]
+#[command(name = "strato", version, about = "A compute cloud behind the Amazon EC2 API")]
+struct Cli {
+    /// Where the cloud keeps its database, catalogue and AWS CLI config.
+    #[arg(long, global = true, env = "STRATO_DATA_DIR", default_value = "/var/lib/strato")]
+    data_dir: PathBuf,
+    /// The region this cloud is; its zones are REGION + a, b, c. Fixed at first start.
+    #[arg(long, global = true, env = "STRATO_REGION", default_value = "local-1")]
+    region: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the EC2 API (creates the data dir, the admin account and DATA_DIR/aws-config on
+    /// first start).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: SocketAddr,
+    },
+    /// Manage tenant accounts.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Measure the system.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// List the EC2 actions this build implements.
+    Actions,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account with its own access key, default VPC and security group, and add
+    /// its profile (named after it) to DATA_DIR/aws-config.
+    Create {
+        name: String,
+        /// The account may only call Describe*/Get* actions (others: UnauthorizedOperation).
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Signed requests per second and p50/p99 latency of DescribeRegions and
+    /// DescribeSecurityGroups over loopback.
+    Api {
+        /// Seconds per action.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Measure a running server (with --data-dir for its admin credentials) instead of
+        /// an in-process one.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STRATO_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { listen } => server::serve(&cli.data_dir, listen, &cli.region).await,
+        Command::Account { command: AccountCommand::Create { name, read_only } } => {
+            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            server::ensure_admin(&control).await?;
+            let c = control.create_account(&name, read_only).await.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+            let path = server::write_aws_config(&control, &cli.data_dir).await?;
+            println!(
+                "Account {} ({}) created{}.",
+                c.account_id,
+                c.account_name,
+                if read_only { ", read-only" } else { "" }
+            );
+            println!("  aws_access_key_id = {}", c.access_key_id);
+            println!("  aws_secret_access_key = {}", c.secret_access_key);
+            println!("Its profile is in {}:", path.display());
+            println!(
+                "  export AWS_CONFIG_FILE={} AWS_PROFILE={}",
+                path.display(),
+                server::profile_name(&c.account_name)
+            );
+            Ok(())
+        }
+        Command::Account { command: AccountCommand::List } => {
+            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            for a in control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                println!(
+                    "{}  {:<20} {}{}",
+                    a.id,
+                    a.name,
+                    a.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    if a.read_only { "  read-only" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Api { seconds, connections, endpoint } } => {
+            let opts = strato::bench::Options {
+                duration: Duration::from_secs(seconds),
+                connections,
+                data_dir: endpoint.as_ref().map(|_| cli.data_dir.clone()),
+                endpoint,
+                actions: vec!["DescribeRegions".into(), "DescribeSecurityGroups".into()],
+            };
+            println!(
+                "{:<24} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}",
+                "action", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+            );
+            for r in strato::bench::run(opts).await? {
+                println!(
+                    "{:<24} {:>10} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+                    r.action,
+                    r.requests,
+                    r.per_second(),
+                    r.p50_us as f64 / 1000.0,
+                    r.p99_us as f64 / 1000.0,
+                    r.max_us as f64 / 1000.0,
+                    r.errors
+                );
+            }
+            Ok(())
+        }
+        Command::Actions => {
+            for a in strato::api::SUPPORTED_ACTIONS {
+                println!("{a}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `strato serve` and `strato account`: a data dir, the control plane on its database, the
+//! admin account, the AWS CLI config file, and the API listener.
+//!
+//! Data dir layout:
+//! - `strato.db` (+ `-wal`, `-shm`): the SQLite database;
+//! - `instance-types.toml`: the catalogue with prices (written once, then edited by hand);
+//! - `aws-config`: an AWS CLI config file with one profile per account (`strato` for the
+//!   admin account), rewritten when accounts change. It holds secrets: mode 0600.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::{self, ApiState};
+use crate::catalog::{Catalogue, Region};
+use crate::control::{Control, Credentials, ADMIN_ACCOUNT};
+use crate::store::{self, Store};
+
+/// The profile name of the admin account in `aws-config`.
+pub const ADMIN_PROFILE: &str = "strato";
+
+pub async fn open_control(data_dir: &Path, region: &str) -> anyhow::Result<Control> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let store = Store::open(&data_dir.join("strato.db")).await?;
+    let catalogue = Catalogue::load_or_init(&data_dir.join("instance-types.toml"))?;
+    Control::new(store, Region::new(region)?, catalogue).await
+}
+
+/// The admin account's credentials, creating the account on first start.
+pub async fn ensure_admin(control: &Control) -> anyhow::Result<Credentials> {
+    if let Some(c) = control.credentials(ADMIN_ACCOUNT).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        return Ok(c);
+    }
+    control.create_account(ADMIN_ACCOUNT, false).await.map_err(|e| anyhow::anyhow!("creating the admin account: {e}"))
+}
+
+pub fn profile_name(account_name: &str) -> &str {
+    if account_name == ADMIN_ACCOUNT {
+        ADMIN_PROFILE
+    } else {
+        account_name
+    }
+}
+
+/// Rewrites `DATA_DIR/aws-config` with a profile per account.
+pub async fn write_aws_config(control: &Control, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let endpoint = endpoint(control).await?;
+    let mut text = String::from("# Written by strato: one profile per account. Use with\n#   AWS_CONFIG_FILE=THIS_FILE AWS_PROFILE=strato aws ec2 describe-regions\n");
+    for account in control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        if let Some(c) = control.credentials(&account.name).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            text.push_str(&format!(
+                "\n[profile {}]\n# account {} ({})\naws_access_key_id = {}\naws_secret_access_key = {}\nregion = {}\nendpoint_url = {}\n",
+                profile_name(&c.account_name),
+                c.account_id,
+                c.account_name,
+                c.access_key_id,
+                c.secret_access_key,
+                control.region.name,
+                endpoint
+            ));
+        }
+    }
+    let path = data_dir.join("aws-config");
+    let tmp = data_dir.join("aws-config.tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// The endpoint URL last served from this data dir.
+pub async fn endpoint(control: &Control) -> anyhow::Result<String> {
+    let mut c = control.store().read().await?;
+    Ok(store::get_meta(&mut c, "endpoint").await?.unwrap_or_else(|| "http://127.0.0.1:8787".into()))
+}
+
+/// Runs the API until SIGINT or SIGTERM.
+pub async fn serve(data_dir: &Path, listen: SocketAddr, region: &str) -> anyhow::Result<()> {
+    let control = open_control(data_dir, region).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let local = listener.local_addr()?;
+    let endpoint = format!("http://{local}");
+    {
+        let mut tx = control.store().begin_write().await?;
+        store::set_meta(tx.conn(), "endpoint", &endpoint).await?;
+        tx.commit().await?;
+    }
+    let admin = ensure_admin(&control).await?;
+    let config = write_aws_config(&control, data_dir).await?;
+    println!(
+        "Strato is serving the EC2 API at {endpoint} (region {region}, zones {}).",
+        control.region.zones.join(", ")
+    );
+    println!("Admin account {} ({}). Use it with the AWS CLI:", admin.account_id, admin.account_name);
+    println!("  export AWS_CONFIG_FILE={} AWS_PROFILE={ADMIN_PROFILE}", config.display());
+    println!("  aws ec2 describe-regions");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%endpoint, data_dir = %data_dir.display(), "serving");
+    let control = Arc::new(control);
+    let state = Arc::new(ApiState { control: control.clone() });
+    api::serve(listener, state, shutdown_signal()).await?;
+    control.store().close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

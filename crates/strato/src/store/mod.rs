@@ -1,0 +1,589 @@
+//! Persistence: the control plane's state in an embedded SQLite database (WAL mode) under
+//! the data dir. Only `control` calls this module; every query about a resource is scoped by
+//! its account. Schema changes are numbered migrations applied at open, in order, once.
+//!
+//! Writes go through `Store::write`, which serialises writers in this process (SQLite has one
+//! writer at a time anyway) and runs the closure in one transaction: all or nothing.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use crate::control::model::*;
+use crate::ids::*;
+
+/// Schema migrations, applied in order; never edit one that has shipped, add a new one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction, holding the process's writer lock until it ends.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> anyhow::Result<Store> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("opening database {}", path.display()))?;
+        let store = Store { pool, write_lock: Default::default() };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await?;
+        let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
+        for (version, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            sqlx::raw_sql(sql).execute(&mut *tx).await.with_context(|| format!("migration {version}"))?;
+            sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)").bind(version).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts the one write transaction of this process. Dropping it without `commit` rolls
+    /// everything back, so an error anywhere leaves no half-done change.
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let guard = self.write_lock.clone().lock_owned().await;
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::Error> {
+        self.pool.acquire().await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await
+    }
+}
+
+// ---- meta
+
+pub async fn get_meta(c: &mut SqliteConnection, key: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT value FROM meta WHERE key = ?").bind(key).fetch_optional(c).await
+}
+
+pub async fn set_meta(c: &mut SqliteConnection, key: &str, value: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        .bind(key)
+        .bind(value)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+// ---- accounts and access keys
+
+fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Account> {
+    Ok(Account {
+        id: AccountId::from_db(r.try_get("id")?),
+        name: r.try_get("name")?,
+        read_only: r.try_get::<i64, _>("read_only")? != 0,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at")?),
+    })
+}
+
+pub async fn insert_account(c: &mut SqliteConnection, a: &Account) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO accounts (id, name, read_only, created_at) VALUES (?, ?, ?, ?)")
+        .bind(a.id.as_str())
+        .bind(&a.name)
+        .bind(a.read_only as i64)
+        .bind(ts(&a.created_at))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn account_by_name(c: &mut SqliteConnection, name: &str) -> sqlx::Result<Option<Account>> {
+    let row = sqlx::query("SELECT * FROM accounts WHERE name = ?").bind(name).fetch_optional(c).await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+pub async fn account_by_id(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Account>> {
+    let row = sqlx::query("SELECT * FROM accounts WHERE id = ?").bind(id).fetch_optional(c).await?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+pub async fn list_accounts(c: &mut SqliteConnection) -> sqlx::Result<Vec<Account>> {
+    let rows = sqlx::query("SELECT * FROM accounts ORDER BY created_at, id").fetch_all(c).await?;
+    rows.iter().map(account_from_row).collect()
+}
+
+pub async fn insert_access_key(
+    c: &mut SqliteConnection,
+    account: &AccountId,
+    key_id: &str,
+    secret: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO access_keys (access_key_id, account_id, secret, created_at) VALUES (?, ?, ?, ?)")
+        .bind(key_id)
+        .bind(account.as_str())
+        .bind(secret)
+        .bind(ts(&Utc::now()))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// The secret and caller behind an access key id.
+pub async fn access_key(c: &mut SqliteConnection, key_id: &str) -> sqlx::Result<Option<(String, Caller)>> {
+    let row = sqlx::query(
+        "SELECT k.secret, k.account_id, a.read_only FROM access_keys k JOIN accounts a ON a.id = k.account_id WHERE k.access_key_id = ?",
+    )
+    .bind(key_id)
+    .fetch_optional(c)
+    .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("secret")?,
+            Caller {
+                account_id: AccountId::from_db(r.try_get("account_id")?),
+                read_only: r.try_get::<i64, _>("read_only")? != 0,
+            },
+        ))
+    })
+    .transpose()
+}
+
+pub async fn access_keys_of(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT access_key_id, secret FROM access_keys WHERE account_id = ? ORDER BY created_at")
+        .bind(account.as_str())
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+// ---- tags
+
+pub async fn tags_of_account(
+    c: &mut SqliteConnection,
+    account: &AccountId,
+) -> sqlx::Result<Vec<(String, String, String, String)>> {
+    let rows = sqlx::query(
+        "SELECT resource_id, resource_type, key, value FROM tags WHERE account_id = ? ORDER BY resource_id, key",
+    )
+    .bind(account.as_str())
+    .fetch_all(c)
+    .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+}
+
+/// Tags of one kind of resource, grouped by resource id.
+pub async fn tags_by_type(
+    c: &mut SqliteConnection,
+    account: &AccountId,
+    resource_type: &str,
+) -> sqlx::Result<std::collections::HashMap<String, Tags>> {
+    let rows =
+        sqlx::query("SELECT resource_id, key, value FROM tags WHERE account_id = ? AND resource_type = ? ORDER BY key")
+            .bind(account.as_str())
+            .bind(resource_type)
+            .fetch_all(c)
+            .await?;
+    let mut out: std::collections::HashMap<String, Tags> = Default::default();
+    for r in rows {
+        out.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?));
+    }
+    Ok(out)
+}
+
+pub async fn put_tag(
+    c: &mut SqliteConnection,
+    account: &AccountId,
+    resource_id: &str,
+    resource_type: &str,
+    key: &str,
+    value: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO tags (resource_id, key, account_id, resource_type, value) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(resource_id, key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(resource_id)
+    .bind(key)
+    .bind(account.as_str())
+    .bind(resource_type)
+    .bind(value)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+pub async fn tag_count(c: &mut SqliteConnection, resource_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM tags WHERE resource_id = ?").bind(resource_id).fetch_one(c).await
+}
+
+/// Deletes a tag; with `value`, only if the tag has that value.
+pub async fn delete_tag(
+    c: &mut SqliteConnection,
+    account: &AccountId,
+    resource_id: &str,
+    key: &str,
+    value: Option<&str>,
+) -> sqlx::Result<()> {
+    let q = match value {
+        Some(v) => sqlx::query("DELETE FROM tags WHERE account_id = ? AND resource_id = ? AND key = ? AND value = ?")
+            .bind(account.as_str())
+            .bind(resource_id)
+            .bind(key)
+            .bind(v),
+        None => sqlx::query("DELETE FROM tags WHERE account_id = ? AND resource_id = ? AND key = ?")
+            .bind(account.as_str())
+            .bind(resource_id)
+            .bind(key),
+    };
+    q.execute(c).await?;
+    Ok(())
+}
+
+pub async fn delete_all_tags(c: &mut SqliteConnection, resource_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM tags WHERE resource_id = ?").bind(resource_id).execute(c).await?;
+    Ok(())
+}
+
+// ---- key pairs
+
+pub async fn insert_key_pair(c: &mut SqliteConnection, account: &AccountId, k: &KeyPair) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO key_pairs (id, account_id, name, key_type, fingerprint, public_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .bind(k.id.as_str())
+        .bind(account.as_str())
+        .bind(&k.name)
+        .bind(&k.key_type)
+        .bind(&k.fingerprint)
+        .bind(&k.public_key)
+        .bind(ts(&k.created_at))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn key_pairs(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<KeyPair>> {
+    let rows = sqlx::query("SELECT * FROM key_pairs WHERE account_id = ? ORDER BY name")
+        .bind(account.as_str())
+        .fetch_all(c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(KeyPair {
+                id: KeyPairId::from_db(r.try_get("id")?),
+                name: r.try_get("name")?,
+                key_type: r.try_get("key_type")?,
+                fingerprint: r.try_get("fingerprint")?,
+                public_key: r.try_get("public_key")?,
+                created_at: parse_ts(&r.try_get::<String, _>("created_at")?),
+                tags: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+pub async fn delete_key_pair(c: &mut SqliteConnection, account: &AccountId, id: &KeyPairId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM key_pairs WHERE account_id = ? AND id = ?")
+        .bind(account.as_str())
+        .bind(id.as_str())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+// ---- VPCs and subnets
+
+pub async fn insert_vpc(c: &mut SqliteConnection, v: &Vpc) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO vpcs (id, account_id, cidr, is_default, instance_tenancy, enable_dns_support, enable_dns_hostnames, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        .bind(v.id.as_str())
+        .bind(v.owner.as_str())
+        .bind(&v.cidr)
+        .bind(v.is_default as i64)
+        .bind(&v.instance_tenancy)
+        .bind(v.enable_dns_support as i64)
+        .bind(v.enable_dns_hostnames as i64)
+        .bind(ts(&Utc::now()))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn vpcs(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Vpc>> {
+    let rows = sqlx::query("SELECT * FROM vpcs WHERE account_id = ? ORDER BY created_at, id")
+        .bind(account.as_str())
+        .fetch_all(c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Vpc {
+                id: VpcId::from_db(r.try_get("id")?),
+                owner: AccountId::from_db(r.try_get("account_id")?),
+                cidr: r.try_get("cidr")?,
+                is_default: r.try_get::<i64, _>("is_default")? != 0,
+                instance_tenancy: r.try_get("instance_tenancy")?,
+                enable_dns_support: r.try_get::<i64, _>("enable_dns_support")? != 0,
+                enable_dns_hostnames: r.try_get::<i64, _>("enable_dns_hostnames")? != 0,
+                tags: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+pub async fn delete_vpc(c: &mut SqliteConnection, account: &AccountId, id: &VpcId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM vpcs WHERE account_id = ? AND id = ?")
+        .bind(account.as_str())
+        .bind(id.as_str())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_subnet(c: &mut SqliteConnection, s: &Subnet) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO subnets (id, account_id, vpc_id, cidr, availability_zone, is_default, map_public_ip, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        .bind(s.id.as_str())
+        .bind(s.owner.as_str())
+        .bind(s.vpc_id.as_str())
+        .bind(&s.cidr)
+        .bind(&s.availability_zone)
+        .bind(s.is_default as i64)
+        .bind(s.map_public_ip as i64)
+        .bind(ts(&Utc::now()))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn subnets(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Subnet>> {
+    let rows = sqlx::query("SELECT * FROM subnets WHERE account_id = ? ORDER BY created_at, id")
+        .bind(account.as_str())
+        .fetch_all(c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Subnet {
+                id: SubnetId::from_db(r.try_get("id")?),
+                owner: AccountId::from_db(r.try_get("account_id")?),
+                vpc_id: VpcId::from_db(r.try_get("vpc_id")?),
+                cidr: r.try_get("cidr")?,
+                availability_zone: r.try_get("availability_zone")?,
+                availability_zone_id: String::new(),
+                is_default: r.try_get::<i64, _>("is_default")? != 0,
+                map_public_ip: r.try_get::<i64, _>("map_public_ip")? != 0,
+                tags: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+pub async fn delete_subnet(c: &mut SqliteConnection, account: &AccountId, id: &SubnetId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM subnets WHERE account_id = ? AND id = ?")
+        .bind(account.as_str())
+        .bind(id.as_str())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+// ---- security groups
+
+pub async fn insert_security_group(c: &mut SqliteConnection, g: &SecurityGroup) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO security_groups (id, account_id, vpc_id, name, description, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(g.id.as_str())
+    .bind(g.owner.as_str())
+    .bind(g.vpc_id.as_str())
+    .bind(&g.name)
+    .bind(&g.description)
+    .bind(ts(&Utc::now()))
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+fn rule_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<SgRule> {
+    let peer = if let Some(g) = r.try_get::<Option<String>, _>("ref_group_id")? {
+        Peer::Group {
+            group_id: SecurityGroupId::from_db(g),
+            owner: AccountId::from_db(r.try_get::<Option<String>, _>("ref_account_id")?.unwrap_or_default()),
+        }
+    } else if let Some(v6) = r.try_get::<Option<String>, _>("cidr_ipv6")? {
+        Peer::Ipv6(v6)
+    } else {
+        Peer::Ipv4(r.try_get::<Option<String>, _>("cidr_ipv4")?.unwrap_or_default())
+    };
+    Ok(SgRule {
+        id: SecurityGroupRuleId::from_db(r.try_get("id")?),
+        group_id: SecurityGroupId::from_db(r.try_get("group_id")?),
+        is_egress: r.try_get::<i64, _>("is_egress")? != 0,
+        protocol: r.try_get("protocol")?,
+        from_port: r.try_get("from_port")?,
+        to_port: r.try_get("to_port")?,
+        peer,
+        description: r.try_get("description")?,
+    })
+}
+
+/// The security groups of an account, with their rules (tags are attached by the caller).
+pub async fn security_groups(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<SecurityGroup>> {
+    let rows = sqlx::query("SELECT * FROM security_groups WHERE account_id = ? ORDER BY created_at, id")
+        .bind(account.as_str())
+        .fetch_all(&mut *c)
+        .await?;
+    let rules = sqlx::query("SELECT * FROM security_group_rules WHERE account_id = ? ORDER BY position")
+        .bind(account.as_str())
+        .fetch_all(&mut *c)
+        .await?;
+    let mut by_group: std::collections::HashMap<String, Vec<SgRule>> = Default::default();
+    for r in &rules {
+        let rule = rule_from_row(r)?;
+        by_group.entry(rule.group_id.as_str().to_owned()).or_default().push(rule);
+    }
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("id")?;
+            Ok(SecurityGroup {
+                rules: by_group.remove(&id).unwrap_or_default(),
+                id: SecurityGroupId::from_db(id),
+                owner: AccountId::from_db(r.try_get("account_id")?),
+                vpc_id: VpcId::from_db(r.try_get("vpc_id")?),
+                name: r.try_get("name")?,
+                description: r.try_get("description")?,
+                tags: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// A security group of any account, by id (group references may cross accounts).
+pub async fn security_group_owner(
+    c: &mut SqliteConnection,
+    id: &SecurityGroupId,
+) -> sqlx::Result<Option<(AccountId, VpcId)>> {
+    let row = sqlx::query("SELECT account_id, vpc_id FROM security_groups WHERE id = ?")
+        .bind(id.as_str())
+        .fetch_optional(c)
+        .await?;
+    row.map(|r| Ok((AccountId::from_db(r.try_get(0)?), VpcId::from_db(r.try_get(1)?)))).transpose()
+}
+
+pub async fn insert_rule(c: &mut SqliteConnection, account: &AccountId, rule: &SgRule) -> sqlx::Result<()> {
+    let (v4, v6, g, gacc) = match &rule.peer {
+        Peer::Ipv4(c) => (Some(c.as_str()), None, None, None),
+        Peer::Ipv6(c) => (None, Some(c.as_str()), None, None),
+        Peer::Group { group_id, owner } => (None, None, Some(group_id.as_str()), Some(owner.as_str())),
+    };
+    sqlx::query(
+        "INSERT INTO security_group_rules (id, group_id, account_id, is_egress, protocol, from_port, to_port, cidr_ipv4, cidr_ipv6, ref_group_id, ref_account_id, description, position)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM security_group_rules))",
+    )
+    .bind(rule.id.as_str())
+    .bind(rule.group_id.as_str())
+    .bind(account.as_str())
+    .bind(rule.is_egress as i64)
+    .bind(&rule.protocol)
+    .bind(rule.from_port)
+    .bind(rule.to_port)
+    .bind(v4)
+    .bind(v6)
+    .bind(g)
+    .bind(gacc)
+    .bind(&rule.description)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_rule(c: &mut SqliteConnection, id: &SecurityGroupRuleId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM security_group_rules WHERE id = ?").bind(id.as_str()).execute(c).await?;
+    Ok(())
+}
+
+/// Groups (other than `id` itself) whose rules name `id` as their peer.
+pub async fn groups_referencing(c: &mut SqliteConnection, id: &SecurityGroupId) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT DISTINCT group_id FROM security_group_rules WHERE ref_group_id = ? AND group_id != ?")
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .fetch_all(c)
+        .await
+}
+
+pub async fn delete_security_group(
+    c: &mut SqliteConnection,
+    account: &AccountId,
+    id: &SecurityGroupId,
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM security_group_rules WHERE group_id = ?").bind(id.as_str()).execute(&mut *c).await?;
+    sqlx::query("DELETE FROM security_groups WHERE account_id = ? AND id = ?")
+        .bind(account.as_str())
+        .bind(id.as_str())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// Whether `account` owns a resource with this id, for the kinds that have tables so far.
+/// `None` when the kind has no table yet (it cannot exist).
+pub async fn owns(
+    c: &mut SqliteConnection,
+    account: &AccountId,
+    resource_type: &str,
+    id: &str,
+) -> sqlx::Result<Option<bool>> {
+    // The table name comes from this fixed list, never from the request.
+    let table = match resource_type {
+        "key-pair" => "key_pairs",
+        "vpc" => "vpcs",
+        "subnet" => "subnets",
+        "security-group" => "security_groups",
+        "security-group-rule" => "security_group_rules",
+        _ => return Ok(None),
+    };
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE id = ? AND account_id = ?"))
+        .bind(id)
+        .bind(account.as_str())
+        .fetch_one(c)
+        .await?;
+    Ok(Some(n > 0))
+}
