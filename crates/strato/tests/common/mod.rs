@@ -1,0 +1,230 @@
+//! A real `strato serve` on a random loopback port with its own data dir, and the real AWS
+//! CLI and boto3 (from the virtualenv that `scripts/test.sh` creates) pointed at it. The
+//! server is stopped (by its PID, which we started) and the data dir removed on drop, also
+//! when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Cloud {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub addr: String,
+}
+
+/// The virtualenv holding the AWS CLI and boto3.
+pub fn venv() -> PathBuf {
+    let dir = std::env::var_os("STRATO_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    assert!(
+        dir.join("bin/aws").exists(),
+        "the AWS CLI is not in {}: run scripts/test.sh, which creates the virtualenv",
+        dir.display()
+    );
+    dir
+}
+
+pub fn strato_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strato")
+}
+
+impl Cloud {
+    pub fn start() -> Cloud {
+        let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
+        Self::start_in(dir)
+    }
+
+    /// Starts a server on an existing data dir (for restart tests).
+    pub fn start_in(dir: tempfile::TempDir) -> Cloud {
+        let mut child = Command::new(strato_bin())
+            .args(["--data-dir"])
+            .arg(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("STRATO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting strato serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut endpoint = None;
+        for line in lines.by_ref() {
+            let line = line.expect("reading strato output");
+            if let Some(rest) = line.strip_prefix("Strato is serving the EC2 API at ") {
+                endpoint = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let endpoint = endpoint.expect("strato serve did not print its endpoint");
+        let addr = endpoint.trim_start_matches("http://").to_owned();
+        Cloud { child: Some(child), dir, endpoint, addr }
+    }
+
+    /// Stops the server and hands back its data dir.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.kill();
+        let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first for a clean shutdown; the child is ours, by PID.
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            for _ in 0..50 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("aws-config")
+    }
+
+    /// Runs `strato account create NAME` on this data dir; returns the profile name.
+    pub fn create_account(&self, name: &str, read_only: bool) -> String {
+        let mut cmd = Command::new(strato_bin());
+        cmd.arg("--data-dir").arg(self.dir.path()).args(["account", "create", name]);
+        if read_only {
+            cmd.arg("--read-only");
+        }
+        let out = cmd.env("STRATO_LOG", "warn").output().expect("strato account create");
+        assert!(out.status.success(), "account create failed: {}", String::from_utf8_lossy(&out.stderr));
+        name.to_owned()
+    }
+
+    /// The `aws` CLI with a profile of this cloud.
+    pub fn aws_as(&self, profile: &str, args: &[&str]) -> Output {
+        Command::new(venv().join("bin/aws"))
+            .args(args)
+            .env("AWS_CONFIG_FILE", self.config_file())
+            .env("AWS_PROFILE", profile)
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_PAGER", "")
+            .output()
+            .expect("running aws")
+    }
+
+    /// Runs `aws ... --output json` as the admin and returns the parsed answer.
+    pub fn aws(&self, args: &[&str]) -> Value {
+        self.aws_json_as("strato", args)
+    }
+
+    pub fn aws_json_as(&self, profile: &str, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let out = self.aws_as(profile, &a);
+        assert!(out.status.success(), "aws {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        if out.stdout.is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).expect("aws printed JSON")
+    }
+
+    /// Runs an `aws` call that must fail; returns the EC2 error code it printed.
+    pub fn aws_err(&self, args: &[&str]) -> String {
+        self.aws_err_as("strato", args)
+    }
+
+    pub fn aws_err_as(&self, profile: &str, args: &[&str]) -> String {
+        let out = self.aws_as(profile, args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "aws {} should have failed", args.join(" "));
+        // "An error occurred (InvalidGroup.NotFound) when calling ..."
+        stderr
+            .split_once("An error occurred (")
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(code, _)| code.to_owned())
+            .unwrap_or_else(|| panic!("no EC2 error code in: {stderr}"))
+    }
+
+    /// Runs a boto3 script from tests/py with this cloud's endpoint and the admin profile.
+    pub fn python(&self, script: &str, args: &[&str]) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
+        let out = Command::new(venv().join("bin/python"))
+            .arg(&path)
+            .args(args)
+            .env("AWS_CONFIG_FILE", self.config_file())
+            .env("AWS_PROFILE", "strato")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("STRATO_ENDPOINT", &self.endpoint)
+            .env("STRATO_BIN", strato_bin())
+            .env("STRATO_DATA_DIR", self.dir.path())
+            .output()
+            .expect("running python");
+        assert!(
+            out.status.success(),
+            "{script} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Admin credentials, read from the aws-config file.
+    pub fn admin_keys(&self) -> (String, String) {
+        let text = std::fs::read_to_string(self.config_file()).expect("aws-config");
+        let section = text.split("[profile strato]").nth(1).expect("strato profile");
+        let get = |k: &str| {
+            section.lines().find_map(|l| l.strip_prefix(&format!("{k} = "))).map(str::to_owned).expect("key in profile")
+        };
+        (get("aws_access_key_id"), get("aws_secret_access_key"))
+    }
+
+    /// Sends raw bytes as one HTTP/1.1 request and returns (status, body).
+    pub fn raw(&self, request: &[u8]) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(request).expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// A signed POST of `body`, with `Connection: close`; returns (status, body).
+    pub fn signed_post(&self, body: &str) -> (u16, String) {
+        let (key, secret) = self.admin_keys();
+        let signer =
+            strato::api::sigv4::Signer { access_key: &key, secret: &secret, region: "local-1", service: "ec2" };
+        let (date, auth) = signer.sign_form_post(&self.addr, body.as_bytes(), chrono::Utc::now());
+        let req = format!(
+            "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-www-form-urlencoded; charset=utf-8\r\nx-amz-date: {date}\r\nauthorization: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        self.raw(req.as_bytes())
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `<Code>` of an EC2 error document.
+pub fn error_code(body: &str) -> &str {
+    body.split_once("<Code>").and_then(|(_, r)| r.split_once("</Code>")).map(|(c, _)| c).unwrap_or("")
+}
