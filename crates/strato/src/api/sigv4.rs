@@ -2,7 +2,7 @@
 //! arrived (method, path, sorted query, the signed headers, the hash of the body we read),
 //! the credential scope checked against our region and service, 15 minutes of clock skew,
 //! and a constant-time comparison of the signature. Presigned query strings
-//! (`X-Amz-Signature` in the URL) are verified the same way with `UNSIGNED-PAYLOAD`.
+//! (`X-Amz-Signature` in the URL) are verified the same way.
 //!
 //! `sign` is the client side, for the benchmark and the tests.
 
@@ -193,19 +193,17 @@ impl Claims {
 
     /// Recomputes the signature with `secret` and compares it in constant time.
     pub fn verify(&self, req: &RequestParts<'_>, secret: &str) -> Result<(), ApiError> {
-        let payload_hash = if self.presigned_expires.is_some() {
-            UNSIGNED_PAYLOAD.to_owned()
-        } else {
-            let computed = hex::encode(Sha256::digest(req.body));
-            match req.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
-                Some(UNSIGNED_PAYLOAD) => UNSIGNED_PAYLOAD.to_owned(),
-                Some(claimed) if !claimed.eq_ignore_ascii_case(&computed) => {
-                    return Err(ApiError::AuthFailure(
-                        "The provided 'x-amz-content-sha256' header does not match what was computed.".into(),
-                    ))
-                }
-                _ => computed,
+        // The body's hash, also for presigned URLs: botocore signs those (outside S3) with the
+        // hash of the empty body they carry.
+        let computed = hex::encode(Sha256::digest(req.body));
+        let payload_hash = match req.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
+            Some(UNSIGNED_PAYLOAD) => UNSIGNED_PAYLOAD.to_owned(),
+            Some(claimed) if !claimed.eq_ignore_ascii_case(&computed) => {
+                return Err(ApiError::AuthFailure(
+                    "The provided 'x-amz-content-sha256' header does not match what was computed.".into(),
+                ))
             }
+            _ => computed,
         };
         let mut canonical_headers = String::new();
         for name in &self.signed_headers {
