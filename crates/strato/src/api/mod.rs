@@ -53,6 +53,15 @@ macro_rules! dispatch_table {
         /// The EC2 actions Strato implements.
         pub const SUPPORTED_ACTIONS: &[&str] = &[$(stringify!($action)),*];
 
+        /// Decodes the typed request of an action without running it (for the fuzzer and
+        /// tools): Ok, or the error the request would get.
+        pub fn decode_request(name: &str, p: &mut Params) -> ApiResult<()> {
+            match name {
+                $(stringify!($action) => actions::$action::decode(p).map(drop),)*
+                _ => Err(ApiError::InvalidAction(name.to_owned())),
+            }
+        }
+
         async fn dispatch(name: &str, ctx: &Ctx, p: &mut Params) -> ApiResult<String> {
             match name {
                 $(stringify!($action) => call::<actions::$action>(ctx, p).await,)*

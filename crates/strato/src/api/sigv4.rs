@@ -161,9 +161,10 @@ fn claims(credential: &str, amz_date: &str, signed: &str, signature: &str) -> Re
 impl Claims {
     /// Checks the credential scope and the request time, before any secret is used.
     pub fn check_scope(&self, region: &str, service: &str, now: DateTime<Utc>) -> Result<(), ApiError> {
-        if self.date_stamp != self.amz_date[..8] {
+        let day = self.amz_date.get(..8).unwrap_or("");
+        if self.date_stamp != day {
             return Err(ApiError::AuthFailure(
-                format!("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'", self.date_stamp, &self.amz_date[..8]).into(),
+                format!("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{day}'", self.date_stamp).into(),
             ));
         }
         if self.region != region {
