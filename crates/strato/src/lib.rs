@@ -16,5 +16,6 @@ pub mod bench;
 pub mod catalog;
 pub mod control;
 pub mod ids;
+pub mod image;
 pub mod server;
 pub mod store;

@@ -18,6 +18,9 @@ struct Cli {
     /// The region this cloud is; its zones are REGION + a, b, c. Fixed at first start.
     #[arg(long, global = true, env = "STRATO_REGION", default_value = "local-1")]
     region: String,
+    /// Where downloads and built images are cached, shared by every data dir.
+    #[arg(long, global = true, env = "STRATO_CACHE_DIR", default_value = "/var/cache/strato")]
+    cache_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,8 +44,27 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Build and register machine images (AMIs).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// List the EC2 actions this build implements.
     Actions,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build an image from Debian packages (`minimal` or `debian-12`) into the cache, and
+    /// register it in the data dir as a public AMI owned by Strato. A no-op when the cached
+    /// build is current, unless --force.
+    Build {
+        /// minimal or debian-12
+        kind: String,
+        /// Rebuild even when the cache has a current build.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +171,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.errors
                 );
             }
+            Ok(())
+        }
+        Command::Image { command: ImageCommand::Build { kind, force } } => {
+            let kind = strato::image::Kind::parse(&kind).context("the image kinds are minimal and debian-12")?;
+            let cache = cli.cache_dir.clone();
+            let progress = strato::image::StderrProgress(std::time::Instant::now());
+            let built =
+                tokio::task::spawn_blocking(move || strato::image::build(kind, &cache, force, &progress)).await??;
+            println!(
+                "{} {}: {} ({} MiB disk, {} MiB used)",
+                built.manifest.name,
+                if built.fresh { "built" } else { "is current in the cache" },
+                built.rootfs.display(),
+                built.manifest.disk_bytes >> 20,
+                built.manifest.disk_used_bytes >> 20
+            );
             Ok(())
         }
         Command::Actions => {

@@ -1,0 +1,612 @@
+//! The image builder: AMIs made from Debian's packages on the machine that runs Strato.
+//!
+//! Everything comes from the host's apt sources (`apt-get download`, `debootstrap`); nothing
+//! is fetched from anywhere else. Downloads and built artifacts live in a cache dir outside
+//! any data dir (default `/var/cache/strato`), so data dirs, tests and hosts share them:
+//!
+//! ```text
+//! CACHE/debs/*.deb                         downloaded packages
+//! CACHE/kernel/VERSION/vmlinux             the uncompressed kernel (PVH entry)
+//! CACHE/kernel/VERSION/initrd.img          busybox + virtio/ext4/button modules
+//! CACHE/kernel/VERSION/root/lib/modules/   the kernel's whole modules tree
+//! CACHE/images/NAME/{rootfs.raw,manifest.json}
+//! ```
+//!
+//! A build writes into `NAME.tmp` and renames it into place only when every step worked, so a
+//! failed build leaves nothing that looks finished; the error names the step. Building again
+//! is a no-op while the manifest's build key (builder version, kernel and package versions)
+//! still matches, unless forced.
+//!
+//! Images: `minimal` (busybox, dropbear SSH, an init that does DHCP, metadata, key, user data,
+//! and powers off on the ACPI button; a 1 GiB sparse ext4 disk with a few MiB used) and
+//! `debian-12` (debootstrap minbase + systemd, openssh-server, cloud-init; 2 GiB).
+//! Both boot the Debian kernel directly (QEMU `-kernel vmlinux -initrd initrd.img`).
+
+pub mod cpio;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Bump when what a build produces changes, so caches rebuild.
+const BUILDER_VERSION: u32 = 1;
+
+/// Kernel modules the initramfs loads, in order (paths under the kernel's `kernel/` dir).
+const INITRAMFS_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci",
+    "drivers/block/virtio_blk",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+    "lib/crc16",
+    "fs/mbcache",
+    "crypto/crc32c_generic",
+    "arch/x86/crypto/crc32c-intel",
+    "fs/jbd2/jbd2",
+    "fs/ext4/ext4",
+    "drivers/acpi/button",
+    "drivers/input/evdev",
+];
+
+/// The kernel command line every image boots with (plus `root=` from the launcher).
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 net.ifnames=0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Minimal,
+    Debian12,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "minimal" => Some(Kind::Minimal),
+            "debian-12" => Some(Kind::Debian12),
+            _ => None,
+        }
+    }
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Kind::Minimal => "minimal",
+            Kind::Debian12 => "debian-12",
+        }
+    }
+
+    /// The AMI name it is registered under.
+    pub fn image_name(self) -> &'static str {
+        match self {
+            Kind::Minimal => "strato-minimal-x86_64",
+            Kind::Debian12 => "strato-debian-12-x86_64",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Kind::Minimal => "Strato minimal: busybox, dropbear SSH, DHCP, instance metadata and user data",
+            Kind::Debian12 => "Debian 12 (bookworm) with systemd, OpenSSH and cloud-init (EC2 datasource)",
+        }
+    }
+
+    fn disk_size(self) -> &'static str {
+        match self {
+            Kind::Minimal => "1G",
+            Kind::Debian12 => "2G",
+        }
+    }
+}
+
+/// What a build produced, as recorded in `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub build_key: String,
+    pub kernel_version: String,
+    /// Root disk size in bytes (the ext4 image, sparse).
+    pub disk_bytes: u64,
+    /// Bytes the disk really uses.
+    pub disk_used_bytes: u64,
+    pub build_seconds: f64,
+}
+
+/// A built image in the cache.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub kind: Kind,
+    pub rootfs: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub manifest: Manifest,
+    /// False when the cache already held it.
+    pub fresh: bool,
+}
+
+/// Reports progress of a long build.
+pub trait Progress {
+    fn step(&self, what: &str);
+}
+
+/// Progress lines on stderr with the time since the build started.
+pub struct StderrProgress(pub Instant);
+
+impl Progress for StderrProgress {
+    fn step(&self, what: &str) {
+        eprintln!("[{:6.1}s] {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs a program (argument vector, never a shell) and fails with its stderr and the step.
+fn run(step: &str, cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let out =
+        cmd.stdin(Stdio::null()).output().with_context(|| format!("{step}: cannot run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{step}: {:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+fn apt_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").env("LC_ALL", "C")
+}
+
+/// The package `linux-image-amd64` depends on, e.g. `linux-image-6.1.0-56-amd64`.
+fn kernel_package() -> anyhow::Result<String> {
+    for attempt in 0..2 {
+        let out = run(
+            "resolving the kernel package",
+            apt_env(Command::new("apt-cache").args(["depends", "linux-image-amd64"])),
+        );
+        if let Ok(out) = out {
+            let text = String::from_utf8_lossy(&out);
+            if let Some(p) =
+                text.lines().find_map(|l| l.trim().strip_prefix("Depends: ")).filter(|p| p.starts_with("linux-image-"))
+            {
+                return Ok(p.trim().to_owned());
+            }
+        }
+        if attempt == 0 {
+            run("updating apt lists", apt_env(Command::new("apt-get").args(["update", "-q"])))?;
+        }
+    }
+    bail!("resolving the kernel package: apt knows no linux-image-amd64")
+}
+
+/// The candidate version of a package (part of the build key).
+fn package_version(pkg: &str) -> anyhow::Result<String> {
+    let out = run("reading package versions", apt_env(Command::new("apt-cache").args(["policy", pkg])))?;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: ").map(str::to_owned))
+        .filter(|v| v != "(none)")
+        .with_context(|| format!("reading package versions: apt has no candidate for {pkg}"))
+}
+
+/// A package and everything it depends on (not recommends), as apt resolves them.
+fn with_dependencies(pkgs: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut cmd = Command::new("apt-cache");
+    cmd.args([
+        "depends",
+        "--recurse",
+        "--no-recommends",
+        "--no-suggests",
+        "--no-conflicts",
+        "--no-breaks",
+        "--no-replaces",
+        "--no-enhances",
+    ]);
+    cmd.args(pkgs);
+    let out = run("resolving dependencies", apt_env(&mut cmd))?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| !l.starts_with(' ') && !l.starts_with('<') && !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Downloads packages into `CACHE/debs` (skipping ones already there) and returns the files.
+fn download(cache: &Path, pkgs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for p in pkgs {
+        let version = package_version(p)?;
+        // Debian file names escape the epoch colon as %3a.
+        let file = debs.join(format!("{p}_{}_{}.deb", version.replace(':', "%3a"), deb_arch(p)?));
+        if !file.exists() {
+            missing.push(format!("{p}={version}"));
+        }
+        files.push(file);
+    }
+    if !missing.is_empty() {
+        run(
+            "downloading packages",
+            apt_env(Command::new("apt-get").arg("download").args(&missing).current_dir(&debs)),
+        )?;
+    }
+    for f in &files {
+        if !f.exists() {
+            bail!("downloading packages: {} is missing after apt-get download", f.display());
+        }
+    }
+    Ok(files)
+}
+
+fn deb_arch(pkg: &str) -> anyhow::Result<String> {
+    let out = run(
+        "reading package architectures",
+        apt_env(Command::new("apt-cache").args(["show", "--no-all-versions", pkg])),
+    )?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("Architecture: ").map(str::to_owned))
+        .unwrap_or_else(|| "amd64".into()))
+}
+
+fn extract(deb: &Path, into: &Path) -> anyhow::Result<()> {
+    run(&format!("unpacking {}", deb.display()), Command::new("dpkg-deb").arg("-x").arg(deb).arg(into))?;
+    Ok(())
+}
+
+/// The uncompressed vmlinux inside a bzImage: the XZ stream that starts at its magic.
+fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> anyhow::Result<()> {
+    let data = std::fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+    let magic = b"\xfd7zXZ\x00";
+    let at = data
+        .windows(magic.len())
+        .position(|w| w == magic)
+        .context("extracting vmlinux: no XZ stream in the kernel image")?;
+    let mut child = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("extracting vmlinux: cannot run xz")?;
+    let mut stdin = child.stdin.take().context("xz stdin")?;
+    let payload = data[at..].to_vec();
+    // xz stops reading after the stream; a write error on its closed stdin is expected then.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&payload);
+    });
+    let mut vmlinux = Vec::new();
+    child.stdout.take().context("xz stdout")?.read_to_end(&mut vmlinux)?;
+    let _ = writer.join();
+    child.wait()?;
+    if !vmlinux.starts_with(b"\x7fELF") {
+        bail!("extracting vmlinux: the XZ stream is not an ELF kernel");
+    }
+    std::fs::write(out, vmlinux)?;
+    Ok(())
+}
+
+/// The kernel, its modules and the initramfs, cached per kernel package.
+pub struct Kernel {
+    pub package: String,
+    pub version: String,
+    pub dir: PathBuf,
+}
+
+impl Kernel {
+    pub fn vmlinux(&self) -> PathBuf {
+        self.dir.join("vmlinux")
+    }
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd.img")
+    }
+    pub fn modules(&self) -> PathBuf {
+        self.dir.join("root/lib/modules").join(&self.version)
+    }
+}
+
+pub fn kernel(cache: &Path, progress: &dyn Progress) -> anyhow::Result<Kernel> {
+    let package = kernel_package()?;
+    let version = package.trim_start_matches("linux-image-").to_owned();
+    let dir = cache.join("kernel").join(&version);
+    let k = Kernel { package: package.clone(), version: version.clone(), dir: dir.clone() };
+    if dir.join(".complete").exists() {
+        return Ok(k);
+    }
+    progress.step(&format!("kernel: downloading {package}"));
+    let busybox = "busybox-static".to_owned();
+    let debs = download(cache, &[package.clone(), busybox])?;
+    let tmp = cache.join("kernel").join(format!("{version}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("root"))?;
+    progress.step("kernel: unpacking");
+    extract(&debs[0], &tmp.join("root"))?;
+    let vmlinuz = tmp.join("root/boot").join(format!("vmlinuz-{version}"));
+    extract_vmlinux(&vmlinuz, &tmp.join("vmlinux"))?;
+    let bb = tmp.join("busybox");
+    extract(&debs[1], &bb)?;
+
+    progress.step("kernel: building the initramfs");
+    let mods = tmp.join("root/lib/modules").join(&version).join("kernel");
+    let mut archive = cpio::Archive::default();
+    archive.dir("bin").dir("lib").dir("lib/modules").dir("dev").dir("proc").dir("sys").dir("newroot");
+    archive.file(
+        "bin/busybox",
+        &std::fs::read(bb.join("bin/busybox")).context("busybox-static has no bin/busybox")?,
+        0o755,
+    );
+    archive.file("init", include_bytes!("initramfs-init"), 0o755);
+    let mut order = String::new();
+    for m in INITRAMFS_MODULES {
+        let src = mods.join(format!("{m}.ko"));
+        let name = Path::new(m).file_name().and_then(|n| n.to_str()).unwrap_or(m);
+        let bytes = std::fs::read(&src)
+            .with_context(|| format!("building the initramfs: module {} is missing", src.display()))?;
+        archive.file(&format!("lib/modules/{name}.ko"), &bytes, 0o644);
+        order.push_str(name);
+        order.push('\n');
+    }
+    archive.file("modules.order", order.as_bytes(), 0o644);
+    std::fs::write(tmp.join("initrd.img"), archive.finish())?;
+    // Only the modules tree and the kernel stay; boot/ and the rest of the package go.
+    let _ = std::fs::remove_dir_all(tmp.join("root/boot"));
+    let _ = std::fs::remove_dir_all(tmp.join("root/usr"));
+    let _ = std::fs::remove_dir_all(&bb);
+    std::fs::write(tmp.join(".complete"), package.as_bytes())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    Ok(k)
+}
+
+fn write(root: &Path, rel: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn dir_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Builds (or finds in the cache) an image.
+pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> anyhow::Result<Built> {
+    let started = Instant::now();
+    std::fs::create_dir_all(cache).with_context(|| format!("creating the cache dir {}", cache.display()))?;
+    let kernel = kernel(cache, progress)?;
+    let packages: Vec<String> = match kind {
+        Kind::Minimal => with_dependencies(&["busybox-static", "dropbear-bin"])?,
+        Kind::Debian12 => vec!["debootstrap".into()],
+    };
+    let mut key = format!("v{BUILDER_VERSION} {} {}", kind.slug(), kernel.package);
+    for p in &packages {
+        key.push_str(&format!(" {p}={}", package_version(p)?));
+    }
+    let dir = cache.join("images").join(kind.slug());
+    let manifest_path = dir.join("manifest.json");
+    if !force {
+        if let Ok(text) = std::fs::read_to_string(&manifest_path) {
+            if let Ok(m) = serde_json::from_str::<Manifest>(&text) {
+                if m.build_key == key && dir.join("rootfs.raw").exists() {
+                    return Ok(Built {
+                        kind,
+                        rootfs: dir.join("rootfs.raw"),
+                        kernel: kernel.vmlinux(),
+                        initrd: kernel.initrd(),
+                        manifest: m,
+                        fresh: false,
+                    });
+                }
+            }
+        }
+    }
+    let tmp = cache.join("images").join(format!("{}.tmp", kind.slug()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| -> anyhow::Result<()> {
+        let rootfs = tmp.join("rootfs");
+        match kind {
+            Kind::Minimal => minimal_rootfs(cache, &packages, &rootfs, progress)?,
+            Kind::Debian12 => debian_rootfs(&kernel, &rootfs, progress)?,
+        }
+        progress.step(&format!("{}: making the ext4 disk ({})", kind.slug(), kind.disk_size()));
+        run(
+            "making the ext4 disk",
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "root", "-E", "root_owner=0:0", "-d"])
+                .arg(&rootfs)
+                .arg(tmp.join("rootfs.raw"))
+                .arg(kind.disk_size()),
+        )?;
+        run("removing the staging tree", Command::new("rm").arg("-rf").arg(&rootfs))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = Command::new("rm").arg("-rf").arg(&tmp).status();
+        return Err(e.context(format!("building image {}", kind.slug())));
+    }
+    let raw = tmp.join("rootfs.raw");
+    let manifest = Manifest {
+        name: kind.image_name().into(),
+        build_key: key,
+        kernel_version: kernel.version.clone(),
+        disk_bytes: std::fs::metadata(&raw)?.len(),
+        disk_used_bytes: dir_size(&raw),
+        build_seconds: started.elapsed().as_secs_f64(),
+    };
+    std::fs::write(tmp.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    let _ = Command::new("rm").arg("-rf").arg(&dir).status();
+    std::fs::rename(&tmp, &dir)?;
+    progress.step(&format!(
+        "{}: done in {:.1}s, disk {} MiB ({} MiB used)",
+        kind.slug(),
+        manifest.build_seconds,
+        manifest.disk_bytes >> 20,
+        manifest.disk_used_bytes >> 20
+    ));
+    Ok(Built {
+        kind,
+        rootfs: dir.join("rootfs.raw"),
+        kernel: kernel.vmlinux(),
+        initrd: kernel.initrd(),
+        manifest,
+        fresh: true,
+    })
+}
+
+fn minimal_rootfs(cache: &Path, packages: &[String], root: &Path, progress: &dyn Progress) -> anyhow::Result<()> {
+    progress.step(&format!("minimal: downloading {} packages", packages.len()));
+    let debs = download(cache, packages)?;
+    progress.step("minimal: unpacking");
+    std::fs::create_dir_all(root)?;
+    for d in &debs {
+        extract(d, root)?;
+    }
+    for junk in
+        ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian", "usr/share/bug"]
+    {
+        let _ = std::fs::remove_dir_all(root.join(junk));
+    }
+    for d in ["dev", "proc", "sys", "tmp", "run", "root", "var/log", "etc/dropbear", "mnt", "home"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    // busybox applets as symlinks, where a package did not put a real program.
+    let list = run("listing busybox applets", Command::new(root.join("bin/busybox")).arg("--list-full"))?;
+    for applet in String::from_utf8_lossy(&list).lines() {
+        let p = root.join(applet);
+        if p.symlink_metadata().is_err() {
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::os::unix::fs::symlink("/bin/busybox", &p)?;
+        }
+    }
+    progress.step("minimal: writing the init and configuration");
+    write(root, "etc/init.d/rcS", include_bytes!("minimal/rcS"), 0o755)?;
+    write(root, "etc/inittab", include_bytes!("minimal/inittab"), 0o644)?;
+    write(root, "etc/udhcpc.script", include_bytes!("minimal/udhcpc.script"), 0o755)?;
+    write(
+        root,
+        "etc/acpi/PWRF/00000080",
+        b"#!/bin/sh\necho 'STRATO-BOOT: power button' > /dev/console\npoweroff\n",
+        0o755,
+    )?;
+    write(
+        root,
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    )?;
+    write(root, "etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    // No password: root logs in with the key pair only.
+    write(root, "etc/shadow", b"root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n", 0o600)?;
+    write(root, "etc/shells", b"/bin/sh\n", 0o644)?;
+    write(root, "etc/hostname", b"strato\n", 0o644)?;
+    write(root, "etc/hosts", b"127.0.0.1 localhost\n", 0o644)?;
+    write(root, "etc/fstab", b"/dev/vda / ext4 rw 0 1\n", 0o644)?;
+    write(root, "etc/profile", b"export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n", 0o644)?;
+    write(root, "etc/strato-release", b"Strato minimal image\n", 0o644)?;
+    std::os::unix::fs::symlink("/bin/busybox", root.join("sbin/init")).or_else(|e| {
+        if root.join("sbin/init").symlink_metadata().is_ok() {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    // The SSH server must run with the libraries we unpacked.
+    run("checking dropbear runs", Command::new("chroot").arg(root).args(["/usr/sbin/dropbear", "-V"]))?;
+    Ok(())
+}
+
+/// The host's Debian mirror, from its apt sources (debootstrap needs one).
+fn host_mirror() -> anyhow::Result<String> {
+    let mut texts = Vec::new();
+    for f in ["/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources"] {
+        if let Ok(t) = std::fs::read_to_string(f) {
+            texts.push(t);
+        }
+    }
+    for t in &texts {
+        for line in t.lines() {
+            let line = line.trim();
+            // one-line form: deb URL bookworm main
+            if let Some(rest) = line.strip_prefix("deb ") {
+                if let Some(url) = rest.split_whitespace().find(|w| w.starts_with("http")) {
+                    if !url.contains("security") {
+                        return Ok(url.to_owned());
+                    }
+                }
+            }
+            // deb822 form: URIs: URL
+            if let Some(url) = line.strip_prefix("URIs:") {
+                let url = url.trim();
+                if url.starts_with("http") && !url.contains("security") {
+                    return Ok(url.to_owned());
+                }
+            }
+        }
+    }
+    bail!("finding a Debian mirror: no http(s) source in the host's apt sources")
+}
+
+fn debian_rootfs(kernel: &Kernel, root: &Path, progress: &dyn Progress) -> anyhow::Result<()> {
+    if Command::new("debootstrap").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        run("installing debootstrap", apt_env(Command::new("apt-get").args(["install", "-y", "-q", "debootstrap"])))?;
+    }
+    let mirror = host_mirror()?;
+    progress.step("debian-12: debootstrap (about 75 s)");
+    run(
+        "debootstrap",
+        apt_env(Command::new("debootstrap").args([
+            "--variant=minbase",
+            "--include=systemd-sysv,openssh-server,cloud-init,udev,dbus,iproute2,ifupdown,isc-dhcp-client,netbase,python3-cffi-backend,kmod,ca-certificates",
+            "bookworm",
+        ]))
+        .arg(root)
+        .arg(&mirror),
+    )?;
+    progress.step("debian-12: kernel modules and configuration");
+    let modules_dst = root.join("lib/modules").join(&kernel.version);
+    std::fs::create_dir_all(root.join("lib/modules"))?;
+    run("copying kernel modules", Command::new("cp").arg("-a").arg(kernel.modules()).arg(&modules_dst))?;
+    run("depmod", Command::new("chroot").arg(root).args(["depmod", &kernel.version]))?;
+    write(root, "etc/fstab", b"LABEL=root / ext4 rw,discard,errors=remount-ro 0 1\n", 0o644)?;
+    write(root, "etc/hostname", b"localhost\n", 0o644)?;
+    write(root, "etc/machine-id", b"", 0o444)?;
+    write(
+        root,
+        "etc/network/interfaces",
+        b"# Written by cloud-init from the instance's network metadata.\nsource /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n",
+        0o644,
+    )?;
+    write(
+        root,
+        "etc/cloud/cloud.cfg.d/90-strato.cfg",
+        b"# Strato serves the EC2 metadata API at 169.254.169.254.\ndatasource_list: [Ec2]\ndatasource:\n  Ec2:\n    strict_id: false\n    metadata_urls: ['http://169.254.169.254']\n    max_wait: 30\n    timeout: 5\ndisable_root: false\nssh_pwauth: false\n",
+        0o644,
+    )?;
+    // Host keys are made per instance by cloud-init, never baked into the image.
+    for e in std::fs::read_dir(root.join("etc/ssh"))? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    run("cleaning apt caches", Command::new("chroot").arg(root).args(["apt-get", "clean"]))?;
+    Ok(())
+}
