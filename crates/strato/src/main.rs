@@ -33,6 +33,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: SocketAddr,
+        /// Do not build and register the minimal image at start.
+        #[arg(long)]
+        no_image_build: bool,
     },
     /// Manage tenant accounts.
     Account {
@@ -112,7 +115,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen } => server::serve(&cli.data_dir, listen, &cli.region).await,
+        Command::Serve { listen, no_image_build } => {
+            server::serve(&cli.data_dir, &cli.cache_dir, listen, &cli.region, !no_image_build).await
+        }
         Command::Account { command: AccountCommand::Create { name, read_only } } => {
             let control = server::open_control(&cli.data_dir, &cli.region).await?;
             server::ensure_admin(&control).await?;
@@ -175,17 +180,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image { command: ImageCommand::Build { kind, force } } => {
             let kind = strato::image::Kind::parse(&kind).context("the image kinds are minimal and debian-12")?;
-            let cache = cli.cache_dir.clone();
-            let progress = strato::image::StderrProgress(std::time::Instant::now());
-            let built =
-                tokio::task::spawn_blocking(move || strato::image::build(kind, &cache, force, &progress)).await??;
+            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let (built, id, new) = server::build_and_register(&control, &cli.cache_dir, kind, force).await?;
             println!(
-                "{} {}: {} ({} MiB disk, {} MiB used)",
+                "{} {} ({}): {} MiB disk, {} MiB used, built in {:.1}s",
+                id,
                 built.manifest.name,
-                if built.fresh { "built" } else { "is current in the cache" },
-                built.rootfs.display(),
+                if new { "registered" } else { "already registered" },
                 built.manifest.disk_bytes >> 20,
-                built.manifest.disk_used_bytes >> 20
+                built.manifest.disk_used_bytes >> 20,
+                built.manifest.build_seconds
             );
             Ok(())
         }

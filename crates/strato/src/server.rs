@@ -18,6 +18,8 @@ use anyhow::Context;
 use crate::api::{self, ApiState};
 use crate::catalog::{Catalogue, Region};
 use crate::control::{Control, Credentials, ADMIN_ACCOUNT};
+use crate::ids::ImageId;
+use crate::image::{self, Built, Kind, StderrProgress};
 use crate::store::{self, Store};
 
 /// The profile name of the admin account in `aws-config`.
@@ -27,7 +29,7 @@ pub async fn open_control(data_dir: &Path, region: &str) -> anyhow::Result<Contr
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let store = Store::open(&data_dir.join("strato.db")).await?;
     let catalogue = Catalogue::load_or_init(&data_dir.join("instance-types.toml"))?;
-    Control::new(store, Region::new(region)?, catalogue).await
+    Control::new(store, Region::new(region)?, catalogue, data_dir.join("images")).await
 }
 
 /// The admin account's credentials, creating the account on first start.
@@ -79,9 +81,38 @@ pub async fn endpoint(control: &Control) -> anyhow::Result<String> {
     Ok(store::get_meta(&mut c, "endpoint").await?.unwrap_or_else(|| "http://127.0.0.1:8787".into()))
 }
 
-/// Runs the API until SIGINT or SIGTERM.
-pub async fn serve(data_dir: &Path, listen: SocketAddr, region: &str) -> anyhow::Result<()> {
+/// Builds (or finds in the cache) an image and registers it in this data dir.
+pub async fn build_and_register(
+    control: &Control,
+    cache: &Path,
+    kind: Kind,
+    force: bool,
+) -> anyhow::Result<(Built, ImageId, bool)> {
+    let cache = cache.to_owned();
+    let progress = StderrProgress(std::time::Instant::now());
+    let built = tokio::task::spawn_blocking(move || image::build(kind, &cache, force, &progress)).await??;
+    let (id, new) =
+        control.register_built(&built).await.map_err(|e| anyhow::anyhow!("registering {}: {e}", kind.slug()))?;
+    Ok((built, id, new))
+}
+
+/// Runs the API until SIGINT or SIGTERM. With `build_images`, first builds the minimal
+/// image if the cache lacks it and registers it (a failure is logged, not fatal).
+pub async fn serve(
+    data_dir: &Path,
+    cache: &Path,
+    listen: SocketAddr,
+    region: &str,
+    build_images: bool,
+) -> anyhow::Result<()> {
     let control = open_control(data_dir, region).await?;
+    if build_images {
+        match build_and_register(&control, cache, Kind::Minimal, false).await {
+            Ok((_, id, true)) => tracing::info!(image_id = %id, "minimal image registered"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "the minimal image is not available"),
+        }
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let local = listener.local_addr()?;
     let endpoint = format!("http://{local}");

@@ -12,7 +12,8 @@ use super::query::{Filter, Params, TagSpec};
 use super::xml::Xml;
 use super::Ctx;
 use crate::control::filter::check_max_results;
-use crate::control::model::{KeyPair, Peer, SecurityGroup, SgRule, Subnet, Vpc};
+use crate::control::images::{ImageAttribute, ImageChanges, RegisterFromHost};
+use crate::control::model::{Image, KeyPair, Peer, SecurityGroup, SgRule, Subnet, Vpc};
 use crate::control::security_groups::{permissions, GroupPair, GroupSelector, IpPermission};
 
 pub trait Action: Sized + Send {
@@ -885,6 +886,340 @@ impl Action for DescribeTags {
                 .field("value", &r.value);
         });
         write_next_token(x, next);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- images
+
+fn write_image(x: &mut Xml, i: &Image) {
+    x.field("imageId", &i.id)
+        .field("imageLocation", format!("{}/{}", i.owner_alias.as_deref().unwrap_or(i.owner.as_str()), i.name))
+        .field("imageState", &i.state)
+        .field("imageOwnerId", &i.owner)
+        .field("creationDate", super::timestamp(&i.created_at))
+        .field("isPublic", i.public)
+        .field("architecture", &i.architecture)
+        .field("imageType", "machine")
+        .field("platformDetails", "Linux/UNIX")
+        .field("usageOperation", "RunInstances")
+        .opt_field("imageOwnerAlias", i.owner_alias.as_ref())
+        .field("name", &i.name)
+        .field("description", &i.description)
+        .field("rootDeviceType", "ebs")
+        .field("rootDeviceName", &i.root_device_name)
+        .list("blockDeviceMapping", [i], |x, i| {
+            x.field("deviceName", &i.root_device_name)
+                .open("ebs")
+                .field("snapshotId", &i.root_snapshot_id)
+                .field("volumeSize", i.root_size_gb)
+                .field("deleteOnTermination", true)
+                .field("volumeType", "gp3")
+                .field("encrypted", false)
+                .close("ebs");
+        })
+        .field("virtualizationType", "hvm")
+        .field("hypervisor", "xen")
+        .field("enaSupport", false)
+        .field("bootMode", "legacy-bios")
+        .field("imdsSupport", "v2.0")
+        .opt_field("sourceImageId", i.source_image_id.as_ref())
+        .tags(&i.tags);
+}
+
+pub struct DescribeImages {
+    ids: Vec<String>,
+    owners: Vec<String>,
+    executable_by: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeImages {
+    const NAME: &'static str = "DescribeImages";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        p.bool("IncludeDeprecated")?;
+        p.bool("IncludeDisabled")?;
+        Ok(DescribeImages {
+            ids: p.list("ImageId")?,
+            owners: p.list("Owner")?,
+            executable_by: p.list("ExecutableBy")?,
+            filters: p.filters()?,
+            page: Page::decode(p, 5, 1000)?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (images, next) = ctx
+            .control
+            .describe_images(
+                &ctx.caller,
+                &self.ids,
+                &self.owners,
+                &self.executable_by,
+                &self.filters,
+                self.page.max,
+                self.page.token.as_deref(),
+            )
+            .await?;
+        x.list("imagesSet", images, |x, i| write_image(x, &i));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+pub struct RegisterImage {
+    req: RegisterFromHost,
+}
+
+impl Action for RegisterImage {
+    const NAME: &'static str = "RegisterImage";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let name = p.required("Name")?;
+        if !p.indices("BlockDeviceMapping")?.is_empty() {
+            return Err(ApiError::invalid_value(
+                "Registering an image from a snapshot (BlockDeviceMapping) is not supported yet: give ImageLocation (a raw or qcow2 disk file on the host) and KernelId (its kernel file)",
+            ));
+        }
+        if let Some(v) = p.str("VirtualizationType") {
+            if v != "hvm" {
+                return Err(ApiError::invalid_value(format!("VirtualizationType '{v}' is not supported: hvm only")));
+            }
+        }
+        if let Some(b) = p.str("BootMode") {
+            if b != "legacy-bios" {
+                return Err(ApiError::invalid_value(format!(
+                    "BootMode '{b}' is not supported: images boot their kernel directly"
+                )));
+            }
+        }
+        p.bool("EnaSupport")?;
+        p.str("SriovNetSupport");
+        let disk = p.str("ImageLocation").ok_or_else(|| ApiError::MissingParameter("ImageLocation".into()))?;
+        let kernel = p.str("KernelId").ok_or_else(|| ApiError::MissingParameter("KernelId".into()))?;
+        Ok(RegisterImage {
+            req: RegisterFromHost {
+                name,
+                description: p.str("Description").unwrap_or_default(),
+                architecture: p.str("Architecture").unwrap_or_else(|| "x86_64".into()),
+                root_device_name: p.str("RootDeviceName"),
+                disk,
+                kernel,
+                initrd: p.str("RamdiskId"),
+                tags: p.tag_specs()?,
+            },
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let id = ctx.control.register_from_host(&ctx.caller, self.req).await?;
+        x.field("imageId", id);
+        Ok(())
+    }
+}
+
+pub struct DeregisterImage {
+    id: String,
+}
+
+impl Action for DeregisterImage {
+    const NAME: &'static str = "DeregisterImage";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.bool("DeleteAssociatedSnapshots")? == Some(true) {
+            return Err(ApiError::invalid_value(
+                "DeleteAssociatedSnapshots is not supported yet: snapshots come with volumes",
+            ));
+        }
+        Ok(DeregisterImage { id: p.required("ImageId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.deregister_image(&ctx.caller, &self.id).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct DescribeImageAttribute {
+    id: String,
+    attribute: String,
+}
+
+impl Action for DescribeImageAttribute {
+    const NAME: &'static str = "DescribeImageAttribute";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeImageAttribute { id: p.required("ImageId")?, attribute: p.required("Attribute")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (id, attr) = ctx.control.describe_image_attribute(&ctx.caller, &self.id, &self.attribute).await?;
+        x.field("imageId", id);
+        match attr {
+            ImageAttribute::Description(d) => {
+                x.open("description").field("value", d).close("description");
+            }
+            ImageAttribute::Kernel => {
+                x.open("kernel").close("kernel");
+            }
+            ImageAttribute::Ramdisk => {
+                x.open("ramdisk").close("ramdisk");
+            }
+            ImageAttribute::LaunchPermission { public, users } => {
+                let mut items: Vec<(bool, String)> = users.into_iter().map(|u| (false, u.to_string())).collect();
+                if public {
+                    items.insert(0, (true, "all".into()));
+                }
+                x.list("launchPermission", items, |x, (group, v)| {
+                    x.field(if group { "group" } else { "userId" }, v);
+                });
+            }
+            ImageAttribute::BlockDeviceMapping(i) => {
+                x.list("blockDeviceMapping", [*i], |x, i| {
+                    x.field("deviceName", &i.root_device_name)
+                        .open("ebs")
+                        .field("snapshotId", &i.root_snapshot_id)
+                        .field("volumeSize", i.root_size_gb)
+                        .field("deleteOnTermination", true)
+                        .field("volumeType", "gp3")
+                        .close("ebs");
+                });
+            }
+            ImageAttribute::BootMode => {
+                x.open("bootMode").field("value", "legacy-bios").close("bootMode");
+            }
+            ImageAttribute::ImdsSupport => {
+                x.open("imdsSupport").field("value", "v2.0").close("imdsSupport");
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct ModifyImageAttribute {
+    id: String,
+    changes: ImageChanges,
+}
+
+fn launch_permission_list(p: &mut Params, prefix: &str, users: &mut Vec<String>, all: &mut bool) -> ApiResult<()> {
+    for n in p.indices(prefix)? {
+        let b = format!("{prefix}.{n}");
+        if p.str(&format!("{b}.OrganizationArn")).is_some() || p.str(&format!("{b}.OrganizationalUnitArn")).is_some() {
+            return Err(ApiError::invalid_value(
+                "Organizations are not supported: share with account ids or the group all",
+            ));
+        }
+        match (p.str(&format!("{b}.UserId")), p.str(&format!("{b}.Group"))) {
+            (Some(u), None) => users.push(u),
+            (None, Some(g)) if g == "all" => *all = true,
+            (None, Some(g)) => return Err(ApiError::invalid_value(format!("Invalid group '{g}': only 'all'"))),
+            _ => return Err(ApiError::invalid_value(format!("{b} needs exactly one of UserId or Group"))),
+        }
+    }
+    Ok(())
+}
+
+impl Action for ModifyImageAttribute {
+    const NAME: &'static str = "ModifyImageAttribute";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let id = p.required("ImageId")?;
+        let mut c = ImageChanges::default();
+        launch_permission_list(p, "LaunchPermission.Add", &mut c.add_users, &mut c.add_all)?;
+        launch_permission_list(p, "LaunchPermission.Remove", &mut c.remove_users, &mut c.remove_all)?;
+        c.description = p.str("Description.Value");
+        let attribute = p.str("Attribute");
+        let operation = p.str("OperationType");
+        let users = p.list("UserId")?;
+        let groups = p.list("UserGroup")?;
+        let value = p.str("Value");
+        if !p.list("ProductCode")?.is_empty()
+            || !p.list("OrganizationArn")?.is_empty()
+            || !p.list("OrganizationalUnitArn")?.is_empty()
+        {
+            return Err(ApiError::invalid_value("Product codes and organizations are not supported"));
+        }
+        if p.str("ImdsSupport.Value").is_some() {
+            return Err(ApiError::invalid_value("ImdsSupport cannot be changed: Strato images support IMDSv2"));
+        }
+        match attribute.as_deref() {
+            None => {}
+            Some("launchPermission") => {
+                let all = groups.iter().any(|g| g == "all");
+                if let Some(g) = groups.iter().find(|g| *g != "all") {
+                    return Err(ApiError::invalid_value(format!("Invalid group '{g}': only 'all'")));
+                }
+                match operation.as_deref() {
+                    Some("add") => {
+                        c.add_users.extend(users);
+                        c.add_all |= all;
+                    }
+                    Some("remove") => {
+                        c.remove_users.extend(users);
+                        c.remove_all |= all;
+                    }
+                    _ => return Err(ApiError::MissingParameter("OperationType".into())),
+                }
+            }
+            Some("description") => c.description = value.or(c.description),
+            Some(other) => {
+                return Err(ApiError::invalid_value(format!(
+                    "Attribute '{other}' cannot be modified: launchPermission or description"
+                )))
+            }
+        }
+        if c.add_users.is_empty() && c.remove_users.is_empty() && !c.add_all && !c.remove_all && c.description.is_none()
+        {
+            return Err(ApiError::MissingParameter("LaunchPermission or Description".into()));
+        }
+        Ok(ModifyImageAttribute { id, changes: c })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.modify_image_attribute(&ctx.caller, &self.id, self.changes).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct CopyImage {
+    source: String,
+    region: String,
+    name: String,
+    description: Option<String>,
+    token: Option<String>,
+}
+
+impl Action for CopyImage {
+    const NAME: &'static str = "CopyImage";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.bool("Encrypted")? == Some(true) || p.str("KmsKeyId").is_some() {
+            return Err(ApiError::invalid_value("Encrypted images are not supported yet"));
+        }
+        if p.str("DestinationOutpostArn").is_some() {
+            return Err(ApiError::invalid_value("Outposts are not supported"));
+        }
+        p.bool("CopyImageTags")?;
+        p.int("SnapshotCopyCompletionDurationMinutes")?;
+        if let Some(z) = p.str("DestinationAvailabilityZone") {
+            return Err(ApiError::invalid_value(format!(
+                "DestinationAvailabilityZone '{z}' is not supported: images are regional"
+            )));
+        }
+        Ok(CopyImage {
+            source: p.required("SourceImageId")?,
+            region: p.required("SourceRegion")?,
+            name: p.required("Name")?,
+            description: p.str("Description"),
+            token: p.str("ClientToken").filter(|t| !t.is_empty()),
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let id = ctx
+            .control
+            .copy_image(
+                &ctx.caller,
+                &self.source,
+                &self.region,
+                &self.name,
+                self.description.as_deref(),
+                self.token.as_deref(),
+            )
+            .await?;
+        x.field("imageId", id);
         Ok(())
     }
 }

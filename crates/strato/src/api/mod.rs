@@ -97,6 +97,12 @@ dispatch_table!(
     CreateTags,
     DeleteTags,
     DescribeTags,
+    DescribeImages,
+    RegisterImage,
+    DeregisterImage,
+    DescribeImageAttribute,
+    ModifyImageAttribute,
+    CopyImage,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

@@ -9,6 +9,7 @@
 
 pub mod cidr;
 pub mod filter;
+pub mod images;
 pub mod info;
 pub mod keypairs;
 pub mod model;
@@ -36,6 +37,8 @@ pub struct Control {
     store: Store,
     pub region: Region,
     pub catalogue: Catalogue,
+    /// Where image files live: `DATA_DIR/images`.
+    pub images_dir: std::path::PathBuf,
     /// Access keys already seen: they are never changed once issued, so a hit is final.
     keys: RwLock<HashMap<String, (String, Caller)>>,
 }
@@ -52,7 +55,12 @@ pub struct Credentials {
 impl Control {
     /// Opens the control plane on a store. The region is fixed at first start: a database made
     /// for one region refuses to serve another.
-    pub async fn new(store: Store, region: Region, catalogue: Catalogue) -> anyhow::Result<Control> {
+    pub async fn new(
+        store: Store,
+        region: Region,
+        catalogue: Catalogue,
+        images_dir: std::path::PathBuf,
+    ) -> anyhow::Result<Control> {
         let mut tx = store.begin_write().await?;
         match store::get_meta(tx.conn(), "region").await? {
             Some(r) if r != region.name => {
@@ -62,7 +70,7 @@ impl Control {
             None => store::set_meta(tx.conn(), "region", &region.name).await?,
         }
         tx.commit().await?;
-        Ok(Control { store, region, catalogue, keys: RwLock::new(HashMap::new()) })
+        Ok(Control { store, region, catalogue, images_dir, keys: RwLock::new(HashMap::new()) })
     }
 
     pub fn store(&self) -> &Store {

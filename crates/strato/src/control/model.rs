@@ -20,6 +20,8 @@ pub struct Account {
 pub struct Caller {
     pub account_id: AccountId,
     pub read_only: bool,
+    /// The admin account (made by `strato serve`) may register images from host files.
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,4 +103,38 @@ impl SgRule {
             && self.to_port == other.to_port
             && self.peer == other.peer
     }
+}
+
+/// A machine image (AMI): a root disk and the kernel that boots it.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: ImageId,
+    pub owner: AccountId,
+    /// `strato` for the images Strato builds.
+    pub owner_alias: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub architecture: String,
+    pub root_device_name: String,
+    pub root_snapshot_id: SnapshotId,
+    pub root_size_gb: i64,
+    /// The root disk file (in the data dir).
+    pub disk_path: String,
+    /// `raw` or `qcow2`.
+    pub disk_format: String,
+    pub kernel_path: String,
+    pub initrd_path: Option<String>,
+    /// Kernel command line (without `root=`).
+    pub cmdline: String,
+    pub public: bool,
+    pub state: String,
+    pub source_image_id: Option<String>,
+    /// For images Strato builds: what they were built from.
+    pub build_key: Option<String>,
+    /// The ClientToken of the CopyImage that made it.
+    pub client_token: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Accounts given launch permission explicitly.
+    pub launch_permissions: Vec<AccountId>,
+    pub tags: Tags,
 }

@@ -384,10 +384,48 @@ fn dir_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
-/// Builds (or finds in the cache) an image.
+/// The cached build of an image, if there is one (no apt queries: cheap).
+pub fn cached(kind: Kind, cache: &Path) -> Option<Built> {
+    let dir = cache.join("images").join(kind.slug());
+    let m: Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).ok()?).ok()?;
+    let kdir = cache.join("kernel").join(&m.kernel_version);
+    let built = Built {
+        kind,
+        rootfs: dir.join("rootfs.raw"),
+        kernel: kdir.join("vmlinux"),
+        initrd: kdir.join("initrd.img"),
+        manifest: m,
+        fresh: false,
+    };
+    (built.rootfs.exists() && built.kernel.exists() && built.initrd.exists() && kdir.join(".complete").exists())
+        .then_some(built)
+}
+
+/// Holds the cache's build lock: one build at a time per cache, across processes.
+struct CacheLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_cache(cache: &Path) -> anyhow::Result<CacheLock> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(cache.join(".build.lock"))?;
+    f.lock().context("locking the image cache")?;
+    Ok(CacheLock(f))
+}
+
+/// Builds an image, or finds it in the cache: building again is a no-op unless `force`.
 pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> anyhow::Result<Built> {
     let started = Instant::now();
     std::fs::create_dir_all(cache).with_context(|| format!("creating the cache dir {}", cache.display()))?;
+    if !force {
+        if let Some(b) = cached(kind, cache) {
+            return Ok(b);
+        }
+    }
+    let _lock = lock_cache(cache)?;
+    // Another process may have built it while we waited for the lock.
+    if !force {
+        if let Some(b) = cached(kind, cache) {
+            return Ok(b);
+        }
+    }
     let kernel = kernel(cache, progress)?;
     let packages: Vec<String> = match kind {
         Kind::Minimal => with_dependencies(&["busybox-static", "dropbear-bin"])?,
@@ -398,23 +436,6 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
         key.push_str(&format!(" {p}={}", package_version(p)?));
     }
     let dir = cache.join("images").join(kind.slug());
-    let manifest_path = dir.join("manifest.json");
-    if !force {
-        if let Ok(text) = std::fs::read_to_string(&manifest_path) {
-            if let Ok(m) = serde_json::from_str::<Manifest>(&text) {
-                if m.build_key == key && dir.join("rootfs.raw").exists() {
-                    return Ok(Built {
-                        kind,
-                        rootfs: dir.join("rootfs.raw"),
-                        kernel: kernel.vmlinux(),
-                        initrd: kernel.initrd(),
-                        manifest: m,
-                        fresh: false,
-                    });
-                }
-            }
-        }
-    }
     let tmp = cache.join("images").join(format!("{}.tmp", kind.slug()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;

@@ -17,7 +17,8 @@ use crate::control::model::*;
 use crate::ids::*;
 
 /// Schema migrations, applied in order; never edit one that has shipped, add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/0001_init.sql")), (2, include_str!("../../migrations/0002_images.sql"))];
 
 #[derive(Clone)]
 pub struct Store {
@@ -174,7 +175,7 @@ pub async fn insert_access_key(
 /// The secret and caller behind an access key id.
 pub async fn access_key(c: &mut SqliteConnection, key_id: &str) -> sqlx::Result<Option<(String, Caller)>> {
     let row = sqlx::query(
-        "SELECT k.secret, k.account_id, a.read_only FROM access_keys k JOIN accounts a ON a.id = k.account_id WHERE k.access_key_id = ?",
+        "SELECT k.secret, k.account_id, a.read_only, a.name FROM access_keys k JOIN accounts a ON a.id = k.account_id WHERE k.access_key_id = ?",
     )
     .bind(key_id)
     .fetch_optional(c)
@@ -185,6 +186,7 @@ pub async fn access_key(c: &mut SqliteConnection, key_id: &str) -> sqlx::Result<
             Caller {
                 account_id: AccountId::from_db(r.try_get("account_id")?),
                 read_only: r.try_get::<i64, _>("read_only")? != 0,
+                admin: r.try_get::<String, _>("name")? == crate::control::ADMIN_ACCOUNT,
             },
         ))
     })
@@ -578,6 +580,14 @@ pub async fn owns(
         "subnet" => "subnets",
         "security-group" => "security_groups",
         "security-group-rule" => "security_group_rules",
+        "image" => {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = ? AND owner_id = ?")
+                .bind(id)
+                .bind(account.as_str())
+                .fetch_one(c)
+                .await?;
+            return Ok(Some(n > 0));
+        }
         _ => return Ok(None),
     };
     let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE id = ? AND account_id = ?"))
@@ -586,4 +596,117 @@ pub async fn owns(
         .fetch_one(c)
         .await?;
     Ok(Some(n > 0))
+}
+
+// ---- images
+
+fn image_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Image> {
+    Ok(Image {
+        id: ImageId::from_db(r.try_get("id")?),
+        owner: AccountId::from_db(r.try_get("owner_id")?),
+        owner_alias: r.try_get("owner_alias")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        architecture: r.try_get("architecture")?,
+        root_device_name: r.try_get("root_device_name")?,
+        root_snapshot_id: SnapshotId::from_db(r.try_get("root_snapshot_id")?),
+        root_size_gb: r.try_get("root_size_gb")?,
+        disk_path: r.try_get("disk_path")?,
+        disk_format: r.try_get("disk_format")?,
+        kernel_path: r.try_get("kernel_path")?,
+        initrd_path: r.try_get("initrd_path")?,
+        cmdline: r.try_get("cmdline")?,
+        public: r.try_get::<i64, _>("public")? != 0,
+        state: r.try_get("state")?,
+        source_image_id: r.try_get("source_image_id")?,
+        build_key: r.try_get("build_key")?,
+        client_token: r.try_get("client_token")?,
+        created_at: parse_ts(&r.try_get::<String, _>("created_at")?),
+        launch_permissions: Vec::new(),
+        tags: Vec::new(),
+    })
+}
+
+pub async fn insert_image(c: &mut SqliteConnection, i: &Image) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO images (id, owner_id, owner_alias, name, description, architecture, root_device_name, root_snapshot_id,
+         root_size_gb, disk_path, disk_format, kernel_path, initrd_path, cmdline, public, state, source_image_id, build_key, client_token, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(i.id.as_str())
+    .bind(i.owner.as_str())
+    .bind(&i.owner_alias)
+    .bind(&i.name)
+    .bind(&i.description)
+    .bind(&i.architecture)
+    .bind(&i.root_device_name)
+    .bind(i.root_snapshot_id.as_str())
+    .bind(i.root_size_gb)
+    .bind(&i.disk_path)
+    .bind(&i.disk_format)
+    .bind(&i.kernel_path)
+    .bind(&i.initrd_path)
+    .bind(&i.cmdline)
+    .bind(i.public as i64)
+    .bind(&i.state)
+    .bind(&i.source_image_id)
+    .bind(&i.build_key)
+    .bind(&i.client_token)
+    .bind(ts(&i.created_at))
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// Every image with its launch permissions (visibility is decided by the caller).
+pub async fn images(c: &mut SqliteConnection) -> sqlx::Result<Vec<Image>> {
+    let rows = sqlx::query("SELECT * FROM images ORDER BY id").fetch_all(&mut *c).await?;
+    let perms = sqlx::query("SELECT image_id, account_id FROM image_launch_permissions ORDER BY account_id")
+        .fetch_all(c)
+        .await?;
+    let mut by_image: std::collections::HashMap<String, Vec<AccountId>> = Default::default();
+    for p in perms {
+        by_image.entry(p.try_get(0)?).or_default().push(AccountId::from_db(p.try_get(1)?));
+    }
+    rows.iter()
+        .map(|r| {
+            let mut i = image_from_row(r)?;
+            i.launch_permissions = by_image.remove(i.id.as_str()).unwrap_or_default();
+            Ok(i)
+        })
+        .collect()
+}
+
+pub async fn set_image_public(c: &mut SqliteConnection, id: &ImageId, public: bool) -> sqlx::Result<()> {
+    sqlx::query("UPDATE images SET public = ? WHERE id = ?").bind(public as i64).bind(id.as_str()).execute(c).await?;
+    Ok(())
+}
+
+pub async fn set_image_description(c: &mut SqliteConnection, id: &ImageId, d: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE images SET description = ? WHERE id = ?").bind(d).bind(id.as_str()).execute(c).await?;
+    Ok(())
+}
+
+pub async fn add_launch_permission(c: &mut SqliteConnection, id: &ImageId, account: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT OR IGNORE INTO image_launch_permissions (image_id, account_id) VALUES (?, ?)")
+        .bind(id.as_str())
+        .bind(account)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn remove_launch_permission(c: &mut SqliteConnection, id: &ImageId, account: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = ? AND account_id = ?")
+        .bind(id.as_str())
+        .bind(account)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_image(c: &mut SqliteConnection, id: &ImageId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = ?").bind(id.as_str()).execute(&mut *c).await?;
+    sqlx::query("DELETE FROM images WHERE id = ?").bind(id.as_str()).execute(c).await?;
+    Ok(())
 }

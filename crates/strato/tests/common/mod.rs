@@ -32,6 +32,11 @@ pub fn venv() -> PathBuf {
     dir
 }
 
+/// The image cache shared by all tests (scripts/test builds the minimal image into it).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("STRATO_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/strato"))
+}
+
 pub fn strato_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strato")
 }
@@ -48,6 +53,7 @@ impl Cloud {
             .args(["--data-dir"])
             .arg(dir.path())
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("STRATO_CACHE_DIR", cache_dir())
             .env("STRATO_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -103,7 +109,8 @@ impl Cloud {
         if read_only {
             cmd.arg("--read-only");
         }
-        let out = cmd.env("STRATO_LOG", "warn").output().expect("strato account create");
+        let out =
+            cmd.env("STRATO_LOG", "warn").env("STRATO_CACHE_DIR", cache_dir()).output().expect("strato account create");
         assert!(out.status.success(), "account create failed: {}", String::from_utf8_lossy(&out.stderr));
         name.to_owned()
     }
