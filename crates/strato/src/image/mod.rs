@@ -33,7 +33,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// Bump when what a build produces changes, so caches rebuild.
-const BUILDER_VERSION: u32 = 1;
+const BUILDER_VERSION: u32 = 2;
 
 /// Kernel modules the initramfs loads, in order (paths under the kernel's `kernel/` dir).
 const INITRAMFS_MODULES: &[&str] = &[
@@ -618,7 +618,7 @@ fn debian_rootfs(kernel: &Kernel, root: &Path, progress: &dyn Progress) -> anyho
     write(
         root,
         "etc/cloud/cloud.cfg.d/90-strato.cfg",
-        b"# Strato serves the EC2 metadata API at 169.254.169.254.\ndatasource_list: [Ec2]\ndatasource:\n  Ec2:\n    strict_id: false\n    metadata_urls: ['http://169.254.169.254']\n    max_wait: 30\n    timeout: 5\ndisable_root: false\nssh_pwauth: false\n",
+        b"# Strato serves the EC2 metadata API at 169.254.169.254.\ndatasource_list: [Ec2]\ndatasource:\n  Ec2:\n    strict_id: false\n    metadata_urls: ['http://169.254.169.254']\n    max_wait: 30\n    timeout: 5\ndisable_root: false\nssh_pwauth: false\n# The image has no locales package: C.UTF-8 is built in.\nlocale: C.UTF-8\n",
         0o644,
     )?;
     // Host keys are made per instance by cloud-init, never baked into the image.
