@@ -174,3 +174,52 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Res
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// `strato bench boot`: boots an image `runs` times and prints the times to its ready marker
+/// and to its sshd's banner.
+pub fn boot(kind: crate::image::Kind, cache: &std::path::Path, runs: usize, memory_mib: u32) -> anyhow::Result<()> {
+    use crate::image::bare::{sample_metadata, BareVm, Options};
+    let progress = crate::image::StderrProgress(Instant::now());
+    let built = crate::image::build(kind, cache, false, &progress)?;
+    let marker = match kind {
+        crate::image::Kind::Minimal => "STRATO-BOOT: ready",
+        crate::image::Kind::Debian12 => "login:",
+    };
+    let opts = Options {
+        memory_mib,
+        metadata: sample_metadata(
+            Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchmarkKeyNotUsedForLogin bench".into()),
+            None,
+        ),
+        strato_bin: std::env::current_exe()?,
+    };
+    let timeout = Duration::from_secs(if kind == crate::image::Kind::Minimal { 60 } else { 300 });
+    let mut ready = Vec::new();
+    let mut ssh = Vec::new();
+    for run in 0..runs {
+        let work = std::env::temp_dir().join(format!("strato-bench-boot-{}-{run}", std::process::id()));
+        let result = (|| -> anyhow::Result<(f64, f64)> {
+            let vm = BareVm::start(&built, &work, &opts)?;
+            let r = vm
+                .wait_console(marker, timeout)
+                .with_context(|| format!("no '{marker}' on the console:\n{}", vm.console_text()))?;
+            let s = vm.wait_ssh_banner(timeout).context("sshd never answered")?;
+            Ok((r.as_secs_f64(), s.as_secs_f64()))
+        })();
+        let _ = std::fs::remove_dir_all(&work);
+        let (r, s) = result?;
+        eprintln!("run {}: ready marker {r:.2}s, sshd banner {s:.2}s", run + 1);
+        ready.push(r);
+        ssh.push(s);
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let (rm, rmin, rmax) = stats(&mut ready);
+    let (sm, smin, smax) = stats(&mut ssh);
+    println!("{} under TCG, {memory_mib} MiB, 1 vCPU, {runs} boots (QEMU start to ...):", built.manifest.name);
+    println!("  {marker:<22} median {rm:.2}s  min {rmin:.2}s  max {rmax:.2}s");
+    println!("  {:<22} median {sm:.2}s  min {smin:.2}s  max {smax:.2}s", "sshd banner");
+    Ok(())
+}

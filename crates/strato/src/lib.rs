@@ -17,5 +17,6 @@ pub mod catalog;
 pub mod control;
 pub mod ids;
 pub mod image;
+pub mod metadata;
 pub mod server;
 pub mod store;

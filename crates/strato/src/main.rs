@@ -54,6 +54,22 @@ enum Command {
     },
     /// List the EC2 actions this build implements.
     Actions,
+    /// The instance metadata service (internal).
+    #[command(hide = true)]
+    Metadata {
+        #[command(subcommand)]
+        command: MetadataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetadataCommand {
+    /// Answer one metadata request on stdin/stdout (QEMU user-network guestfwd).
+    ServeStdio {
+        /// JSON: the instance's metadata and the token key.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +115,18 @@ enum BenchCommand {
         /// an in-process one.
         #[arg(long)]
         endpoint: Option<String>,
+    },
+    /// Boot an image N times with a bare qemu-system-x86_64 and report the time from QEMU's
+    /// start to the guest's ready marker and to its sshd answering (median, min, max).
+    Boot {
+        /// minimal or debian-12 (built into the cache first if missing)
+        #[arg(long, default_value = "minimal")]
+        image: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Guest memory.
+        #[arg(long, default_value_t = 256)]
+        memory_mib: u32,
     },
 }
 
@@ -192,6 +220,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 built.manifest.build_seconds
             );
             Ok(())
+        }
+        Command::Metadata { command: MetadataCommand::ServeStdio { config } } => {
+            let cfg: strato::metadata::StdioConfig = serde_json::from_slice(&std::fs::read(&config)?)?;
+            let stdin = std::io::stdin();
+            strato::metadata::serve_stdio(&cfg, &mut stdin.lock(), &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Boot { image, runs, memory_mib } } => {
+            let kind = strato::image::Kind::parse(&image).context("the image kinds are minimal and debian-12")?;
+            let cache = cli.cache_dir.clone();
+            tokio::task::spawn_blocking(move || strato::bench::boot(kind, &cache, runs, memory_mib)).await?
         }
         Command::Actions => {
             for a in strato::api::SUPPORTED_ACTIONS {

@@ -22,6 +22,7 @@
 //! `debian-12` (debootstrap minbase + systemd, openssh-server, cloud-init; 2 GiB).
 //! Both boot the Debian kernel directly (QEMU `-kernel vmlinux -initrd initrd.img`).
 
+pub mod bare;
 pub mod cpio;
 
 use std::io::{Read, Write};
@@ -388,6 +389,10 @@ fn dir_size(path: &Path) -> u64 {
 pub fn cached(kind: Kind, cache: &Path) -> Option<Built> {
     let dir = cache.join("images").join(kind.slug());
     let m: Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).ok()?).ok()?;
+    // A build by another version of the builder is not current.
+    if !m.build_key.starts_with(&format!("v{BUILDER_VERSION} ")) {
+        return None;
+    }
     let kdir = cache.join("kernel").join(&m.kernel_version);
     let built = Built {
         kind,
