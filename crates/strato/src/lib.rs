@@ -5,11 +5,14 @@
 //! - `control`: accounts, resources, validation; the only writer of the database;
 //! - `store`: persistence (embedded SQLite);
 //! - `catalog`: the region, its zones and the instance-type catalogue with prices;
+//! - `image`: the image builder (kernel, initramfs, minimal and debian-12 root disks) and a
+//!   bare QEMU runner for image checks;
+//! - `metadata`: the instance metadata service's answers (IMDSv1/v2);
 //! - `server`: wiring a data dir, the control plane and the API into `strato serve`;
 //! - `bench`: the API benchmark behind `strato bench api`.
 //!
-//! Instances, images, networks and volumes arrive with the agent, hypervisor, net and disk
-//! parts; this crate does not pretend to have them yet.
+//! Instances, networks and volumes arrive with the agent, hypervisor, net and disk parts;
+//! this crate does not pretend to have them yet.
 
 pub mod api;
 pub mod bench;

@@ -94,4 +94,11 @@ for bad in [url.replace("Action=DescribeRegions", "Action=DescribeVpcs"), post_u
         raise AssertionError("a changed presigned URL must fail")
     except urllib.error.HTTPError as e:
         assert e.code == 401 and "<Code>AuthFailure</Code>" in e.read().decode()
+# Images: Strato's own, found by owner alias and name, and the image_available waiter.
+imgs = ec2.describe_images(Owners=["strato"], Filters=[{"Name": "name", "Values": ["strato-minimal-*"]}])["Images"]
+assert len(imgs) == 1 and imgs[0]["ImageOwnerAlias"] == "strato" and imgs[0]["State"] == "available", imgs
+ec2.get_waiter("image_available").wait(ImageIds=[imgs[0]["ImageId"]], WaiterConfig={"Delay": 1, "MaxAttempts": 3})
+assert code_of(ec2.describe_images, ImageIds=["ami-0123456789abcdef0"]) == ("InvalidAMIID.NotFound", 400)
+pages = list(ec2.get_paginator("describe_images").paginate(Owners=["strato"], PaginationConfig={"PageSize": 5}))
+assert sum(len(p["Images"]) for p in pages) >= 1
 print("boto3 flow ok")
