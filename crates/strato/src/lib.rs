@@ -18,6 +18,7 @@ pub mod api;
 pub mod bench;
 pub mod catalog;
 pub mod control;
+pub mod hypervisor;
 pub mod ids;
 pub mod image;
 pub mod metadata;

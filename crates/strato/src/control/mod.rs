@@ -11,6 +11,7 @@ pub mod cidr;
 pub mod filter;
 pub mod images;
 pub mod info;
+pub mod instance_state;
 pub mod keypairs;
 pub mod model;
 pub mod network;

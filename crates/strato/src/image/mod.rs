@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// Bump when what a build produces changes, so caches rebuild.
-const BUILDER_VERSION: u32 = 2;
+const BUILDER_VERSION: u32 = 3;
 
 /// Kernel modules the initramfs loads, in order (paths under the kernel's `kernel/` dir).
 const INITRAMFS_MODULES: &[&str] = &[
@@ -56,6 +56,52 @@ const INITRAMFS_MODULES: &[&str] = &[
     "drivers/acpi/button",
     "drivers/input/evdev",
 ];
+
+/// The moment every file of a built image is dated (2024-01-01T00:00:00Z).
+const SOURCE_DATE_EPOCH: u64 = 1_704_067_200;
+
+/// mkfs copies each file's change time, which no tool can set in the staging tree: set it
+/// in the filesystem afterwards (debugfs), so the disk's bytes depend on the inputs only.
+fn fix_ctimes(tree: &Path, disk: &Path) -> anyhow::Result<()> {
+    fn walk(dir: &Path, rel: &str, out: &mut String) -> anyhow::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = format!("{rel}/{name}");
+            if path.contains('"') || path.contains('\n') {
+                anyhow::bail!("fixing file times: unexpected file name {path:?}");
+            }
+            out.push_str(&format!("sif \"{path}\" ctime @{SOURCE_DATE_EPOCH}\n"));
+            if e.file_type()?.is_dir() {
+                walk(&e.path(), &path, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut script = format!("sif / ctime @{SOURCE_DATE_EPOCH}\nsif /lost+found ctime @{SOURCE_DATE_EPOCH}\n");
+    walk(tree, "", &mut script)?;
+    let script_path = disk.with_extension("debugfs");
+    std::fs::write(&script_path, script)?;
+    let r = run(
+        "fixing file times",
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script_path)
+            .arg(disk)
+            .env("E2FSPROGS_FAKE_TIME", SOURCE_DATE_EPOCH.to_string()),
+    );
+    let _ = std::fs::remove_file(&script_path);
+    r.map(drop)
+}
+
+/// A UUID derived from a build key (for reproducible filesystems).
+fn build_uuid(key: &str) -> String {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    format!("{}-{}-4{}-8{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+}
 
 /// The kernel command line every image boots with (plus `root=` from the launcher).
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 net.ifnames=0";
@@ -451,14 +497,31 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
             Kind::Debian12 => debian_rootfs(&kernel, &rootfs, progress)?,
         }
         progress.step(&format!("{}: making the ext4 disk ({})", kind.slug(), kind.disk_size()));
+        // Same inputs, same bytes: every file time set to one fixed moment, and the
+        // filesystem's UUID, hash seed and clock derived from the build key.
+        run(
+            "fixing file times",
+            Command::new("find").arg(&rootfs).args([
+                "-exec",
+                "touch",
+                "-h",
+                "-d",
+                &format!("@{SOURCE_DATE_EPOCH}"),
+                "{}",
+                "+",
+            ]),
+        )?;
+        let uuid = build_uuid(&key);
         run(
             "making the ext4 disk",
             Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-L", "root", "-E", "root_owner=0:0", "-d"])
+                .args(["-q", "-F", "-L", "root", "-U", &uuid, "-E", &format!("root_owner=0:0,hash_seed={uuid}"), "-d"])
                 .arg(&rootfs)
                 .arg(tmp.join("rootfs.raw"))
-                .arg(kind.disk_size()),
+                .arg(kind.disk_size())
+                .env("E2FSPROGS_FAKE_TIME", SOURCE_DATE_EPOCH.to_string()),
         )?;
+        fix_ctimes(&rootfs, &tmp.join("rootfs.raw"))?;
         run("removing the staging tree", Command::new("rm").arg("-rf").arg(&rootfs))?;
         Ok(())
     })();

@@ -1,0 +1,227 @@
+//! One VM's life on a host: QEMU started from a `VmSpec`, driven over QMP, found again after
+//! the agent restarts.
+//!
+//! Each VM has a run directory holding its QMP socket, serial console log and pid file.
+//! QEMU runs daemonized (`-daemonize`: its own session, not our child), so restarting or
+//! killing Strato never stops a VM; `Vm::adopt` finds it again from the run directory,
+//! checking that the pid still belongs to that QEMU.
+//!
+//! Accelerator: KVM only where it really works. A `/dev/kvm` that exists is not enough: on
+//! the nested PVM machines Strato is developed on, it cannot boot a stock kernel (see
+//! FACTS.md), so KVM also needs the host CPU's `vmx` or `svm` flag; `STRATO_ACCEL=kvm|tcg`
+//! overrides the choice.
+//!
+//! Not here yet: the agent's per-VM task that owns this handle, tap networking, hot-plugged
+//! volumes; they come with the instance lifecycle.
+
+pub mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
+            Accel::Tcg => &["-accel", "tcg"],
+        }
+    }
+}
+
+/// Picks the accelerator and says why.
+pub fn detect_accel() -> (Accel, String) {
+    match std::env::var("STRATO_ACCEL").as_deref() {
+        Ok("kvm") => return (Accel::Kvm, "STRATO_ACCEL=kvm".into()),
+        Ok("tcg") => return (Accel::Tcg, "STRATO_ACCEL=tcg".into()),
+        _ => {}
+    }
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let vt = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    match (dev, vt) {
+        (true, true) => (Accel::Kvm, "/dev/kvm and hardware virtualisation (vmx/svm)".into()),
+        (true, false) => {
+            (Accel::Tcg, "/dev/kvm exists but the CPU has no vmx/svm flag (nested PVM): software emulation".into())
+        }
+        (false, _) => (Accel::Tcg, "no usable /dev/kvm: software emulation".into()),
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The run directory (socket, console, pid file).
+    pub run_dir: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// The root disk, a qcow2 file (an overlay on the image).
+    pub root_disk: PathBuf,
+    /// SMBIOS system UUID and serial.
+    pub uuid: String,
+}
+
+impl VmSpec {
+    pub fn qmp_path(&self) -> PathBuf {
+        self.run_dir.join("qmp.sock")
+    }
+
+    pub fn console_path(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+
+    pub fn pid_path(&self) -> PathBuf {
+        self.run_dir.join("qemu.pid")
+    }
+
+    /// QEMU's argument vector (no shell ever sees it).
+    pub fn argv(&self, accel: Accel) -> Vec<String> {
+        let mut a: Vec<String> =
+            ["-M", "q35", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend(accel.qemu_args().iter().map(|s| s.to_string()));
+        a.extend([
+            "-smp".into(),
+            self.vcpus.to_string(),
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-uuid".into(),
+            self.uuid.clone(),
+            "-smbios".into(),
+            format!("type=1,serial={}", self.uuid),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-append".into(),
+            self.cmdline.clone(),
+            "-drive".into(),
+            format!("file={},format=qcow2,if=virtio,cache=writeback,discard=unmap", self.root_disk.display()),
+            "-serial".into(),
+            format!("file:{}", self.console_path().display()),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.qmp_path().display()),
+            "-pidfile".into(),
+            self.pid_path().display().to_string(),
+            // seccomp; `spawn=deny` and `elevateprivileges=deny` break -daemonize (QEMU 7.2).
+            "-sandbox".into(),
+            "on,obsolete=deny,resourcecontrol=deny".into(),
+            "-daemonize".into(),
+        ]);
+        if let Some(i) = &self.initrd {
+            a.extend(["-initrd".into(), i.display().to_string()]);
+        }
+        a
+    }
+}
+
+/// A running QEMU, by pid and run directory.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub pid: u32,
+    pub run_dir: PathBuf,
+}
+
+impl Vm {
+    /// Starts QEMU; returns once it has daemonized (the guest boots on).
+    pub fn launch(spec: &VmSpec, accel: Accel) -> anyhow::Result<Vm> {
+        std::fs::create_dir_all(&spec.run_dir).with_context(|| format!("creating {}", spec.run_dir.display()))?;
+        for p in [spec.qmp_path(), spec.pid_path()] {
+            let _ = std::fs::remove_file(p);
+        }
+        let out =
+            Command::new("qemu-system-x86_64").args(spec.argv(accel)).output().context("running qemu-system-x86_64")?;
+        if !out.status.success() {
+            bail!(
+                "qemu-system-x86_64 failed to start ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Vm::adopt(&spec.run_dir).context("QEMU started but wrote no usable pid file")
+    }
+
+    /// Finds a VM again from its run directory: the pid file must name a live QEMU whose
+    /// command line points at this directory.
+    pub fn adopt(run_dir: &Path) -> Option<Vm> {
+        let pid: u32 = std::fs::read_to_string(run_dir.join("qemu.pid")).ok()?.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let marker = run_dir.join("qmp.sock").display().to_string();
+        let ours = cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&marker));
+        ours.then(|| Vm { pid, run_dir: run_dir.to_owned() })
+    }
+
+    pub fn alive(&self) -> bool {
+        Vm::adopt(&self.run_dir).is_some_and(|v| v.pid == self.pid)
+    }
+
+    pub async fn qmp(&self) -> Result<qmp::Qmp, qmp::QmpError> {
+        qmp::Qmp::connect(&self.run_dir.join("qmp.sock")).await
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.run_dir.join("console.log")).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the process is gone.
+    pub async fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        !self.alive()
+    }
+
+    /// Ends QEMU now: QMP `quit`, and SIGKILL (by its pid, which is ours) if that fails.
+    pub async fn kill(&self) {
+        if let Ok(mut q) = self.qmp().await {
+            let _ = q.quit().await;
+        }
+        if !self.wait_gone(Duration::from_secs(5)).await && self.alive() {
+            let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
+            self.wait_gone(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_has_the_pieces() {
+        let spec = VmSpec {
+            run_dir: "/run/strato/i-1".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: "console=ttyS0".into(),
+            root_disk: "/d.qcow2".into(),
+            uuid: "ec2aaaaa-0000-4000-8000-000000000000".into(),
+        };
+        let a = spec.argv(Accel::Tcg);
+        let joined = a.join(" ");
+        assert!(joined.contains("-accel tcg"));
+        assert!(joined.contains("-smp 2 -m 512"));
+        assert!(joined.contains("-daemonize"));
+        assert!(joined.contains("file=/d.qcow2,format=qcow2,if=virtio"));
+        assert!(joined.contains("-initrd /i"));
+        assert!(Vm::adopt(Path::new("/nonexistent")).is_none());
+    }
+}
