@@ -14,6 +14,7 @@
 //! Instances, networks and volumes arrive with the agent, hypervisor, net and disk parts;
 //! this crate does not pretend to have them yet.
 
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod catalog;

@@ -133,8 +133,12 @@ pub async fn serve(
     let _ = std::io::stdout().flush();
     tracing::info!(%endpoint, data_dir = %data_dir.display(), "serving");
     let control = Arc::new(control);
+    let agent = crate::agent::Agent::new(control.clone(), data_dir)?;
+    let agent_task = tokio::spawn(agent.run());
     let state = Arc::new(ApiState { control: control.clone() });
     api::serve(listener, state, shutdown_signal()).await?;
+    // VMs keep running: they are daemonized QEMUs the next start adopts.
+    agent_task.abort();
     control.store().close().await;
     tracing::info!("stopped");
     Ok(())

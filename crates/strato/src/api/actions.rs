@@ -13,6 +13,8 @@ use super::xml::Xml;
 use super::Ctx;
 use crate::control::filter::check_max_results;
 use crate::control::images::{ImageAttribute, ImageChanges, RegisterFromHost};
+use crate::control::instance_state::InstanceState;
+use crate::control::instances::{Instance, RunRequest, StateChange};
 use crate::control::model::{Image, KeyPair, Peer, SecurityGroup, SgRule, Subnet, Vpc};
 use crate::control::security_groups::{permissions, GroupPair, GroupSelector, IpPermission};
 
@@ -1220,6 +1222,369 @@ impl Action for CopyImage {
             )
             .await?;
         x.field("imageId", id);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- instances
+
+fn write_state(x: &mut Xml, tag: &str, s: InstanceState) {
+    x.open(tag).field("code", s.code()).field("name", s.name()).close(tag);
+}
+
+fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
+    let itype = ctx.control.catalogue.get(&i.instance_type);
+    let dns = format!("ip-{}.{}.compute.internal", i.private_ip.replace('.', "-"), ctx.control.region.name);
+    x.field("instanceId", &i.id).field("imageId", &i.image_id);
+    write_state(x, "instanceState", i.state);
+    x.field("privateDnsName", &dns)
+        .field("dnsName", "")
+        .field("reason", &i.transition_reason)
+        .opt_field("keyName", i.key_name.as_ref())
+        .field("amiLaunchIndex", i.launch_index)
+        .field("instanceType", &i.instance_type)
+        .field("launchTime", super::timestamp(&i.launch_time))
+        .open("placement")
+        .field("availabilityZone", &i.availability_zone)
+        .field("groupName", "")
+        .field("tenancy", "default")
+        .close("placement")
+        .open("monitoring")
+        .field("state", "disabled")
+        .close("monitoring")
+        .field("subnetId", &i.subnet_id)
+        .field("vpcId", &i.vpc_id)
+        .field("privateIpAddress", &i.private_ip)
+        .field("sourceDestCheck", true)
+        .list("groupSet", &i.security_groups, |x, (id, name)| {
+            x.field("groupId", id).field("groupName", name);
+        });
+    if let (Some(code), Some(msg)) = (&i.state_reason_code, &i.state_reason) {
+        x.open("stateReason").field("code", code).field("message", msg).close("stateReason");
+    }
+    x.field("architecture", "x86_64")
+        .field("rootDeviceType", "ebs")
+        .field("rootDeviceName", "/dev/xvda")
+        .list("blockDeviceMapping", [i], |x, i| {
+            x.field("deviceName", "/dev/xvda")
+                .open("ebs")
+                .field("volumeId", &i.root_volume_id)
+                .field("status", if i.state == InstanceState::Terminated { "detached" } else { "attached" })
+                .field("attachTime", super::timestamp(&i.launch_time))
+                .field("deleteOnTermination", i.delete_on_termination)
+                .close("ebs");
+        })
+        .field("virtualizationType", "hvm")
+        .field("clientToken", i.client_token.as_deref().unwrap_or(""))
+        .tags(&i.tags)
+        .field("hypervisor", "xen")
+        .field("ebsOptimized", false)
+        .field("enaSupport", false);
+    if let Some(t) = itype {
+        x.open("cpuOptions")
+            .field("coreCount", t.vcpus.div_ceil(2).max(1))
+            .field("threadsPerCore", if t.vcpus > 1 { 2 } else { 1 })
+            .close("cpuOptions");
+    }
+    x.open("metadataOptions")
+        .field("state", "applied")
+        .field("httpTokens", if i.tokens_required { "required" } else { "optional" })
+        .field("httpPutResponseHopLimit", 1)
+        .field("httpEndpoint", "enabled")
+        .field("httpProtocolIpv6", "disabled")
+        .field("instanceMetadataTags", "disabled")
+        .close("metadataOptions")
+        .field("platformDetails", "Linux/UNIX")
+        .field("usageOperation", "RunInstances");
+}
+
+fn write_reservation(ctx: &Ctx, x: &mut Xml, group: &[Instance]) {
+    let Some(first) = group.first() else { return };
+    x.field("reservationId", &first.reservation_id).field("ownerId", &first.owner);
+    x.list("groupSet", Vec::<()>::new(), |_, _| {});
+    x.list("instancesSet", group, |x, i| write_instance(ctx, x, i));
+}
+
+pub struct RunInstances {
+    req: RunRequest,
+}
+
+impl Action for RunInstances {
+    const NAME: &'static str = "RunInstances";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let mut r = RunRequest {
+            image_id: p.required("ImageId")?,
+            instance_type: p.str("InstanceType").unwrap_or_else(|| "m1.small".into()),
+            min_count: p.int("MinCount")?.ok_or_else(|| ApiError::MissingParameter("MinCount".into()))?,
+            max_count: p.int("MaxCount")?.ok_or_else(|| ApiError::MissingParameter("MaxCount".into()))?,
+            key_name: p.str("KeyName"),
+            security_group_ids: p.list("SecurityGroupId")?,
+            security_group_names: p.list("SecurityGroup")?,
+            subnet_id: p.str("SubnetId"),
+            availability_zone: p.str("Placement.AvailabilityZone"),
+            user_data: p.str("UserData"),
+            disable_api_termination: p.bool("DisableApiTermination")?.unwrap_or(false),
+            shutdown_behavior: p.str("InstanceInitiatedShutdownBehavior"),
+            client_token: p.str("ClientToken").filter(|t| !t.is_empty()),
+            tags: p.tag_specs()?,
+            ..Default::default()
+        };
+        if let Some(t) = p.str("Placement.Tenancy") {
+            if t != "default" {
+                return Err(ApiError::invalid_value(format!("Tenancy '{t}' is not offered: default only")));
+            }
+        }
+        p.bool("Monitoring.Enabled")?;
+        p.bool("EbsOptimized")?;
+        match p.str("MetadataOptions.HttpTokens").as_deref() {
+            None | Some("optional") => {}
+            Some("required") => r.tokens_required = true,
+            Some(o) => return Err(ApiError::invalid_value(format!("Invalid HttpTokens '{o}': optional or required"))),
+        }
+        for n in p.indices("BlockDeviceMapping")? {
+            let b = format!("BlockDeviceMapping.{n}");
+            let dev = p.required(&format!("{b}.DeviceName"))?;
+            if !matches!(dev.as_str(), "/dev/xvda" | "/dev/sda1" | "/dev/sda" | "/dev/vda") {
+                return Err(ApiError::invalid_value(format!(
+                    "Block device {dev}: only the root device (/dev/xvda) can be set until volumes arrive"
+                )));
+            }
+            r.root_size_gb = p.int(&format!("{b}.Ebs.VolumeSize"))?;
+            r.delete_on_termination = p.bool(&format!("{b}.Ebs.DeleteOnTermination"))?;
+            if let Some(t) = p.str(&format!("{b}.Ebs.VolumeType")) {
+                if !matches!(t.as_str(), "gp2" | "gp3" | "standard" | "io1" | "io2") {
+                    return Err(ApiError::invalid_value(format!("Invalid volume type '{t}'")));
+                }
+            }
+            p.int(&format!("{b}.Ebs.Iops"))?;
+            p.int(&format!("{b}.Ebs.Throughput"))?;
+            if p.bool(&format!("{b}.Ebs.Encrypted"))? == Some(true) {
+                return Err(ApiError::invalid_value("Encrypted volumes are not supported yet"));
+            }
+        }
+        if !p.indices("NetworkInterface")?.is_empty() {
+            return Err(ApiError::invalid_value(
+                "NetworkInterfaces are not supported until the network part arrives: use SubnetId and SecurityGroupIds",
+            ));
+        }
+        Ok(RunInstances { req: r })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let list = ctx.control.run_instances(&ctx.caller, self.req).await?;
+        write_reservation(ctx, x, &list);
+        Ok(())
+    }
+}
+
+pub struct DescribeInstances {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeInstances {
+    const NAME: &'static str = "DescribeInstances";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let r =
+            DescribeInstances { ids: p.list("InstanceId")?, filters: p.filters()?, page: Page::decode(p, 5, 1000)? };
+        if r.page.max.is_some() && !r.ids.is_empty() {
+            return Err(ApiError::InvalidParameterCombination(
+                "The parameter instancesSet cannot be used with the parameter maxResults".into(),
+            ));
+        }
+        Ok(r)
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (list, next) = ctx
+            .control
+            .describe_instances(&ctx.caller, &self.ids, &self.filters, self.page.max, self.page.token.as_deref())
+            .await?;
+        let mut groups: Vec<Vec<Instance>> = Vec::new();
+        for i in list {
+            match groups.iter_mut().find(|g| g[0].reservation_id == i.reservation_id) {
+                Some(g) => g.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        x.list("reservationSet", groups, |x, g| write_reservation(ctx, x, &g));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+fn write_changes(x: &mut Xml, changes: Vec<StateChange>) {
+    x.list("instancesSet", changes, |x, c| {
+        x.field("instanceId", &c.id);
+        write_state(x, "currentState", c.current);
+        write_state(x, "previousState", c.previous);
+    });
+}
+
+pub struct StartInstances {
+    ids: Vec<String>,
+}
+
+impl Action for StartInstances {
+    const NAME: &'static str = "StartInstances";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        p.str("AdditionalInfo");
+        Ok(StartInstances { ids: p.list("InstanceId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let changes = ctx.control.start_instances(&ctx.caller, &self.ids).await?;
+        write_changes(x, changes);
+        Ok(())
+    }
+}
+
+pub struct StopInstances {
+    ids: Vec<String>,
+    force: bool,
+}
+
+impl Action for StopInstances {
+    const NAME: &'static str = "StopInstances";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.bool("Hibernate")? == Some(true) {
+            return Err(ApiError::invalid_value("Hibernation is not supported"));
+        }
+        let skip = p.bool("SkipOsShutdown")?.unwrap_or(false);
+        Ok(StopInstances { ids: p.list("InstanceId")?, force: p.bool("Force")?.unwrap_or(false) || skip })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let changes = ctx.control.stop_instances(&ctx.caller, &self.ids, self.force).await?;
+        write_changes(x, changes);
+        Ok(())
+    }
+}
+
+pub struct TerminateInstances {
+    ids: Vec<String>,
+}
+
+impl Action for TerminateInstances {
+    const NAME: &'static str = "TerminateInstances";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        p.bool("Force")?;
+        p.bool("SkipOsShutdown")?;
+        Ok(TerminateInstances { ids: p.list("InstanceId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let changes = ctx.control.terminate_instances(&ctx.caller, &self.ids).await?;
+        write_changes(x, changes);
+        Ok(())
+    }
+}
+
+pub struct RebootInstances {
+    ids: Vec<String>,
+}
+
+impl Action for RebootInstances {
+    const NAME: &'static str = "RebootInstances";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(RebootInstances { ids: p.list("InstanceId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.reboot_instances(&ctx.caller, &self.ids).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+/// The serial console is kept to its latest 64 KiB, as EC2 returns.
+const CONSOLE_BYTES: usize = 64 * 1024;
+
+pub struct GetConsoleOutput {
+    id: String,
+}
+
+impl Action for GetConsoleOutput {
+    const NAME: &'static str = "GetConsoleOutput";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        p.bool("Latest")?;
+        Ok(GetConsoleOutput { id: p.required("InstanceId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let i = ctx.control.instance(&ctx.caller, &self.id).await?;
+        let path = ctx.control.instances_dir().join(i.id.as_str()).join("console.log");
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let tail = &bytes[bytes.len().saturating_sub(CONSOLE_BYTES)..];
+        x.field("instanceId", &i.id).field("timestamp", super::timestamp(&chrono::Utc::now()));
+        if !tail.is_empty() {
+            x.field("output", base64::engine::general_purpose::STANDARD.encode(tail));
+        }
+        Ok(())
+    }
+}
+
+pub struct DescribeInstanceStatus {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    all: bool,
+    page: Page,
+}
+
+impl Action for DescribeInstanceStatus {
+    const NAME: &'static str = "DescribeInstanceStatus";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeInstanceStatus {
+            ids: p.list("InstanceId")?,
+            filters: p.filters()?,
+            all: p.bool("IncludeAllInstances")?.unwrap_or(false),
+            page: Page::decode(p, 5, 1000)?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        // Status filters are on the checks, which DescribeInstances does not know.
+        let mut state_filters = Vec::new();
+        let mut status_filters = Vec::new();
+        for f in self.filters {
+            match f.name.as_str() {
+                "instance-status.status" | "system-status.status" => status_filters.push(f),
+                "instance-state-name" | "instance-state-code" | "availability-zone" => state_filters.push(f),
+                other => return Err(ApiError::InvalidFilter(format!("The filter '{other}' is invalid"))),
+            }
+        }
+        let (list, next) = ctx
+            .control
+            .describe_instances(&ctx.caller, &self.ids, &state_filters, self.page.max, self.page.token.as_deref())
+            .await?;
+        let checks = |i: &Instance| -> (&'static str, &'static str) {
+            match i.state {
+                InstanceState::Running if i.status_ok => ("ok", "ok"),
+                InstanceState::Running => ("initializing", "ok"),
+                _ => ("not-applicable", "not-applicable"),
+            }
+        };
+        let list: Vec<Instance> = list
+            .into_iter()
+            .filter(|i| self.all || i.state == InstanceState::Running)
+            .filter(|i| {
+                let (inst, sys) = checks(i);
+                status_filters.iter().all(|f| {
+                    let v = if f.name == "instance-status.status" { inst } else { sys };
+                    f.values.iter().any(|p| crate::control::filter::wildcard(p, v))
+                })
+            })
+            .collect();
+        x.list("instanceStatusSet", list, |x, i| {
+            let (inst, sys) = checks(&i);
+            x.field("instanceId", &i.id).field("availabilityZone", &i.availability_zone);
+            write_state(x, "instanceState", i.state);
+            for (tag, status) in [("systemStatus", sys), ("instanceStatus", inst)] {
+                x.open(tag).field("status", status).list("details", [status], |x, s| {
+                    let detail = match s {
+                        "ok" => "passed",
+                        "initializing" => "initializing",
+                        _ => "not-applicable",
+                    };
+                    x.field("name", "reachability").field("status", detail);
+                });
+                x.close(tag);
+            }
+        });
+        write_next_token(x, next);
         Ok(())
     }
 }

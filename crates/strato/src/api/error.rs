@@ -69,6 +69,17 @@ pub enum ApiError {
     #[error("{message}")]
     LimitExceeded { code: &'static str, message: String },
 
+    #[error("{0}")]
+    IncorrectInstanceState(String),
+    #[error("{0}")]
+    InvalidBlockDeviceMapping(String),
+    #[error("{0}")]
+    InsufficientInstanceCapacity(String),
+    #[error("{0}")]
+    InsufficientFreeAddressesInSubnet(String),
+    #[error("{0}")]
+    OperationNotPermitted(String),
+
     /// Anything that is our fault. The cause is logged; the client sees a generic message.
     #[error("An internal error has occurred")]
     Internal(#[source] anyhow::Error),
@@ -104,6 +115,11 @@ impl ApiError {
             ApiError::InvalidSubnetRange(_) => "InvalidSubnet.Range",
             ApiError::InvalidSubnetConflict(_) => "InvalidSubnet.Conflict",
             ApiError::LimitExceeded { code, .. } => code,
+            ApiError::IncorrectInstanceState(_) => "IncorrectInstanceState",
+            ApiError::InvalidBlockDeviceMapping(_) => "InvalidBlockDeviceMapping",
+            ApiError::InsufficientInstanceCapacity(_) => "InsufficientInstanceCapacity",
+            ApiError::InsufficientFreeAddressesInSubnet(_) => "InsufficientFreeAddressesInSubnet",
+            ApiError::OperationNotPermitted(_) => "OperationNotPermitted",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -114,6 +130,7 @@ impl ApiError {
             ApiError::UnauthorizedOperation => StatusCode::FORBIDDEN,
             ApiError::DryRunOperation => StatusCode::PRECONDITION_FAILED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::InsufficientInstanceCapacity(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }

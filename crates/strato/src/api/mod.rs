@@ -103,6 +103,14 @@ dispatch_table!(
     DescribeImageAttribute,
     ModifyImageAttribute,
     CopyImage,
+    RunInstances,
+    DescribeInstances,
+    DescribeInstanceStatus,
+    StartInstances,
+    StopInstances,
+    RebootInstances,
+    TerminateInstances,
+    GetConsoleOutput,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

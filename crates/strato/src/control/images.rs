@@ -201,6 +201,12 @@ impl Control {
             .ok_or_else(|| image_not_found(id.as_str()))
     }
 
+    /// An image by id, whoever owns it (for the agent: the launch was already authorised).
+    pub async fn image_for_launch(&self, id: &str) -> ApiResult<Option<Image>> {
+        let mut c = self.store().read().await?;
+        Ok(store::images(&mut c).await?.into_iter().find(|i| i.id.as_str() == id))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub async fn describe_images(
         &self,

@@ -12,6 +12,7 @@ pub mod filter;
 pub mod images;
 pub mod info;
 pub mod instance_state;
+pub mod instances;
 pub mod keypairs;
 pub mod model;
 pub mod network;
@@ -72,6 +73,11 @@ impl Control {
         }
         tx.commit().await?;
         Ok(Control { store, region, catalogue, images_dir, keys: RwLock::new(HashMap::new()) })
+    }
+
+    /// Where each instance's root disk and VM run files live: `DATA_DIR/instances/<id>/`.
+    pub fn instances_dir(&self) -> std::path::PathBuf {
+        self.images_dir.with_file_name("instances")
     }
 
     pub fn store(&self) -> &Store {

@@ -71,6 +71,8 @@ pub struct VmSpec {
     pub root_disk: PathBuf,
     /// SMBIOS system UUID and serial.
     pub uuid: String,
+    /// One NIC: a `-netdev` value (id `n0`) and its MAC.
+    pub netdev: Option<(String, String)>,
 }
 
 impl VmSpec {
@@ -122,6 +124,14 @@ impl VmSpec {
         ]);
         if let Some(i) = &self.initrd {
             a.extend(["-initrd".into(), i.display().to_string()]);
+        }
+        if let Some((netdev, mac)) = &self.netdev {
+            a.extend([
+                "-netdev".into(),
+                netdev.clone(),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={mac}"),
+            ]);
         }
         a
     }
@@ -214,6 +224,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             root_disk: "/d.qcow2".into(),
             uuid: "ec2aaaaa-0000-4000-8000-000000000000".into(),
+            netdev: None,
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");

@@ -13,12 +13,17 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
+pub mod instances;
+
 use crate::control::model::*;
 use crate::ids::*;
 
 /// Schema migrations, applied in order; never edit one that has shipped, add a new one.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/0001_init.sql")), (2, include_str!("../../migrations/0002_images.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_images.sql")),
+    (3, include_str!("../../migrations/0003_instances.sql")),
+];
 
 #[derive(Clone)]
 pub struct Store {
@@ -42,11 +47,11 @@ impl WriteTx {
     }
 }
 
-fn ts(t: &DateTime<Utc>) -> String {
+pub(crate) fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn parse_ts(s: &str) -> DateTime<Utc> {
+pub(crate) fn parse_ts(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
 }
 
@@ -580,6 +585,7 @@ pub async fn owns(
         "subnet" => "subnets",
         "security-group" => "security_groups",
         "security-group-rule" => "security_group_rules",
+        "instance" => "instances",
         "image" => {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = ? AND owner_id = ?")
                 .bind(id)

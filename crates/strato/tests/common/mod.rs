@@ -76,6 +76,27 @@ impl Cloud {
         Cloud { child: Some(child), dir, endpoint, addr }
     }
 
+    /// Kills the server at once (SIGKILL, as a crash would); VMs keep running.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data dir (after `crash`).
+    pub fn restart(&mut self) {
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir"),
+        );
+        let mut fresh = Cloud::start_in(dir);
+        self.child = fresh.child.take();
+        self.endpoint = fresh.endpoint.clone();
+        self.addr = fresh.addr.clone();
+        std::mem::swap(&mut self.dir, &mut fresh.dir);
+    }
+
     /// Stops the server and hands back its data dir.
     pub fn stop(mut self) -> tempfile::TempDir {
         self.kill();
@@ -228,6 +249,15 @@ impl Cloud {
 impl Drop for Cloud {
     fn drop(&mut self) {
         self.kill();
+        // VMs are daemonized QEMUs that outlive the server by design: end the ones this test
+        // started (found by their run directories in its data dir, killed by pid).
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("instances")) {
+            for e in entries.flatten() {
+                if let Some(vm) = strato::hypervisor::Vm::adopt(&e.path()) {
+                    let _ = Command::new("kill").arg("-KILL").arg(vm.pid.to_string()).status();
+                }
+            }
+        }
     }
 }
 

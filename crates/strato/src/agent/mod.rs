@@ -1,0 +1,288 @@
+//! The host agent: makes the instances' desired state true on this host and reports what it
+//! sees. `strato serve` runs one in-process; it reconciles every `TICK`:
+//!
+//! - `pending` with no VM: create the root disk (a qcow2 overlay on the image, once), write
+//!   the metadata config, launch QEMU; report `Booted` (EC2's `running` means the VM runs).
+//! - `running`: a VM that is gone powered itself off (console says so: the instance's
+//!   shutdown behaviour applies) or died (stopped, with a server error as state reason);
+//!   a reboot request resets the VM; the guest reading its metadata marks it healthy.
+//! - `stopping`: press the ACPI power button once; force after `STOP_TIMEOUT` or when asked;
+//!   report `VmGone` when QEMU has exited.
+//! - `shutting-down`: end QEMU, delete the root disk if DeleteOnTermination, report.
+//!
+//! VMs are daemonized QEMUs found again from their run directories
+//! (`DATA_DIR/instances/<id>/`), so restarting `strato serve` leaves them running and the
+//! agent picks them up. Every report carries the generation the agent acted on; the control
+//! plane ignores stale ones. The guest's only NIC today is QEMU's user network in
+//! `restrict=on` mode, carrying nothing but the metadata service: real networking comes
+//! with the network part.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::control::instance_state::{Event, InstanceState};
+use crate::control::instances::Instance;
+use crate::control::Control;
+use crate::hypervisor::{detect_accel, Accel, Vm, VmSpec};
+use crate::image::bare::ec2_uuid;
+use crate::metadata::{InstanceMetadata, StdioConfig};
+
+pub const TICK: Duration = Duration::from_millis(250);
+/// How long a graceful stop may take before the VM is ended.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Agent {
+    control: Arc<Control>,
+    instances_dir: PathBuf,
+    strato_bin: PathBuf,
+    accel: Accel,
+    token_key: String,
+    /// When the power button was pressed, per instance (stopping).
+    powerdown_sent: HashMap<String, Instant>,
+}
+
+impl Agent {
+    pub fn new(control: Arc<Control>, data_dir: &Path) -> anyhow::Result<Agent> {
+        let (accel, why) = detect_accel();
+        tracing::info!(accel = ?accel, reason = %why, "agent accelerator");
+        let key_path = data_dir.join("metadata-token.key");
+        let token_key = match std::fs::read_to_string(&key_path) {
+            Ok(k) => k.trim().to_owned(),
+            Err(_) => {
+                let k = hex::encode(rand::random::<[u8; 32]>());
+                std::fs::write(&key_path, &k).context("writing the metadata token key")?;
+                k
+            }
+        };
+        Ok(Agent {
+            control,
+            instances_dir: data_dir.join("instances"),
+            strato_bin: std::env::current_exe().context("finding the strato binary")?,
+            accel,
+            token_key,
+            powerdown_sent: HashMap::new(),
+        })
+    }
+
+    /// Reconciles forever.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!(error = format!("{e:#}"), "agent pass failed");
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.instances_dir.join(id)
+    }
+
+    pub async fn reconcile_once(&mut self) -> anyhow::Result<()> {
+        for i in self.control.live_instances().await? {
+            if let Err(e) = self.reconcile(&i).await {
+                tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, i: &Instance) -> anyhow::Result<()> {
+        let dir = self.run_dir(i.id.as_str());
+        let vm = Vm::adopt(&dir);
+        match (i.state, vm) {
+            (InstanceState::Pending, None) => match self.launch(i, &dir).await {
+                Ok(_) => {
+                    self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
+                }
+                Err(e) => {
+                    tracing::error!(instance_id = %i.id, error = format!("{e:#}"), "launch failed");
+                    self.control
+                        .apply(
+                            &i.id,
+                            i.generation,
+                            Event::VmGone,
+                            Some(("Server.InternalError", "Server.InternalError: the instance's VM failed to start")),
+                        )
+                        .await?;
+                }
+            },
+            (InstanceState::Pending, Some(_)) => {
+                self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
+            }
+            (InstanceState::Running, Some(vm)) => {
+                if i.reboot_requested {
+                    if let Ok(mut q) = vm.qmp().await {
+                        q.system_reset().await?;
+                    }
+                    self.control.set_instance_flag(&i.id, "reboot_requested", false).await?;
+                }
+                if !i.status_ok && std::fs::metadata(dir.join("metadata.log")).map(|m| m.len() > 0).unwrap_or(false) {
+                    self.control.set_instance_flag(&i.id, "status_ok", true).await?;
+                }
+            }
+            (InstanceState::Running, None) => {
+                let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+                if console.contains("reboot: Power down") {
+                    let terminate = i.shutdown_behavior == "terminate";
+                    self.control
+                        .apply(
+                            &i.id,
+                            i.generation,
+                            Event::GuestShutdown { terminate },
+                            Some((
+                                "Client.InstanceInitiatedShutdown",
+                                "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                            )),
+                        )
+                        .await?;
+                } else {
+                    self.control
+                        .apply(
+                            &i.id,
+                            i.generation,
+                            Event::VmGone,
+                            Some((
+                                "Server.InternalError",
+                                "Server.InternalError: the instance's VM stopped unexpectedly",
+                            )),
+                        )
+                        .await?;
+                }
+            }
+            (InstanceState::Stopping, Some(vm)) => {
+                let sent = self.powerdown_sent.get(i.id.as_str()).copied();
+                let overdue = sent.is_some_and(|t| t.elapsed() > STOP_TIMEOUT);
+                if i.force_stop || overdue {
+                    vm.kill().await;
+                } else if sent.is_none() {
+                    match vm.qmp().await {
+                        Ok(mut q) => {
+                            q.system_powerdown().await?;
+                            self.powerdown_sent.insert(i.id.to_string(), Instant::now());
+                        }
+                        Err(_) => vm.kill().await,
+                    }
+                }
+            }
+            (InstanceState::Stopping, None) => {
+                self.powerdown_sent.remove(i.id.as_str());
+                let reason = if i.state_reason_code.is_some() {
+                    None
+                } else {
+                    Some(("Client.UserInitiatedShutdown", "Client.UserInitiatedShutdown: User initiated shutdown"))
+                };
+                self.control.apply(&i.id, i.generation, Event::VmGone, reason).await?;
+            }
+            (InstanceState::ShuttingDown, vm) => {
+                if let Some(vm) = vm {
+                    vm.kill().await;
+                }
+                self.powerdown_sent.remove(i.id.as_str());
+                if i.delete_on_termination {
+                    let _ = std::fs::remove_file(dir.join("root.qcow2"));
+                }
+                let reason = if i.state_reason_code.is_some() {
+                    None
+                } else {
+                    Some(("Client.UserInitiatedShutdown", "Client.UserInitiatedShutdown: User initiated shutdown"))
+                };
+                self.control.apply(&i.id, i.generation, Event::VmGone, reason).await?;
+            }
+            (InstanceState::Stopped, Some(vm)) | (InstanceState::Terminated, Some(vm)) => vm.kill().await,
+            (InstanceState::Stopped, None) | (InstanceState::Terminated, None) => {}
+        }
+        Ok(())
+    }
+
+    async fn launch(&self, i: &Instance, dir: &Path) -> anyhow::Result<Vm> {
+        let image = self
+            .control
+            .image_for_launch(&i.image_id)
+            .await?
+            .with_context(|| format!("image {} is gone", i.image_id))?;
+        let itype = self
+            .control
+            .catalogue
+            .get(&i.instance_type)
+            .with_context(|| format!("instance type {} left the catalogue", i.instance_type))?;
+        std::fs::create_dir_all(dir)?;
+        let disk = dir.join("root.qcow2");
+        if !disk.exists() {
+            let tmp = dir.join("root.qcow2.tmp");
+            let out = tokio::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", &image.disk_format, "-b", &image.disk_path])
+                .arg(&tmp)
+                .arg(format!("{}G", i.root_size_gb))
+                .output()
+                .await
+                .context("running qemu-img")?;
+            anyhow::ensure!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim());
+            std::fs::rename(&tmp, &disk)?;
+        }
+        let md = InstanceMetadata {
+            instance_id: i.id.to_string(),
+            ami_id: i.image_id.clone(),
+            instance_type: i.instance_type.clone(),
+            account_id: i.owner.to_string(),
+            region: self.control.region.name.clone(),
+            availability_zone: i.availability_zone.clone(),
+            local_ipv4: i.private_ip.clone(),
+            public_ipv4: None,
+            mac: mac_of(i.id.as_str()),
+            security_groups: i.security_groups.iter().map(|g| g.1.clone()).collect(),
+            public_key: i.key_name.clone().zip(i.public_key.clone()),
+            user_data: i
+                .user_data
+                .as_deref()
+                .and_then(|u| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, u).ok()),
+            tokens_required: i.tokens_required,
+        };
+        let cfg = StdioConfig { metadata: md, token_key: self.token_key.clone(), log: Some(dir.join("metadata.log")) };
+        let cfg_path = dir.join("metadata.json");
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
+        let _ = std::fs::remove_file(dir.join("metadata.log"));
+        let netdev = format!(
+            "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-cmd:{} metadata serve-stdio --config {}",
+            plain(&self.strato_bin)?,
+            plain(&cfg_path)?
+        );
+        let spec = VmSpec {
+            run_dir: dir.to_owned(),
+            vcpus: itype.vcpus,
+            memory_mib: itype.memory_mib,
+            kernel: image.kernel_path.clone().into(),
+            initrd: image.initrd_path.clone().map(Into::into),
+            cmdline: format!("{} root=/dev/vda", image.cmdline),
+            root_disk: disk,
+            uuid: ec2_uuid(i.id.as_str()),
+            netdev: Some((netdev, mac_of(i.id.as_str()))),
+        };
+        // The console of the previous run goes; GetConsoleOutput shows this boot's.
+        let _ = std::fs::remove_file(spec.console_path());
+        let accel = self.accel;
+        let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
+        tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
+        Ok(vm)
+    }
+}
+
+/// A stable locally administered MAC for an instance.
+pub fn mac_of(id: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.as_bytes());
+    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3], h[4])
+}
+
+fn plain(p: &Path) -> anyhow::Result<String> {
+    let s = p.display().to_string();
+    anyhow::ensure!(
+        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)),
+        "{s}: QEMU runs the metadata command through a shell, so its path must be plain"
+    );
+    Ok(s)
+}

@@ -1,0 +1,621 @@
+//! Instances: RunInstances and the lifecycle requests. The control plane writes the desired
+//! state (a state of `instance_state`) and returns at once, as EC2 does; the agent makes it
+//! true on the host and reports back through `apply`, which moves the state machine.
+//!
+//! Not yet here: networking (instances get a private IP from their subnet on record, but
+//! their only NIC today is the metadata link), EBS volumes (the root disk is a per-instance
+//! qcow2 overlay on the image, kept across stop/start, deleted on terminate when
+//! DeleteOnTermination), resizing and instance attributes.
+
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use sha2::Digest;
+
+use super::filter::{self, Filterable};
+use super::images::image_not_found;
+use super::instance_state::{Event, InstanceState};
+use super::model::{Caller, Tags};
+use super::tags::{not_found_for, put_tags, tags_for};
+use super::Control;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::query::{Filter, TagSpec};
+use crate::ids::{AccountId, InstanceId, ReservationId, SecurityGroupId, SubnetId, VolumeId};
+use crate::store::{self, instances as db};
+
+/// vCPUs each account may run at once (EC2's default on-demand quota for standard types).
+pub const DEFAULT_VCPU_QUOTA: u32 = 32;
+/// How much guest memory the host promises, relative to its RAM (TCG guests touch little).
+pub const MEMORY_OVERCOMMIT: f64 = 1.5;
+/// Largest user data, decoded, as on EC2.
+pub const MAX_USER_DATA: usize = 16 * 1024;
+/// How long terminated instances stay visible.
+pub const TERMINATED_VISIBLE_HOURS: i64 = 1;
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub owner: AccountId,
+    pub reservation_id: String,
+    pub launch_index: i64,
+    pub image_id: String,
+    pub instance_type: String,
+    pub state: InstanceState,
+    pub state_reason_code: Option<String>,
+    pub state_reason: Option<String>,
+    pub transition_reason: String,
+    pub key_name: Option<String>,
+    pub public_key: Option<String>,
+    pub subnet_id: String,
+    pub vpc_id: String,
+    pub availability_zone: String,
+    pub private_ip: String,
+    /// (id, name)
+    pub security_groups: Vec<(String, String)>,
+    /// Base64, as given.
+    pub user_data: Option<String>,
+    pub root_volume_id: String,
+    pub root_size_gb: i64,
+    pub delete_on_termination: bool,
+    pub disable_api_termination: bool,
+    pub shutdown_behavior: String,
+    pub tokens_required: bool,
+    pub force_stop: bool,
+    pub reboot_requested: bool,
+    /// The guest has shown it is alive (it read its metadata).
+    pub status_ok: bool,
+    pub client_token: Option<String>,
+    pub request_hash: Option<String>,
+    pub launch_time: DateTime<Utc>,
+    pub state_changed_at: DateTime<Utc>,
+    pub generation: i64,
+    pub tags: Tags,
+}
+
+impl Filterable for Instance {
+    const FILTERS: &'static [&'static str] = &[
+        "instance-id",
+        "instance-state-name",
+        "instance-state-code",
+        "instance-type",
+        "image-id",
+        "key-name",
+        "availability-zone",
+        "subnet-id",
+        "vpc-id",
+        "private-ip-address",
+        "reservation-id",
+        "owner-id",
+        "instance.group-id",
+        "instance.group-name",
+        "group-id",
+        "group-name",
+        "architecture",
+        "root-device-type",
+        "launch-index",
+        "virtualization-type",
+    ];
+    fn filter_values(&self, name: &str) -> Vec<String> {
+        match name {
+            "instance-id" => vec![self.id.to_string()],
+            "instance-state-name" => vec![self.state.name().into()],
+            "instance-state-code" => vec![self.state.code().to_string()],
+            "instance-type" => vec![self.instance_type.clone()],
+            "image-id" => vec![self.image_id.clone()],
+            "key-name" => self.key_name.clone().into_iter().collect(),
+            "availability-zone" => vec![self.availability_zone.clone()],
+            "subnet-id" => vec![self.subnet_id.clone()],
+            "vpc-id" => vec![self.vpc_id.clone()],
+            "private-ip-address" => vec![self.private_ip.clone()],
+            "reservation-id" => vec![self.reservation_id.clone()],
+            "owner-id" => vec![self.owner.to_string()],
+            "instance.group-id" | "group-id" => self.security_groups.iter().map(|g| g.0.clone()).collect(),
+            "instance.group-name" | "group-name" => self.security_groups.iter().map(|g| g.1.clone()).collect(),
+            "architecture" => vec!["x86_64".into()],
+            "root-device-type" => vec!["ebs".into()],
+            "launch-index" => vec![self.launch_index.to_string()],
+            "virtualization-type" => vec!["hvm".into()],
+            _ => vec![],
+        }
+    }
+    fn tags(&self) -> &Tags {
+        &self.tags
+    }
+    fn sort_key(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
+/// RunInstances, decoded.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub image_id: String,
+    pub instance_type: String,
+    pub min_count: i64,
+    pub max_count: i64,
+    pub key_name: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub security_group_names: Vec<String>,
+    pub subnet_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub user_data: Option<String>,
+    pub root_size_gb: Option<i64>,
+    pub delete_on_termination: Option<bool>,
+    pub disable_api_termination: bool,
+    pub shutdown_behavior: Option<String>,
+    pub tokens_required: bool,
+    pub client_token: Option<String>,
+    pub tags: Vec<TagSpec>,
+}
+
+impl RunRequest {
+    /// What makes two requests with one ClientToken "the same request".
+    fn fingerprint(&self) -> String {
+        let text = format!("{:?}", RunRequest { client_token: None, ..self.clone() });
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    }
+}
+
+/// The state change a Start/Stop/Terminate answers with.
+pub struct StateChange {
+    pub id: InstanceId,
+    pub previous: InstanceState,
+    pub current: InstanceState,
+}
+
+fn incorrect_state(i: &Instance, what: &str) -> ApiError {
+    ApiError::IncorrectInstanceState(format!("The instance '{}' is not in a state from which it can be {what}.", i.id))
+}
+
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
+}
+
+impl Control {
+    fn visible_instances(&self, all: Vec<Instance>, now: DateTime<Utc>) -> Vec<Instance> {
+        all.into_iter()
+            .filter(|i| {
+                i.state != InstanceState::Terminated
+                    || now - i.state_changed_at < Duration::hours(TERMINATED_VISIBLE_HOURS)
+            })
+            .collect()
+    }
+
+    async fn load_instances(&self, c: &mut sqlx::SqliteConnection, account: &AccountId) -> ApiResult<Vec<Instance>> {
+        let mut list = db::of_account(c, account).await?;
+        let mut tags = store::tags_by_type(c, account, "instance").await?;
+        for i in &mut list {
+            i.tags = tags.remove(i.id.as_str()).unwrap_or_default();
+        }
+        Ok(self.visible_instances(list, Utc::now()))
+    }
+
+    pub async fn run_instances(&self, caller: &Caller, r: RunRequest) -> ApiResult<Vec<Instance>> {
+        if r.min_count < 1 || r.max_count < r.min_count {
+            return Err(ApiError::invalid_value(format!(
+                "Invalid MinCount {} / MaxCount {}: 1 <= MinCount <= MaxCount",
+                r.min_count, r.max_count
+            )));
+        }
+        let itype = self
+            .catalogue
+            .get(&r.instance_type)
+            .ok_or_else(|| {
+                ApiError::invalid_value(format!(
+                    "The instance type '{}' is not offered here (see DescribeInstanceTypes)",
+                    r.instance_type
+                ))
+            })?
+            .clone();
+        let image = self.visible_image(caller, &r.image_id).await.map_err(|e| match e {
+            ApiError::NotFound { .. } => image_not_found(&r.image_id),
+            e => e,
+        })?;
+        let user_data = match &r.user_data {
+            Some(u) => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(u.trim())
+                    .map_err(|_| ApiError::invalid_value("Invalid BASE64 encoding of user data."))?;
+                if decoded.len() > MAX_USER_DATA {
+                    return Err(ApiError::invalid_value(format!("User data is limited to {MAX_USER_DATA} bytes")));
+                }
+                Some(u.trim().to_owned())
+            }
+            None => None,
+        };
+        let root_size = match r.root_size_gb {
+            Some(s) if s < image.root_size_gb => {
+                return Err(ApiError::InvalidBlockDeviceMapping(format!(
+                    "Volume of size {s}GB is smaller than snapshot '{}', expect size >= {}GB",
+                    image.root_snapshot_id, image.root_size_gb
+                )))
+            }
+            Some(s) if s > 16384 => return Err(ApiError::invalid_value("Volume size is at most 16384 GiB")),
+            Some(s) => s,
+            None => image.root_size_gb,
+        };
+        let behavior = r.shutdown_behavior.clone().unwrap_or_else(|| "stop".into());
+        if behavior != "stop" && behavior != "terminate" {
+            return Err(ApiError::invalid_value(format!(
+                "Invalid InstanceInitiatedShutdownBehavior '{behavior}': stop or terminate"
+            )));
+        }
+        let tags = tags_for(&r.tags, "instance")?;
+        let request_hash = r.fingerprint();
+        let mut tx = self.store().begin_write().await?;
+        let c = tx.conn();
+
+        if let Some(token) = &r.client_token {
+            let mine = db::of_account(c, &caller.account_id).await?;
+            let same: Vec<Instance> =
+                mine.into_iter().filter(|i| i.client_token.as_deref() == Some(token.as_str())).collect();
+            if let Some(first) = same.first() {
+                if first.request_hash.as_deref() != Some(request_hash.as_str()) {
+                    return Err(ApiError::duplicate("IdempotentParameterMismatch", "The client token you have provided is associated with a resource that is already deleted or was used with different parameters."));
+                }
+                let mut same = same;
+                let mut all_tags = store::tags_by_type(c, &caller.account_id, "instance").await?;
+                for i in &mut same {
+                    i.tags = all_tags.remove(i.id.as_str()).unwrap_or_default();
+                }
+                return Ok(same);
+            }
+        }
+
+        let key = match &r.key_name {
+            Some(name) => {
+                let keys = store::key_pairs(c, &caller.account_id).await?;
+                let k = keys.into_iter().find(|k| &k.name == name).ok_or_else(|| {
+                    ApiError::not_found("InvalidKeyPair.NotFound", format!("The key pair '{name}' does not exist"))
+                })?;
+                Some((k.name, k.public_key))
+            }
+            None => None,
+        };
+        let subnets = store::subnets(c, &caller.account_id).await?;
+        let subnet = match (&r.subnet_id, &r.availability_zone) {
+            (Some(id), _) => {
+                let id = SubnetId::parse(id)?;
+                let s = subnets.iter().find(|s| s.id == id).ok_or_else(|| not_found_for("subnet", id.as_str()))?;
+                if let Some(z) = &r.availability_zone {
+                    if z != &s.availability_zone {
+                        return Err(ApiError::InvalidParameterCombination(format!(
+                            "The subnet {id} is in {}, not {z}",
+                            s.availability_zone
+                        )));
+                    }
+                }
+                s.clone()
+            }
+            (None, Some(z)) => {
+                if !self.region.zones.contains(z) {
+                    return Err(ApiError::invalid_value(format!("Invalid availability zone: [{z}]")));
+                }
+                subnets.iter().find(|s| s.is_default && &s.availability_zone == z).cloned().ok_or_else(|| {
+                    ApiError::not_found("VPCIdNotSpecified", "No default subnet for this availability zone")
+                })?
+            }
+            (None, None) => {
+                // Spread over the default subnets: the zone with the fewest of the account's instances.
+                let live = db::of_account(c, &caller.account_id).await?;
+                subnets
+                    .iter()
+                    .filter(|s| s.is_default)
+                    .min_by_key(|s| {
+                        (
+                            live.iter()
+                                .filter(|i| i.subnet_id == s.id.as_str() && i.state != InstanceState::Terminated)
+                                .count(),
+                            s.availability_zone.clone(),
+                        )
+                    })
+                    .cloned()
+                    .ok_or_else(|| ApiError::not_found("VPCIdNotSpecified", "No default VPC for this user"))?
+            }
+        };
+        let groups = store::security_groups(c, &caller.account_id).await?;
+        let mut chosen: Vec<(String, String)> = Vec::new();
+        for id in &r.security_group_ids {
+            let gid = SecurityGroupId::parse(id)?;
+            let g = groups.iter().find(|g| g.id == gid).ok_or_else(|| not_found_for("security-group", id))?;
+            if g.vpc_id != subnet.vpc_id {
+                return Err(ApiError::InvalidParameter(format!(
+                    "Security group {id} and subnet {} belong to different networks.",
+                    subnet.id
+                )));
+            }
+            chosen.push((g.id.to_string(), g.name.clone()));
+        }
+        for name in &r.security_group_names {
+            let g = groups.iter().find(|g| &g.name == name && g.vpc_id == subnet.vpc_id).ok_or_else(|| {
+                ApiError::not_found(
+                    "InvalidGroup.NotFound",
+                    format!("The security group '{name}' does not exist in VPC '{}'", subnet.vpc_id),
+                )
+            })?;
+            chosen.push((g.id.to_string(), g.name.clone()));
+        }
+        if chosen.is_empty() {
+            let g = groups
+                .iter()
+                .find(|g| g.name == "default" && g.vpc_id == subnet.vpc_id)
+                .ok_or_else(|| ApiError::not_found("InvalidGroup.NotFound", "The VPC has no default security group"))?;
+            chosen.push((g.id.to_string(), g.name.clone()));
+        }
+        chosen.dedup();
+
+        // Quotas and capacity.
+        let live = db::live(c).await?;
+        let vcpus_of = |i: &Instance| self.catalogue.get(&i.instance_type).map(|t| t.vcpus).unwrap_or(0);
+        let used_vcpus: u32 = live
+            .iter()
+            .filter(|i| i.owner == caller.account_id && i.state != InstanceState::Stopped)
+            .map(vcpus_of)
+            .sum();
+        let room_vcpus = DEFAULT_VCPU_QUOTA.saturating_sub(used_vcpus) / itype.vcpus;
+        let used_mem: u64 = live
+            .iter()
+            .filter(|i| i.state.wants_vm() || i.state == InstanceState::Stopping)
+            .filter_map(|i| self.catalogue.get(&i.instance_type))
+            .map(|t| t.memory_mib)
+            .sum();
+        let capacity = (host_memory_mib() as f64 * MEMORY_OVERCOMMIT) as u64;
+        let room_mem = capacity.saturating_sub(used_mem) / itype.memory_mib;
+        if (room_vcpus as i64) < r.min_count {
+            return Err(ApiError::LimitExceeded {
+                code: "VcpuLimitExceeded",
+                message: format!("You have requested more vCPU capacity than your current vCPU limit of {DEFAULT_VCPU_QUOTA} allows for the instance bucket that the specified instance type belongs to."),
+            });
+        }
+        if (room_mem as i64) < r.min_count {
+            return Err(ApiError::InsufficientInstanceCapacity(format!(
+                "We currently do not have sufficient {} capacity in the Availability Zone you requested ({}).",
+                r.instance_type, subnet.availability_zone
+            )));
+        }
+        let count = r.max_count.min(room_vcpus as i64).min(room_mem as i64);
+
+        // Private addresses: the subnet's, skipping EC2's reserved ones and those in use.
+        let block = super::cidr::Ipv4Cidr::parse(&subnet.cidr, false)
+            .ok_or_else(|| anyhow::anyhow!("stored subnet CIDR {} does not parse", subnet.cidr))?;
+        let mut taken: std::collections::HashSet<String> =
+            live.iter().filter(|i| i.subnet_id == subnet.id.as_str()).map(|i| i.private_ip.clone()).collect();
+        let reservation = ReservationId::generate();
+        let now = Utc::now();
+        let mut out = Vec::new();
+        for n in 0..count {
+            let ip = (block.first() + 4..block.last())
+                .map(|a| std::net::Ipv4Addr::from(a).to_string())
+                .find(|a| !taken.contains(a))
+                .ok_or_else(|| {
+                    ApiError::InsufficientFreeAddressesInSubnet(format!(
+                        "The subnet {} has no free addresses",
+                        subnet.id
+                    ))
+                })?;
+            taken.insert(ip.clone());
+            let i = Instance {
+                id: InstanceId::generate(),
+                owner: caller.account_id.clone(),
+                reservation_id: reservation.to_string(),
+                launch_index: n,
+                image_id: image.id.to_string(),
+                instance_type: itype.name.clone(),
+                state: InstanceState::Pending,
+                state_reason_code: None,
+                state_reason: None,
+                transition_reason: String::new(),
+                key_name: key.as_ref().map(|k| k.0.clone()),
+                public_key: key.as_ref().map(|k| k.1.clone()),
+                subnet_id: subnet.id.to_string(),
+                vpc_id: subnet.vpc_id.to_string(),
+                availability_zone: subnet.availability_zone.clone(),
+                private_ip: ip,
+                security_groups: chosen.clone(),
+                user_data: user_data.clone(),
+                root_volume_id: VolumeId::generate().to_string(),
+                root_size_gb: root_size,
+                delete_on_termination: r.delete_on_termination.unwrap_or(true),
+                disable_api_termination: r.disable_api_termination,
+                shutdown_behavior: behavior.clone(),
+                tokens_required: r.tokens_required,
+                force_stop: false,
+                reboot_requested: false,
+                status_ok: false,
+                client_token: r.client_token.clone(),
+                request_hash: Some(request_hash.clone()),
+                launch_time: now,
+                state_changed_at: now,
+                generation: 0,
+                tags: tags.clone(),
+            };
+            db::insert(c, &i).await?;
+            put_tags(c, &caller.account_id, i.id.as_str(), "instance", &tags).await?;
+            out.push(i);
+        }
+        tx.commit().await?;
+        for i in &out {
+            tracing::info!(instance_id = %i.id, instance_type = %i.instance_type, image_id = %i.image_id, "instance launched");
+        }
+        Ok(out)
+    }
+
+    pub async fn describe_instances(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        filters: &[Filter],
+        max: Option<usize>,
+        token: Option<&str>,
+    ) -> ApiResult<(Vec<Instance>, Option<String>)> {
+        for id in ids {
+            InstanceId::parse(id)?;
+        }
+        filter::check_filters::<Instance>(filters)?;
+        let mut c = self.store().read().await?;
+        let list = self.load_instances(&mut c, &caller.account_id).await?;
+        let list = super::network::select_ids(list, ids, |i| i.id.as_str(), |id| not_found_for("instance", id))?;
+        let list = list.into_iter().filter(|i| filter::matches(i, filters)).collect();
+        filter::paginate(list, max, token)
+    }
+
+    async fn mine(&self, c: &mut sqlx::SqliteConnection, caller: &Caller, ids: &[String]) -> ApiResult<Vec<Instance>> {
+        if ids.is_empty() {
+            return Err(ApiError::MissingParameter("InstanceId".into()));
+        }
+        let list = self.load_instances(c, &caller.account_id).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            let id = InstanceId::parse(id)?;
+            out.push(list.iter().find(|i| i.id == id).cloned().ok_or_else(|| not_found_for("instance", id.as_str()))?);
+        }
+        Ok(out)
+    }
+
+    /// Start/Stop/Terminate: checks every instance first, then changes all or none.
+    async fn change(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        event: Event,
+        what: &str,
+        reason: &str,
+    ) -> ApiResult<Vec<StateChange>> {
+        let mut tx = self.store().begin_write().await?;
+        let list = self.mine(tx.conn(), caller, ids).await?;
+        let mut plan = Vec::new();
+        for i in &list {
+            if event == Event::Terminate && i.disable_api_termination {
+                return Err(ApiError::OperationNotPermitted(format!("The instance '{}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.", i.id)));
+            }
+            let next = i.state.transition(event).map_err(|_| incorrect_state(i, what))?;
+            plan.push((i, next));
+        }
+        let now = Utc::now();
+        let mut out = Vec::new();
+        for (i, next) in plan {
+            if next != i.state {
+                let transition = format!("{reason} ({})", now.format("%Y-%m-%d %H:%M:%S GMT"));
+                db::set_state(tx.conn(), &i.id, next, None, &transition, now).await?;
+            }
+            out.push(StateChange { id: i.id.clone(), previous: i.state, current: next });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn start_instances(&self, caller: &Caller, ids: &[String]) -> ApiResult<Vec<StateChange>> {
+        // The vCPU quota applies to starting as to launching.
+        let mut c = self.store().read().await?;
+        let list = self.mine(&mut c, caller, ids).await?;
+        let live = db::live(&mut c).await?;
+        drop(c);
+        let vcpus_of = |t: &str| self.catalogue.get(t).map(|t| t.vcpus).unwrap_or(0);
+        let used: u32 = live
+            .iter()
+            .filter(|i| i.owner == caller.account_id && i.state != InstanceState::Stopped)
+            .map(|i| vcpus_of(&i.instance_type))
+            .sum();
+        let adding: u32 =
+            list.iter().filter(|i| i.state == InstanceState::Stopped).map(|i| vcpus_of(&i.instance_type)).sum();
+        if used + adding > DEFAULT_VCPU_QUOTA {
+            return Err(ApiError::LimitExceeded {
+                code: "VcpuLimitExceeded",
+                message: format!("Starting these instances would exceed your vCPU limit of {DEFAULT_VCPU_QUOTA}."),
+            });
+        }
+        self.change(caller, ids, Event::Start, "started", "User initiated").await
+    }
+
+    pub async fn stop_instances(&self, caller: &Caller, ids: &[String], force: bool) -> ApiResult<Vec<StateChange>> {
+        let changes = self.change(caller, ids, Event::Stop, "stopped", "User initiated").await?;
+        if force {
+            let mut tx = self.store().begin_write().await?;
+            for ch in &changes {
+                if ch.current == InstanceState::Stopping {
+                    db::set_flag(tx.conn(), &ch.id, "force_stop", true).await?;
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(changes)
+    }
+
+    pub async fn terminate_instances(&self, caller: &Caller, ids: &[String]) -> ApiResult<Vec<StateChange>> {
+        self.change(caller, ids, Event::Terminate, "terminated", "User initiated").await
+    }
+
+    pub async fn reboot_instances(&self, caller: &Caller, ids: &[String]) -> ApiResult<()> {
+        let mut tx = self.store().begin_write().await?;
+        let list = self.mine(tx.conn(), caller, ids).await?;
+        for i in &list {
+            i.state.transition(Event::Reboot).map_err(|_| incorrect_state(i, "rebooted"))?;
+        }
+        for i in &list {
+            db::set_flag(tx.conn(), &i.id, "reboot_requested", true).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn instance(&self, caller: &Caller, id: &str) -> ApiResult<Instance> {
+        let mut c = self.store().read().await?;
+        Ok(self.mine(&mut c, caller, &[id.to_owned()]).await?.remove(0))
+    }
+
+    // ---- what the agent reports
+
+    /// Applies what the host saw to an instance's state. Reports for a generation older than
+    /// the instance's are stale and ignored.
+    pub async fn apply(
+        &self,
+        id: &InstanceId,
+        generation: i64,
+        event: Event,
+        reason: Option<(&str, &str)>,
+    ) -> anyhow::Result<Option<InstanceState>> {
+        let mut tx = self.store().begin_write().await?;
+        let Some(i) = db::by_id(tx.conn(), id).await? else { return Ok(None) };
+        if i.generation != generation {
+            return Ok(None);
+        }
+        let Ok(next) = i.state.transition(event) else { return Ok(None) };
+        if next != i.state {
+            // What the host saw becomes the transition reason only when nobody asked for it
+            // (the guest powered off, or the VM failed); a user's request keeps its own.
+            let transition = match (event, reason) {
+                (Event::GuestShutdown { .. }, Some((_, msg))) => msg.to_owned(),
+                (_, Some((code, msg))) if code.starts_with("Server.") => msg.to_owned(),
+                _ => i.transition_reason.clone(),
+            };
+            // Without a new reason, the state keeps the one it had (set by the event that
+            // started this stop or termination).
+            let kept = i.state_reason_code.as_deref().zip(i.state_reason.as_deref());
+            db::set_state(tx.conn(), id, next, reason.or(kept), &transition, Utc::now()).await?;
+            tracing::info!(instance_id = %id, from = %i.state, to = %next, "instance state");
+        }
+        tx.commit().await?;
+        Ok(Some(next))
+    }
+
+    pub async fn set_instance_flag(&self, id: &InstanceId, flag: &str, value: bool) -> anyhow::Result<()> {
+        let mut tx = self.store().begin_write().await?;
+        db::set_flag(tx.conn(), id, flag, value).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every instance the agent must look after (all but terminated).
+    pub async fn live_instances(&self) -> anyhow::Result<Vec<Instance>> {
+        let mut c = self.store().read().await?;
+        Ok(db::live(&mut c).await?)
+    }
+}

@@ -1,0 +1,154 @@
+//! Instance rows.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Row, SqliteConnection};
+
+use super::{parse_ts, ts};
+use crate::control::instance_state::InstanceState;
+use crate::control::instances::Instance;
+use crate::ids::{AccountId, InstanceId};
+
+fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Instance> {
+    let groups: String = r.try_get("security_groups")?;
+    Ok(Instance {
+        id: InstanceId::from_db(r.try_get("id")?),
+        owner: AccountId::from_db(r.try_get("account_id")?),
+        reservation_id: r.try_get("reservation_id")?,
+        launch_index: r.try_get("launch_index")?,
+        image_id: r.try_get("image_id")?,
+        instance_type: r.try_get("instance_type")?,
+        state: InstanceState::parse(&r.try_get::<String, _>("state")?).unwrap_or(InstanceState::Stopped),
+        state_reason_code: r.try_get("state_reason_code")?,
+        state_reason: r.try_get("state_reason")?,
+        transition_reason: r.try_get("transition_reason")?,
+        key_name: r.try_get("key_name")?,
+        public_key: r.try_get("public_key")?,
+        subnet_id: r.try_get("subnet_id")?,
+        vpc_id: r.try_get("vpc_id")?,
+        availability_zone: r.try_get("availability_zone")?,
+        private_ip: r.try_get("private_ip")?,
+        security_groups: serde_json::from_str(&groups).unwrap_or_default(),
+        user_data: r.try_get("user_data")?,
+        root_volume_id: r.try_get("root_volume_id")?,
+        root_size_gb: r.try_get("root_size_gb")?,
+        delete_on_termination: r.try_get::<i64, _>("delete_on_termination")? != 0,
+        disable_api_termination: r.try_get::<i64, _>("disable_api_termination")? != 0,
+        shutdown_behavior: r.try_get("shutdown_behavior")?,
+        tokens_required: r.try_get::<i64, _>("tokens_required")? != 0,
+        force_stop: r.try_get::<i64, _>("force_stop")? != 0,
+        reboot_requested: r.try_get::<i64, _>("reboot_requested")? != 0,
+        status_ok: r.try_get::<i64, _>("status_ok")? != 0,
+        client_token: r.try_get("client_token")?,
+        request_hash: r.try_get("request_hash")?,
+        launch_time: parse_ts(&r.try_get::<String, _>("launch_time")?),
+        state_changed_at: parse_ts(&r.try_get::<String, _>("state_changed_at")?),
+        generation: r.try_get("generation")?,
+        tags: Vec::new(),
+    })
+}
+
+pub async fn insert(c: &mut SqliteConnection, i: &Instance) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO instances (id, account_id, reservation_id, launch_index, image_id, instance_type, state, state_reason_code,
+         state_reason, transition_reason, key_name, public_key, subnet_id, vpc_id, availability_zone, private_ip, security_groups,
+         user_data, root_volume_id, root_size_gb, delete_on_termination, disable_api_termination, shutdown_behavior,
+         tokens_required, client_token, request_hash, launch_time, state_changed_at, generation)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+    )
+    .bind(i.id.as_str())
+    .bind(i.owner.as_str())
+    .bind(&i.reservation_id)
+    .bind(i.launch_index)
+    .bind(&i.image_id)
+    .bind(&i.instance_type)
+    .bind(i.state.name())
+    .bind(&i.state_reason_code)
+    .bind(&i.state_reason)
+    .bind(&i.transition_reason)
+    .bind(&i.key_name)
+    .bind(&i.public_key)
+    .bind(&i.subnet_id)
+    .bind(&i.vpc_id)
+    .bind(&i.availability_zone)
+    .bind(&i.private_ip)
+    .bind(serde_json::to_string(&i.security_groups).unwrap_or_else(|_| "[]".into()))
+    .bind(&i.user_data)
+    .bind(&i.root_volume_id)
+    .bind(i.root_size_gb)
+    .bind(i.delete_on_termination as i64)
+    .bind(i.disable_api_termination as i64)
+    .bind(&i.shutdown_behavior)
+    .bind(i.tokens_required as i64)
+    .bind(&i.client_token)
+    .bind(&i.request_hash)
+    .bind(ts(&i.launch_time))
+    .bind(ts(&i.state_changed_at))
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+pub async fn of_account(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Instance>> {
+    let rows = sqlx::query("SELECT * FROM instances WHERE account_id = ? ORDER BY launch_time, launch_index")
+        .bind(account.as_str())
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Every instance that is not terminated (the agent's work list, and capacity checks).
+pub async fn live(c: &mut SqliteConnection) -> sqlx::Result<Vec<Instance>> {
+    let rows =
+        sqlx::query("SELECT * FROM instances WHERE state != 'terminated' ORDER BY launch_time").fetch_all(c).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn by_id(c: &mut SqliteConnection, id: &InstanceId) -> sqlx::Result<Option<Instance>> {
+    let row = sqlx::query("SELECT * FROM instances WHERE id = ?").bind(id.as_str()).fetch_optional(c).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Moves an instance to a new state, bumping its generation.
+pub async fn set_state(
+    c: &mut SqliteConnection,
+    id: &InstanceId,
+    state: InstanceState,
+    reason: Option<(&str, &str)>,
+    transition_reason: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE instances SET state = ?, state_reason_code = ?, state_reason = ?, transition_reason = ?, state_changed_at = ?,
+         generation = generation + 1, force_stop = CASE WHEN ? IN ('stopped', 'terminated') THEN 0 ELSE force_stop END,
+         status_ok = CASE WHEN ? = 'running' THEN status_ok ELSE 0 END
+         WHERE id = ?",
+    )
+    .bind(state.name())
+    .bind(reason.map(|r| r.0))
+    .bind(reason.map(|r| r.1))
+    .bind(transition_reason)
+    .bind(ts(&now))
+    .bind(state.name())
+    .bind(state.name())
+    .bind(id.as_str())
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// Sets one of the agent's flags: `force_stop`, `reboot_requested` or `status_ok`.
+pub async fn set_flag(c: &mut SqliteConnection, id: &InstanceId, flag: &str, value: bool) -> sqlx::Result<()> {
+    // The column comes from this fixed list, never from a request.
+    let column = match flag {
+        "force_stop" => "force_stop",
+        "reboot_requested" => "reboot_requested",
+        "status_ok" => "status_ok",
+        _ => return Err(sqlx::Error::ColumnNotFound(flag.to_owned())),
+    };
+    sqlx::query(&format!("UPDATE instances SET {column} = ? WHERE id = ?"))
+        .bind(value as i64)
+        .bind(id.as_str())
+        .execute(c)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! Instances on real QEMU virtual machines (TCG here), through the AWS CLI: the lifecycle,
+//! the console, idempotency, errors, guest-initiated shutdown, and a server crash that
+//! leaves the VMs running.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cloud;
+use serde_json::Value;
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+fn minimal_ami(cloud: &Cloud) -> String {
+    let d =
+        cloud.aws(&["ec2", "describe-images", "--owners", "strato", "--filters", "Name=name,Values=strato-minimal-*"]);
+    s(&d["Images"][0]["ImageId"]).to_owned()
+}
+
+fn instance(cloud: &Cloud, id: &str) -> Value {
+    let d = cloud.aws(&["ec2", "describe-instances", "--instance-ids", id]);
+    d["Reservations"][0]["Instances"][0].clone()
+}
+
+fn console(cloud: &Cloud, id: &str) -> String {
+    let c = cloud.aws(&["ec2", "get-console-output", "--instance-id", id]);
+    // The AWS CLI decodes the base64 itself.
+    s(&c["Output"]).to_owned()
+}
+
+fn wait_console(cloud: &Cloud, id: &str, marker: &str, count: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let out = console(cloud, id);
+        if out.matches(marker).count() >= count || start.elapsed() > Duration::from_secs(90) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn wait_state(cloud: &Cloud, id: &str, state: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let i = instance(cloud, id);
+        if i["State"]["Name"] == state || start.elapsed() > Duration::from_secs(90) {
+            return i;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn lifecycle_console_and_status() {
+    let cloud = Cloud::start();
+    let ami = minimal_ami(&cloud);
+    cloud.aws(&["ec2", "create-key-pair", "--key-name", "k", "--key-type", "ed25519"]);
+    let run = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+        "--key-name",
+        "k",
+        "--placement",
+        "AvailabilityZone=local-1b",
+        "--user-data",
+        "#!/bin/sh\necho USER-DATA-SAYS-HI > /dev/console\n",
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=Name,Value=web}]",
+        "--client-token",
+        "token-1",
+    ]);
+    let i0 = &run["Instances"][0];
+    let id = s(&i0["InstanceId"]).to_owned();
+    assert!(id.starts_with("i-") && id.len() == 19);
+    assert_eq!(i0["State"]["Name"], "pending", "RunInstances answers at once");
+    assert_eq!(i0["State"]["Code"], 0);
+    assert!(s(&run["ReservationId"]).starts_with("r-"));
+
+    // The same ClientToken gives the same reservation; other parameters with it fail.
+    let again = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.micro",
+        "--key-name",
+        "k",
+        "--placement",
+        "AvailabilityZone=local-1b",
+        "--user-data",
+        "#!/bin/sh\necho USER-DATA-SAYS-HI > /dev/console\n",
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=Name,Value=web}]",
+        "--client-token",
+        "token-1",
+    ]);
+    assert_eq!(again["Instances"][0]["InstanceId"], id.as_str());
+    assert_eq!(
+        cloud.aws_err(&[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.nano",
+            "--client-token",
+            "token-1"
+        ]),
+        "IdempotentParameterMismatch"
+    );
+
+    cloud.aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]);
+    let i = instance(&cloud, &id);
+    assert_eq!(i["State"]["Code"], 16);
+    assert_eq!(i["InstanceType"], "t3.micro");
+    assert_eq!(i["Placement"]["AvailabilityZone"], "local-1b");
+    assert_eq!(i["KeyName"], "k");
+    assert_eq!(i["ImageId"], ami.as_str());
+    assert!(
+        s(&i["PrivateIpAddress"]).starts_with("172.31.1"),
+        "in the local-1b default subnet: {}",
+        i["PrivateIpAddress"]
+    );
+    assert_eq!(i["SecurityGroups"][0]["GroupName"], "default");
+    assert_eq!(i["Tags"][0]["Value"], "web");
+    assert_eq!(i["RootDeviceName"], "/dev/xvda");
+    assert!(s(&i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]).starts_with("vol-"));
+    assert_eq!(i["CpuOptions"]["CoreCount"], 1);
+    let f = cloud.aws(&[
+        "ec2",
+        "describe-instances",
+        "--filters",
+        "Name=tag:Name,Values=web",
+        "Name=instance-state-name,Values=running",
+    ]);
+    assert_eq!(f["Reservations"].as_array().unwrap().len(), 1);
+
+    // The real serial console: the image's boot lines, user data run, metadata read (IMDSv2).
+    let out = wait_console(&cloud, &id, "STRATO-BOOT: ready", 1);
+    assert!(out.contains(&format!("STRATO-BOOT: metadata instance-id={id} imds=v2")), "{out}");
+    assert!(out.contains("STRATO-BOOT: ssh key installed"), "{out}");
+    let out = wait_console(&cloud, &id, "USER-DATA-SAYS-HI", 1);
+    assert!(out.contains("USER-DATA-SAYS-HI"), "{out}");
+    cloud.aws(&["ec2", "wait", "instance-status-ok", "--instance-ids", &id]);
+    let st = cloud.aws(&["ec2", "describe-instance-status", "--instance-ids", &id]);
+    assert_eq!(st["InstanceStatuses"][0]["InstanceStatus"]["Status"], "ok");
+
+    // Reboot: the same VM boots again.
+    cloud.aws(&["ec2", "reboot-instances", "--instance-ids", &id]);
+    let out = wait_console(&cloud, &id, "STRATO-BOOT: ready", 2);
+    assert_eq!(out.matches("STRATO-BOOT: init").count(), 2, "{out}");
+
+    // Stop (ACPI power button), start, terminate.
+    let stop = cloud.aws(&["ec2", "stop-instances", "--instance-ids", &id]);
+    assert_eq!(stop["StoppingInstances"][0]["PreviousState"]["Name"], "running");
+    assert_eq!(stop["StoppingInstances"][0]["CurrentState"]["Name"], "stopping");
+    cloud.aws(&["ec2", "wait", "instance-stopped", "--instance-ids", &id]);
+    let i = instance(&cloud, &id);
+    assert_eq!(i["StateReason"]["Code"], "Client.UserInitiatedShutdown");
+    assert!(s(&i["StateTransitionReason"]).starts_with("User initiated ("));
+    assert!(console(&cloud, &id).contains("STRATO-BOOT: power button"), "a graceful stop");
+    assert_eq!(cloud.aws_err(&["ec2", "reboot-instances", "--instance-ids", &id]), "IncorrectInstanceState");
+    assert_eq!(i["PrivateIpAddress"], instance(&cloud, &id)["PrivateIpAddress"]);
+
+    cloud.aws(&["ec2", "start-instances", "--instance-ids", &id]);
+    cloud.aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]);
+    let out = wait_console(&cloud, &id, "STRATO-BOOT: ready", 1);
+    assert!(out.contains("STRATO-BOOT: ready"), "{out}");
+
+    let t = cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &id]);
+    assert_eq!(t["TerminatingInstances"][0]["CurrentState"]["Name"], "shutting-down");
+    cloud.aws(&["ec2", "wait", "instance-terminated", "--instance-ids", &id]);
+    assert_eq!(instance(&cloud, &id)["State"]["Code"], 48, "terminated instances stay visible");
+    assert!(strato::hypervisor::Vm::adopt(&cloud.dir.path().join("instances").join(&id)).is_none(), "no VM left");
+    assert!(
+        !cloud.dir.path().join("instances").join(&id).join("root.qcow2").exists(),
+        "root disk deleted on termination"
+    );
+    assert_eq!(cloud.aws_err(&["ec2", "start-instances", "--instance-ids", &id]), "IncorrectInstanceState");
+}
+
+#[test]
+fn launch_errors_quota_and_isolation() {
+    let cloud = Cloud::start();
+    let ami = minimal_ami(&cloud);
+    let e = |args: &[&str]| cloud.aws_err(args);
+    assert_eq!(
+        e(&["ec2", "run-instances", "--image-id", "ami-0123456789abcdef0", "--instance-type", "t3.micro"]),
+        "InvalidAMIID.NotFound"
+    );
+    assert_eq!(
+        e(&["ec2", "run-instances", "--image-id", "ami-zz", "--instance-type", "t3.micro"]),
+        "InvalidAMIID.Malformed"
+    );
+    assert_eq!(e(&["ec2", "run-instances", "--image-id", &ami, "--instance-type", "x9.huge"]), "InvalidParameterValue");
+    assert_eq!(
+        e(&["ec2", "run-instances", "--image-id", &ami, "--instance-type", "t3.micro", "--key-name", "nope"]),
+        "InvalidKeyPair.NotFound"
+    );
+    assert_eq!(
+        e(&[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.micro",
+            "--security-group-ids",
+            "sg-0123456789abcdef0"
+        ]),
+        "InvalidGroup.NotFound"
+    );
+    assert_eq!(
+        e(&[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.micro",
+            "--subnet-id",
+            "subnet-0123456789abcdef0"
+        ]),
+        "InvalidSubnetID.NotFound"
+    );
+    // 17 x 2 vCPUs is past the 32-vCPU quota.
+    assert_eq!(
+        e(&["ec2", "run-instances", "--image-id", &ami, "--instance-type", "t3.micro", "--count", "17"]),
+        "VcpuLimitExceeded"
+    );
+    assert_eq!(
+        e(&[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.micro",
+            "--block-device-mappings",
+            "DeviceName=/dev/xvda,Ebs={VolumeSize=0}"
+        ]),
+        "InvalidBlockDeviceMapping"
+    );
+    assert_eq!(
+        e(&["ec2", "describe-instances", "--instance-ids", "i-0123456789abcdef0"]),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(e(&["ec2", "describe-instances", "--instance-ids", "i-xyz"]), "InvalidInstanceID.Malformed");
+    assert_eq!(
+        cloud.aws(&["ec2", "describe-instances"])["Reservations"].as_array().unwrap().len(),
+        0,
+        "failed launches leave nothing"
+    );
+
+    // A protected instance cannot be terminated until the protection goes; another account
+    // cannot see it at all.
+    let run = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.nano",
+        "--disable-api-termination",
+    ]);
+    let id = s(&run["Instances"][0]["InstanceId"]).to_owned();
+    assert_eq!(e(&["ec2", "terminate-instances", "--instance-ids", &id]), "OperationNotPermitted");
+    let tenant = cloud.create_account("tenant", false);
+    assert_eq!(
+        cloud.aws_err_as(&tenant, &["ec2", "describe-instances", "--instance-ids", &id]),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        cloud.aws_err_as(&tenant, &["ec2", "stop-instances", "--instance-ids", &id]),
+        "InvalidInstanceID.NotFound"
+    );
+    assert_eq!(
+        cloud.aws_err_as(&tenant, &["ec2", "get-console-output", "--instance-id", &id]),
+        "InvalidInstanceID.NotFound"
+    );
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &id, "--force"]);
+    cloud.aws(&["ec2", "wait", "instance-stopped", "--instance-ids", &id]);
+}
+
+#[test]
+fn guest_shutdown_follows_the_shutdown_behaviour_and_vms_survive_a_server_crash() {
+    let mut cloud = Cloud::start();
+    let ami = minimal_ami(&cloud);
+    let run = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.nano",
+        "--instance-initiated-shutdown-behavior",
+        "terminate",
+        "--user-data",
+        "#!/bin/sh\nsleep 1\npoweroff\n",
+    ]);
+    let ephemeral = s(&run["Instances"][0]["InstanceId"]).to_owned();
+    let run = cloud.aws(&["ec2", "run-instances", "--image-id", &ami, "--instance-type", "t3.nano"]);
+    let lasting = s(&run["Instances"][0]["InstanceId"]).to_owned();
+
+    let i = wait_state(&cloud, &ephemeral, "terminated");
+    assert_eq!(i["State"]["Name"], "terminated", "the guest powered itself off: {i}");
+    assert_eq!(i["StateReason"]["Code"], "Client.InstanceInitiatedShutdown");
+
+    cloud.aws(&["ec2", "wait", "instance-running", "--instance-ids", &lasting]);
+    wait_console(&cloud, &lasting, "STRATO-BOOT: ready", 1);
+    let run_dir = cloud.dir.path().join("instances").join(&lasting);
+    let pid = strato::hypervisor::Vm::adopt(&run_dir).expect("VM").pid;
+    cloud.crash();
+    assert!(strato::hypervisor::Vm::adopt(&run_dir).is_some_and(|v| v.pid == pid), "the VM outlives the server");
+    cloud.restart();
+    assert_eq!(instance(&cloud, &lasting)["State"]["Name"], "running");
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &lasting]);
+    cloud.aws(&["ec2", "wait", "instance-stopped", "--instance-ids", &lasting]);
+    assert!(strato::hypervisor::Vm::adopt(&run_dir).is_none(), "the adopted VM was stopped");
+}
