@@ -223,3 +223,174 @@ pub fn boot(kind: crate::image::Kind, cache: &std::path::Path, runs: usize, memo
     println!("  {:<22} median {sm:.2}s  min {smin:.2}s  max {smax:.2}s", "sshd banner");
     Ok(())
 }
+
+/// One signed POST of a form body; returns (status, body).
+async fn signed_call(
+    stream: &mut TcpStream,
+    addr: &str,
+    creds: &Credentials,
+    region: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let signer = Signer { access_key: &creds.access_key_id, secret: &creds.secret_access_key, region, service: "ec2" };
+    let (date, auth) = signer.sign_form_post(addr, body.as_bytes(), chrono::Utc::now());
+    let req = format!(
+        "POST / HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-www-form-urlencoded; charset=utf-8\r\nx-amz-date: {date}\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let status = read_response(stream, &mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(&xml[start..end])
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `strato bench launch`: launches the minimal image `runs` times, one after another, through
+/// the API of an in-process server, and beside it boots the same image with a bare QEMU.
+pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> {
+    use crate::image::bare::{sample_metadata, BareVm, Options as BareOptions};
+    let dir = std::env::temp_dir().join(format!("strato-bench-launch-{}", std::process::id()));
+    let result = async {
+        let control = Arc::new(server::open_control(&dir, "local-1").await?);
+        let creds = server::ensure_admin(&control).await?;
+        let (built, image_id, _) =
+            server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let state = Arc::new(ApiState { control: control.clone() });
+        let server_task = tokio::spawn(crate::api::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        let agent = crate::agent::Agent::new(control.clone(), &dir)?;
+        let agent_task = tokio::spawn(agent.run());
+        let region = control.region.name.clone();
+        let mut stream = TcpStream::connect(&addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut api, mut to_running, mut to_metadata) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            let t0 = Instant::now();
+            let body = format!(
+                "Action=RunInstances&Version=2016-11-15&ImageId={image_id}&InstanceType=t3.nano&MinCount=1&MaxCount=1"
+            );
+            let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &body).await?;
+            anyhow::ensure!(status == 200, "RunInstances: {xml}");
+            let answered = t0.elapsed();
+            let id = xml_field(&xml, "instanceId").context("no instanceId")?.to_owned();
+            let md_log = dir.join("instances").join(&id).join("metadata.log");
+            let (mut running, mut metadata) = (None, None);
+            while (running.is_none() || metadata.is_none()) && t0.elapsed() < Duration::from_secs(120) {
+                if running.is_none() {
+                    let (_, d) = signed_call(
+                        &mut stream,
+                        &addr,
+                        &creds,
+                        &region,
+                        &format!("Action=DescribeInstances&Version=2016-11-15&InstanceId.1={id}"),
+                    )
+                    .await?;
+                    if d.contains("<name>running</name>") {
+                        running = Some(t0.elapsed());
+                    }
+                }
+                if metadata.is_none() && std::fs::metadata(&md_log).map(|m| m.len() > 0).unwrap_or(false) {
+                    metadata = Some(t0.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let (running, metadata) = (running.context("never running")?, metadata.context("no metadata request")?);
+            eprintln!(
+                "run {}: API {:.1} ms, running {:.2} s, first metadata request {:.2} s",
+                run + 1,
+                answered.as_secs_f64() * 1e3,
+                running.as_secs_f64(),
+                metadata.as_secs_f64()
+            );
+            api.push(answered.as_secs_f64() * 1e3);
+            to_running.push(running.as_secs_f64());
+            to_metadata.push(metadata.as_secs_f64());
+            let _ = signed_call(
+                &mut stream,
+                &addr,
+                &creds,
+                &region,
+                &format!("Action=TerminateInstances&Version=2016-11-15&InstanceId.1={id}"),
+            )
+            .await?;
+            while crate::hypervisor::Vm::adopt(&dir.join("instances").join(&id)).is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // The same image and flags, booted by a bare QEMU.
+        let mut bare = Vec::new();
+        let strato_bin = std::env::current_exe()?;
+        for run in 0..runs {
+            let work = dir.join(format!("bare-{run}"));
+            let b = built.clone();
+            let opts =
+                BareOptions { memory_mib: 512, metadata: sample_metadata(None, None), strato_bin: strato_bin.clone() };
+            let t = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+                let vm = BareVm::start(&b, &work, &opts)?;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while Instant::now() < deadline {
+                    if std::fs::metadata(&vm.metadata_log).map(|m| m.len() > 0).unwrap_or(false) {
+                        return Ok(vm.started.elapsed().as_secs_f64());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                anyhow::bail!("bare boot made no metadata request")
+            })
+            .await??;
+            bare.push(t);
+        }
+        agent_task.abort();
+        let _ = tx.send(());
+        let _ = server_task.await;
+        println!("minimal image, t3.nano (2 vCPU, 512 MiB), TCG, {runs} launches one at a time:");
+        println!(
+            "  RunInstances answer            p50 {:7.1} ms  p90 {:7.1} ms",
+            percentile(&mut api, 0.5),
+            percentile(&mut api, 0.9)
+        );
+        println!(
+            "  RunInstances to running        p50 {:7.2} s   p90 {:7.2} s",
+            percentile(&mut to_running, 0.5),
+            percentile(&mut to_running, 0.9)
+        );
+        println!(
+            "  RunInstances to first metadata p50 {:7.2} s   p90 {:7.2} s",
+            percentile(&mut to_metadata, 0.5),
+            percentile(&mut to_metadata, 0.9)
+        );
+        println!(
+            "  bare QEMU to first metadata    p50 {:7.2} s   p90 {:7.2} s",
+            percentile(&mut bare, 0.5),
+            percentile(&mut bare, 0.9)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    // Whatever happened, no VM of this run stays behind.
+    if let Ok(entries) = std::fs::read_dir(dir.join("instances")) {
+        for e in entries.flatten() {
+            if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
+                vm.kill().await;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

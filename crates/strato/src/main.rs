@@ -116,6 +116,13 @@ enum BenchCommand {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Launch the minimal image N times through the API (one at a time) and report p50/p90 of
+    /// the RunInstances answer time, RunInstances to `running`, and RunInstances to the guest's
+    /// first metadata request; beside them, the same image booted by a bare QEMU.
+    Launch {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Boot an image N times with a bare qemu-system-x86_64 and report the time from QEMU's
     /// start to the guest's ready marker and to its sshd answering (median, min, max).
     Boot {
@@ -227,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             strato::metadata::serve_stdio(&cfg, &mut stdin.lock(), &mut std::io::stdout().lock())?;
             Ok(())
         }
+        Command::Bench { command: BenchCommand::Launch { runs } } => strato::bench::launch(&cli.cache_dir, runs).await,
         Command::Bench { command: BenchCommand::Boot { image, runs, memory_mib } } => {
             let kind = strato::image::Kind::parse(&image).context("the image kinds are minimal and debian-12")?;
             let cache = cli.cache_dir.clone();

@@ -68,13 +68,18 @@ impl Agent {
         })
     }
 
-    /// Reconciles forever.
+    /// Reconciles forever: every `TICK`, and at once when the control plane changes a
+    /// desired state.
     pub async fn run(mut self) {
+        let control = self.control.clone();
         loop {
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = format!("{e:#}"), "agent pass failed");
             }
-            tokio::time::sleep(TICK).await;
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = control.agent_wake.notified() => {}
+            }
         }
     }
 

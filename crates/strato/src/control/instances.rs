@@ -442,6 +442,7 @@ impl Control {
             out.push(i);
         }
         tx.commit().await?;
+        self.agent_wake.notify_one();
         for i in &out {
             tracing::info!(instance_id = %i.id, instance_type = %i.instance_type, image_id = %i.image_id, "instance launched");
         }
@@ -509,6 +510,7 @@ impl Control {
             out.push(StateChange { id: i.id.clone(), previous: i.state, current: next });
         }
         tx.commit().await?;
+        self.agent_wake.notify_one();
         Ok(out)
     }
 
@@ -545,6 +547,7 @@ impl Control {
                 }
             }
             tx.commit().await?;
+            self.agent_wake.notify_one();
         }
         Ok(changes)
     }
@@ -563,6 +566,7 @@ impl Control {
             db::set_flag(tx.conn(), &i.id, "reboot_requested", true).await?;
         }
         tx.commit().await?;
+        self.agent_wake.notify_one();
         Ok(())
     }
 

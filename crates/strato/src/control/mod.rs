@@ -43,6 +43,8 @@ pub struct Control {
     pub images_dir: std::path::PathBuf,
     /// Access keys already seen: they are never changed once issued, so a hit is final.
     keys: RwLock<HashMap<String, (String, Caller)>>,
+    /// Wakes the in-process agent when desired state changes (it also polls).
+    pub agent_wake: tokio::sync::Notify,
 }
 
 /// An access key pair, as handed to a user once.
@@ -72,7 +74,14 @@ impl Control {
             None => store::set_meta(tx.conn(), "region", &region.name).await?,
         }
         tx.commit().await?;
-        Ok(Control { store, region, catalogue, images_dir, keys: RwLock::new(HashMap::new()) })
+        Ok(Control {
+            store,
+            region,
+            catalogue,
+            images_dir,
+            keys: RwLock::new(HashMap::new()),
+            agent_wake: tokio::sync::Notify::new(),
+        })
     }
 
     /// Where each instance's root disk and VM run files live: `DATA_DIR/instances/<id>/`.
