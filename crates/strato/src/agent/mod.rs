@@ -126,6 +126,10 @@ impl Agent {
                     }
                     self.control.set_instance_flag(&i.id, "reboot_requested", false).await?;
                 }
+                let want = serde_json::to_vec(&self.metadata_config(i, &dir))?;
+                if std::fs::read(dir.join("metadata.json")).ok().as_deref() != Some(want.as_slice()) {
+                    write_atomic(&dir.join("metadata.json"), &want)?;
+                }
                 if !i.status_ok && std::fs::metadata(dir.join("metadata.log")).map(|m| m.len() > 0).unwrap_or(false) {
                     self.control.set_instance_flag(&i.id, "status_ok", true).await?;
                 }
@@ -204,6 +208,30 @@ impl Agent {
         Ok(())
     }
 
+    /// What the instance's metadata service serves (re-read for every request, so changes
+    /// such as HttpTokens apply to a running guest).
+    fn metadata_config(&self, i: &Instance, dir: &Path) -> StdioConfig {
+        let md = InstanceMetadata {
+            instance_id: i.id.to_string(),
+            ami_id: i.image_id.clone(),
+            instance_type: i.instance_type.clone(),
+            account_id: i.owner.to_string(),
+            region: self.control.region.name.clone(),
+            availability_zone: i.availability_zone.clone(),
+            local_ipv4: i.private_ip.clone(),
+            public_ipv4: None,
+            mac: mac_of(i.id.as_str()),
+            security_groups: i.security_groups.iter().map(|g| g.1.clone()).collect(),
+            public_key: i.key_name.clone().zip(i.public_key.clone()),
+            user_data: i
+                .user_data
+                .as_deref()
+                .and_then(|u| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, u).ok()),
+            tokens_required: i.tokens_required,
+        };
+        StdioConfig { metadata: md, token_key: self.token_key.clone(), log: Some(dir.join("metadata.log")) }
+    }
+
     async fn launch(&self, i: &Instance, dir: &Path) -> anyhow::Result<Vm> {
         let image = self
             .control
@@ -229,27 +257,8 @@ impl Agent {
             anyhow::ensure!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim());
             std::fs::rename(&tmp, &disk)?;
         }
-        let md = InstanceMetadata {
-            instance_id: i.id.to_string(),
-            ami_id: i.image_id.clone(),
-            instance_type: i.instance_type.clone(),
-            account_id: i.owner.to_string(),
-            region: self.control.region.name.clone(),
-            availability_zone: i.availability_zone.clone(),
-            local_ipv4: i.private_ip.clone(),
-            public_ipv4: None,
-            mac: mac_of(i.id.as_str()),
-            security_groups: i.security_groups.iter().map(|g| g.1.clone()).collect(),
-            public_key: i.key_name.clone().zip(i.public_key.clone()),
-            user_data: i
-                .user_data
-                .as_deref()
-                .and_then(|u| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, u).ok()),
-            tokens_required: i.tokens_required,
-        };
-        let cfg = StdioConfig { metadata: md, token_key: self.token_key.clone(), log: Some(dir.join("metadata.log")) };
         let cfg_path = dir.join("metadata.json");
-        std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
+        write_atomic(&cfg_path, &serde_json::to_vec(&self.metadata_config(i, dir))?)?;
         let _ = std::fs::remove_file(dir.join("metadata.log"));
         let netdev = format!(
             "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-cmd:{} metadata serve-stdio --config {}",
@@ -274,6 +283,14 @@ impl Agent {
         tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
         Ok(vm)
     }
+}
+
+/// Replaces a file in one step: the metadata server may be reading it.
+fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// A stable locally administered MAC for an instance.

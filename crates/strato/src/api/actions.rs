@@ -14,7 +14,7 @@ use super::Ctx;
 use crate::control::filter::check_max_results;
 use crate::control::images::{ImageAttribute, ImageChanges, RegisterFromHost};
 use crate::control::instance_state::InstanceState;
-use crate::control::instances::{Instance, RunRequest, StateChange};
+use crate::control::instances::{AttributeChange, AttributeValue, Instance, RunRequest, StateChange};
 use crate::control::model::{Image, KeyPair, Peer, SecurityGroup, SgRule, Subnet, Vpc};
 use crate::control::security_groups::{permissions, GroupPair, GroupSelector, IpPermission};
 
@@ -1585,6 +1585,183 @@ impl Action for DescribeInstanceStatus {
             }
         });
         write_next_token(x, next);
+        Ok(())
+    }
+}
+
+pub struct ModifyInstanceAttribute {
+    id: String,
+    change: AttributeChange,
+}
+
+impl Action for ModifyInstanceAttribute {
+    const NAME: &'static str = "ModifyInstanceAttribute";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let id = p.required("InstanceId")?;
+        let mut changes = Vec::new();
+        if let Some(t) = p.str("InstanceType.Value") {
+            changes.push(AttributeChange::InstanceType(t));
+        }
+        if let Some(u) = p.str("UserData.Value") {
+            changes.push(AttributeChange::UserData(u));
+        }
+        if let Some(v) = p.bool("DisableApiTermination.Value")? {
+            changes.push(AttributeChange::DisableApiTermination(v));
+        }
+        if let Some(b) = p.str("InstanceInitiatedShutdownBehavior.Value") {
+            changes.push(AttributeChange::ShutdownBehavior(b));
+        }
+        let groups = p.list("GroupId")?;
+        if !groups.is_empty() {
+            changes.push(AttributeChange::Groups(groups));
+        }
+        match (p.str("Attribute"), p.str("Value")) {
+            (Some(a), Some(v)) => changes.push(match a.as_str() {
+                "instanceType" => AttributeChange::InstanceType(v),
+                "userData" => AttributeChange::UserData(v),
+                "disableApiTermination" => AttributeChange::DisableApiTermination(v.eq_ignore_ascii_case("true")),
+                "instanceInitiatedShutdownBehavior" => AttributeChange::ShutdownBehavior(v),
+                other => {
+                    return Err(ApiError::invalid_value(format!("The attribute '{other}' cannot be modified here")))
+                }
+            }),
+            (Some(_), None) => return Err(ApiError::MissingParameter("Value".into())),
+            (None, Some(_)) => return Err(ApiError::MissingParameter("Attribute".into())),
+            (None, None) => {}
+        }
+        for unsupported in [
+            "SourceDestCheck.Value",
+            "DisableApiStop.Value",
+            "EbsOptimized.Value",
+            "EnaSupport.Value",
+            "SriovNetSupport.Value",
+            "Kernel.Value",
+            "Ramdisk.Value",
+        ] {
+            if p.str(unsupported).is_some() {
+                return Err(ApiError::invalid_value(format!(
+                    "{} cannot be modified on Strato instances",
+                    unsupported.trim_end_matches(".Value")
+                )));
+            }
+        }
+        if !p.indices("BlockDeviceMapping")?.is_empty() {
+            return Err(ApiError::invalid_value("Block device mappings cannot be modified until volumes arrive"));
+        }
+        match changes.len() {
+            0 => Err(ApiError::MissingParameter("Attribute".into())),
+            1 => Ok(ModifyInstanceAttribute { id, change: changes.remove(0) }),
+            _ => Err(ApiError::InvalidParameterCombination("Only one attribute can be modified at a time".into())),
+        }
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.modify_instance_attribute(&ctx.caller, &self.id, self.change).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct DescribeInstanceAttribute {
+    id: String,
+    attribute: String,
+}
+
+impl Action for DescribeInstanceAttribute {
+    const NAME: &'static str = "DescribeInstanceAttribute";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeInstanceAttribute { id: p.required("InstanceId")?, attribute: p.required("Attribute")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (id, v) = ctx.control.describe_instance_attribute(&ctx.caller, &self.id, &self.attribute).await?;
+        x.field("instanceId", id);
+        let value = |x: &mut Xml, tag: &str, v: String| {
+            x.open(tag).field("value", v).close(tag);
+        };
+        match v {
+            AttributeValue::InstanceType(t) => value(x, "instanceType", t),
+            AttributeValue::UserData(Some(u)) => value(x, "userData", u),
+            AttributeValue::UserData(None) => {
+                x.open("userData").close("userData");
+            }
+            AttributeValue::DisableApiTermination(b) => value(x, "disableApiTermination", b.to_string()),
+            AttributeValue::ShutdownBehavior(b) => value(x, "instanceInitiatedShutdownBehavior", b),
+            AttributeValue::RootDeviceName => value(x, "rootDeviceName", "/dev/xvda".into()),
+            AttributeValue::BlockDeviceMapping(i) => {
+                x.list("blockDeviceMapping", [*i], |x, i| {
+                    x.field("deviceName", "/dev/xvda")
+                        .open("ebs")
+                        .field("volumeId", &i.root_volume_id)
+                        .field("status", "attached")
+                        .field("attachTime", super::timestamp(&i.launch_time))
+                        .field("deleteOnTermination", i.delete_on_termination)
+                        .close("ebs");
+                });
+            }
+            AttributeValue::Groups(g) => {
+                x.list("groupSet", g, |x, (id, _)| {
+                    x.field("groupId", id);
+                });
+            }
+            AttributeValue::Kernel => {
+                x.open("kernel").close("kernel");
+            }
+            AttributeValue::Ramdisk => {
+                x.open("ramdisk").close("ramdisk");
+            }
+            AttributeValue::SourceDestCheck => value(x, "sourceDestCheck", "true".into()),
+            AttributeValue::EbsOptimized => value(x, "ebsOptimized", "false".into()),
+            AttributeValue::EnaSupport => value(x, "enaSupport", "false".into()),
+            AttributeValue::DisableApiStop => value(x, "disableApiStop", "false".into()),
+        }
+        Ok(())
+    }
+}
+
+pub struct ModifyInstanceMetadataOptions {
+    id: String,
+    tokens_required: Option<bool>,
+}
+
+impl Action for ModifyInstanceMetadataOptions {
+    const NAME: &'static str = "ModifyInstanceMetadataOptions";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let id = p.required("InstanceId")?;
+        let tokens_required = match p.str("HttpTokens").as_deref() {
+            None => None,
+            Some("required") => Some(true),
+            Some("optional") => Some(false),
+            Some(o) => return Err(ApiError::invalid_value(format!("Invalid HttpTokens '{o}': optional or required"))),
+        };
+        if let Some(e) = p.str("HttpEndpoint") {
+            if e != "enabled" {
+                return Err(ApiError::invalid_value(
+                    "The metadata endpoint cannot be disabled on Strato instances yet",
+                ));
+            }
+        }
+        if let Some(h) = p.int("HttpPutResponseHopLimit")? {
+            if h != 1 {
+                return Err(ApiError::invalid_value("HttpPutResponseHopLimit is 1 on Strato instances"));
+            }
+        }
+        for unsupported in ["HttpProtocolIpv6", "InstanceMetadataTags"] {
+            if p.str(unsupported).is_some_and(|v| v != "disabled") {
+                return Err(ApiError::invalid_value(format!("{unsupported} is not supported yet")));
+            }
+        }
+        Ok(ModifyInstanceMetadataOptions { id, tokens_required })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let i = ctx.control.modify_metadata_options(&ctx.caller, &self.id, self.tokens_required).await?;
+        x.field("instanceId", &i.id)
+            .open("instanceMetadataOptions")
+            .field("state", "applied")
+            .field("httpTokens", if i.tokens_required { "required" } else { "optional" })
+            .field("httpPutResponseHopLimit", 1)
+            .field("httpEndpoint", "enabled")
+            .field("httpProtocolIpv6", "disabled")
+            .field("instanceMetadataTags", "disabled")
+            .close("instanceMetadataOptions");
         Ok(())
     }
 }

@@ -111,6 +111,9 @@ dispatch_table!(
     RebootInstances,
     TerminateInstances,
     GetConsoleOutput,
+    ModifyInstanceAttribute,
+    DescribeInstanceAttribute,
+    ModifyInstanceMetadataOptions,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

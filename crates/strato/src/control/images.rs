@@ -175,9 +175,48 @@ pub enum ImageAttribute {
     ImdsSupport,
 }
 
+/// Puts an image's files in `dir` (the disk as `disk_name`, `vmlinux`, `initrd.img`); on
+/// failure nothing stays behind.
+fn stage_files(dir: &Path, disk: &Path, disk_name: &str, kernel: &Path, initrd: Option<&Path>) -> ApiResult<()> {
+    let r = (|| -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        link_or_copy(disk, &dir.join(disk_name))?;
+        link_or_copy(kernel, &dir.join("vmlinux"))?;
+        if let Some(i) = initrd {
+            link_or_copy(i, &dir.join("initrd.img"))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 impl Control {
     fn image_dir(&self, id: &ImageId) -> PathBuf {
         self.images_dir.join(id.as_str())
+    }
+
+    /// Records an image (with its tags, replacing `replaces`) in one transaction; if that
+    /// fails, its staged files go too.
+    async fn insert_image(&self, image: &Image, replaces: Option<&ImageId>, dir: &Path) -> ApiResult<()> {
+        let result: ApiResult<()> = async {
+            let mut tx = self.store().begin_write().await?;
+            if let Some(old) = replaces {
+                store::delete_image(tx.conn(), old).await?;
+            }
+            store::insert_image(tx.conn(), image).await?;
+            put_tags(tx.conn(), &image.owner, image.id.as_str(), "image", &image.tags).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        result
     }
 
     async fn load_images(&self, c: &mut sqlx::SqliteConnection, caller: &AccountId) -> ApiResult<Vec<Image>> {
@@ -284,17 +323,7 @@ impl Control {
         }
         let id = ImageId::generate();
         let dir = self.image_dir(&id);
-        let files = (|| -> anyhow::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            link_or_copy(&built.rootfs, &dir.join("disk.raw"))?;
-            link_or_copy(&built.kernel, &dir.join("vmlinux"))?;
-            link_or_copy(&built.initrd, &dir.join("initrd.img"))?;
-            Ok(())
-        })();
-        if let Err(e) = files {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
+        stage_files(&dir, &built.rootfs, "disk.raw", &built.kernel, Some(&built.initrd))?;
         let image = Image {
             id: id.clone(),
             owner: AccountId::from_db(STRATO_OWNER_ID.into()),
@@ -319,20 +348,7 @@ impl Control {
             launch_permissions: vec![],
             tags: vec![],
         };
-        let result: ApiResult<()> = async {
-            let mut tx = self.store().begin_write().await?;
-            if let Some(old) = &existing {
-                store::delete_image(tx.conn(), &old.id).await?;
-            }
-            store::insert_image(tx.conn(), &image).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        self.insert_image(&image, existing.as_ref().map(|o| &o.id), &dir).await?;
         if let Some(old) = existing {
             let _ = std::fs::remove_dir_all(self.image_dir(&old.id));
         }
@@ -373,19 +389,7 @@ impl Control {
         let id = ImageId::generate();
         let dir = self.image_dir(&id);
         let disk_dst = dir.join(format!("disk.{format}"));
-        let files = (|| -> anyhow::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            link_or_copy(&disk, &disk_dst)?;
-            link_or_copy(&kernel, &dir.join("vmlinux"))?;
-            if let Some(i) = &initrd {
-                link_or_copy(i, &dir.join("initrd.img"))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = files {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
+        stage_files(&dir, &disk, &format!("disk.{format}"), &kernel, initrd.as_deref())?;
         let image = Image {
             id: id.clone(),
             owner: caller.account_id.clone(),
@@ -410,18 +414,7 @@ impl Control {
             launch_permissions: vec![],
             tags: tags.clone(),
         };
-        let result: ApiResult<()> = async {
-            let mut tx = self.store().begin_write().await?;
-            store::insert_image(tx.conn(), &image).await?;
-            put_tags(tx.conn(), &caller.account_id, id.as_str(), "image", &tags).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        self.insert_image(&image, None, &dir).await?;
         Ok(id)
     }
 
@@ -550,19 +543,13 @@ impl Control {
         let id = ImageId::generate();
         let dir = self.image_dir(&id);
         let disk_dst = dir.join(format!("disk.{}", src.disk_format));
-        let files = (|| -> anyhow::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            link_or_copy(Path::new(&src.disk_path), &disk_dst)?;
-            link_or_copy(Path::new(&src.kernel_path), &dir.join("vmlinux"))?;
-            if let Some(i) = &src.initrd_path {
-                link_or_copy(Path::new(i), &dir.join("initrd.img"))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = files {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
+        stage_files(
+            &dir,
+            Path::new(&src.disk_path),
+            &format!("disk.{}", src.disk_format),
+            Path::new(&src.kernel_path),
+            src.initrd_path.as_deref().map(Path::new),
+        )?;
         let image = Image {
             id: id.clone(),
             owner: caller.account_id.clone(),
@@ -582,17 +569,7 @@ impl Control {
             tags: vec![],
             ..src
         };
-        let result: ApiResult<()> = async {
-            let mut tx = self.store().begin_write().await?;
-            store::insert_image(tx.conn(), &image).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        self.insert_image(&image, None, &dir).await?;
         Ok(id)
     }
 }

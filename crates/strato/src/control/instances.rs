@@ -155,6 +155,35 @@ impl RunRequest {
     }
 }
 
+/// One change of ModifyInstanceAttribute (EC2 takes one attribute per call).
+#[derive(Debug, Clone)]
+pub enum AttributeChange {
+    InstanceType(String),
+    /// Base64 of the new user data.
+    UserData(String),
+    DisableApiTermination(bool),
+    ShutdownBehavior(String),
+    Groups(Vec<String>),
+}
+
+/// What DescribeInstanceAttribute returns.
+#[derive(Debug, Clone)]
+pub enum AttributeValue {
+    InstanceType(String),
+    UserData(Option<String>),
+    DisableApiTermination(bool),
+    ShutdownBehavior(String),
+    RootDeviceName,
+    BlockDeviceMapping(Box<Instance>),
+    Groups(Vec<(String, String)>),
+    Kernel,
+    Ramdisk,
+    SourceDestCheck,
+    EbsOptimized,
+    EnaSupport,
+    DisableApiStop,
+}
+
 /// The state change a Start/Stop/Terminate answers with.
 pub struct StateChange {
     pub id: InstanceId,
@@ -573,6 +602,130 @@ impl Control {
     pub async fn instance(&self, caller: &Caller, id: &str) -> ApiResult<Instance> {
         let mut c = self.store().read().await?;
         Ok(self.mine(&mut c, caller, &[id.to_owned()]).await?.remove(0))
+    }
+
+    pub async fn modify_instance_attribute(&self, caller: &Caller, id: &str, change: AttributeChange) -> ApiResult<()> {
+        let mut tx = self.store().begin_write().await?;
+        let mut i = self.mine(tx.conn(), caller, &[id.to_owned()]).await?.remove(0);
+        if i.state == InstanceState::Terminated {
+            return Err(incorrect_state(&i, "modified"));
+        }
+        match change {
+            AttributeChange::InstanceType(t) => {
+                if i.state != InstanceState::Stopped {
+                    return Err(ApiError::IncorrectInstanceState(format!(
+                        "The instance '{}' is not in the 'stopped' state.",
+                        i.id
+                    )));
+                }
+                if self.catalogue.get(&t).is_none() {
+                    return Err(ApiError::invalid_value(format!(
+                        "The instance type '{t}' is not offered here (see DescribeInstanceTypes)"
+                    )));
+                }
+                i.instance_type = t;
+            }
+            AttributeChange::UserData(u) => {
+                if i.state != InstanceState::Stopped {
+                    return Err(ApiError::IncorrectInstanceState(format!(
+                        "The instance '{}' is not in the 'stopped' state.",
+                        i.id
+                    )));
+                }
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(u.trim())
+                    .map_err(|_| ApiError::invalid_value("Invalid BASE64 encoding of user data."))?;
+                if decoded.len() > MAX_USER_DATA {
+                    return Err(ApiError::invalid_value(format!("User data is limited to {MAX_USER_DATA} bytes")));
+                }
+                i.user_data = (!decoded.is_empty()).then(|| u.trim().to_owned());
+            }
+            AttributeChange::DisableApiTermination(v) => i.disable_api_termination = v,
+            AttributeChange::ShutdownBehavior(b) => {
+                if b != "stop" && b != "terminate" {
+                    return Err(ApiError::invalid_value(format!(
+                        "Invalid InstanceInitiatedShutdownBehavior '{b}': stop or terminate"
+                    )));
+                }
+                i.shutdown_behavior = b;
+            }
+            AttributeChange::Groups(ids) => {
+                if ids.is_empty() {
+                    return Err(ApiError::MissingParameter("GroupId".into()));
+                }
+                let groups = store::security_groups(tx.conn(), &caller.account_id).await?;
+                let mut chosen = Vec::new();
+                for id in &ids {
+                    let gid = SecurityGroupId::parse(id)?;
+                    let g = groups.iter().find(|g| g.id == gid).ok_or_else(|| not_found_for("security-group", id))?;
+                    if g.vpc_id.as_str() != i.vpc_id {
+                        return Err(ApiError::InvalidParameter(format!(
+                            "Security group {id} and instance {} belong to different networks.",
+                            i.id
+                        )));
+                    }
+                    chosen.push((g.id.to_string(), g.name.clone()));
+                }
+                chosen.dedup();
+                i.security_groups = chosen;
+            }
+        }
+        db::update_attributes(tx.conn(), &i).await?;
+        tx.commit().await?;
+        self.agent_wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn describe_instance_attribute(
+        &self,
+        caller: &Caller,
+        id: &str,
+        attribute: &str,
+    ) -> ApiResult<(InstanceId, AttributeValue)> {
+        let i = self.instance(caller, id).await?;
+        let v = match attribute {
+            "instanceType" => AttributeValue::InstanceType(i.instance_type.clone()),
+            "userData" => AttributeValue::UserData(i.user_data.clone()),
+            "disableApiTermination" => AttributeValue::DisableApiTermination(i.disable_api_termination),
+            "instanceInitiatedShutdownBehavior" => AttributeValue::ShutdownBehavior(i.shutdown_behavior.clone()),
+            "rootDeviceName" => AttributeValue::RootDeviceName,
+            "blockDeviceMapping" => AttributeValue::BlockDeviceMapping(Box::new(i.clone())),
+            "groupSet" => AttributeValue::Groups(i.security_groups.clone()),
+            "kernel" => AttributeValue::Kernel,
+            "ramdisk" => AttributeValue::Ramdisk,
+            "sourceDestCheck" => AttributeValue::SourceDestCheck,
+            "ebsOptimized" => AttributeValue::EbsOptimized,
+            "enaSupport" => AttributeValue::EnaSupport,
+            "disableApiStop" => AttributeValue::DisableApiStop,
+            other => {
+                return Err(ApiError::invalid_value(format!(
+                    "Value ({other}) for parameter attribute is invalid. Unknown attribute."
+                )))
+            }
+        };
+        Ok((i.id, v))
+    }
+
+    /// ModifyInstanceMetadataOptions: IMDSv2 required or optional (applies to a running
+    /// guest at once).
+    pub async fn modify_metadata_options(
+        &self,
+        caller: &Caller,
+        id: &str,
+        tokens_required: Option<bool>,
+    ) -> ApiResult<Instance> {
+        let mut tx = self.store().begin_write().await?;
+        let mut i = self.mine(tx.conn(), caller, &[id.to_owned()]).await?.remove(0);
+        if i.state == InstanceState::Terminated {
+            return Err(incorrect_state(&i, "modified"));
+        }
+        if let Some(t) = tokens_required {
+            i.tokens_required = t;
+        }
+        db::update_attributes(tx.conn(), &i).await?;
+        tx.commit().await?;
+        self.agent_wake.notify_one();
+        Ok(i)
     }
 
     // ---- what the agent reports

@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// Bump when what a build produces changes, so caches rebuild.
-const BUILDER_VERSION: u32 = 3;
+const BUILDER_VERSION: u32 = 4;
 
 /// Kernel modules the initramfs loads, in order (paths under the kernel's `kernel/` dir).
 const INITRAMFS_MODULES: &[&str] = &[

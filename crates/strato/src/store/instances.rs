@@ -152,3 +152,21 @@ pub async fn set_flag(c: &mut SqliteConnection, id: &InstanceId, flag: &str, val
         .await?;
     Ok(())
 }
+
+/// Writes the attributes ModifyInstanceAttribute and ModifyInstanceMetadataOptions change.
+pub async fn update_attributes(c: &mut SqliteConnection, i: &Instance) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE instances SET instance_type = ?, user_data = ?, disable_api_termination = ?, shutdown_behavior = ?,
+         security_groups = ?, tokens_required = ? WHERE id = ?",
+    )
+    .bind(&i.instance_type)
+    .bind(&i.user_data)
+    .bind(i.disable_api_termination as i64)
+    .bind(&i.shutdown_behavior)
+    .bind(serde_json::to_string(&i.security_groups).unwrap_or_else(|_| "[]".into()))
+    .bind(i.tokens_required as i64)
+    .bind(i.id.as_str())
+    .execute(c)
+    .await?;
+    Ok(())
+}
