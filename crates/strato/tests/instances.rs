@@ -288,6 +288,37 @@ fn launch_errors_quota_and_isolation() {
     );
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", &id, "--force"]);
     cloud.aws(&["ec2", "wait", "instance-stopped", "--instance-ids", &id]);
+
+    // A VM that cannot start (its image's kernel is not a kernel) ends stopped with a server
+    // error as its state reason, and leaves no VM behind.
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("1G")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let kernel = work.path().join("vmlinux");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let r = cloud.aws(&[
+        "ec2",
+        "register-image",
+        "--name",
+        "broken",
+        "--image-location",
+        &disk.display().to_string(),
+        "--kernel-id",
+        &kernel.display().to_string(),
+    ]);
+    let broken = s(&r["ImageId"]).to_owned();
+    let run = cloud.aws(&["ec2", "run-instances", "--image-id", &broken, "--instance-type", "t3.nano"]);
+    let bad = s(&run["Instances"][0]["InstanceId"]).to_owned();
+    let i = wait_state(&cloud, &bad, "stopped");
+    assert_eq!(i["State"]["Name"], "stopped", "{i}");
+    assert_eq!(i["StateReason"]["Code"], "Server.InternalError");
+    assert!(strato::hypervisor::Vm::adopt(&cloud.dir.path().join("instances").join(&bad)).is_none());
 }
 
 #[test]
