@@ -17,6 +17,8 @@
 //! `restrict=on` mode, carrying nothing but the metadata service: real networking comes
 //! with the network part.
 
+pub mod sim;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -14,6 +14,8 @@ use serde_json::Value;
 
 pub struct Cloud {
     child: Option<Child>,
+    /// For an in-process server with the simulated agent: its stop signal and thread.
+    sim: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     pub addr: String,
@@ -73,7 +75,46 @@ impl Cloud {
         std::thread::spawn(move || for _ in lines {});
         let endpoint = endpoint.expect("strato serve did not print its endpoint");
         let addr = endpoint.trim_start_matches("http://").to_owned();
-        Cloud { child: Some(child), dir, endpoint, addr }
+        Cloud { child: Some(child), sim: None, dir, endpoint, addr }
+    }
+
+    /// The control plane and API in this process with the simulated agent (no VMs), for
+    /// fast control-plane tests through the real AWS CLI.
+    pub fn start_simulated() -> Cloud {
+        let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
+        let data = dir.path().to_owned();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let control =
+                    std::sync::Arc::new(strato::server::open_control(&data, "local-1").await.expect("control"));
+                strato::server::ensure_admin(&control).await.expect("admin");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                {
+                    let mut tx = control.store().begin_write().await.expect("tx");
+                    strato::store::set_meta(tx.conn(), "endpoint", &format!("http://{addr}")).await.expect("meta");
+                    tx.commit().await.expect("commit");
+                }
+                strato::server::write_aws_config(&control, &data).await.expect("aws-config");
+                let _ = strato::server::build_and_register(&control, &cache_dir(), strato::image::Kind::Minimal, false)
+                    .await;
+                let agent = tokio::spawn(strato::agent::sim::SimAgent::new(control.clone()).run());
+                addr_tx.send(addr).expect("send addr");
+                let state = std::sync::Arc::new(strato::api::ApiState { control });
+                strato::api::serve(listener, state, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .expect("serve");
+                agent.abort();
+            });
+        });
+        let addr = addr_rx.recv().expect("in-process server started").to_string();
+        Cloud { child: None, sim: Some((stop_tx, thread)), endpoint: format!("http://{addr}"), addr, dir }
     }
 
     /// Kills the server at once (SIGKILL, as a crash would); VMs keep running.
@@ -92,6 +133,7 @@ impl Cloud {
         );
         let mut fresh = Cloud::start_in(dir);
         self.child = fresh.child.take();
+        self.sim = fresh.sim.take();
         self.endpoint = fresh.endpoint.clone();
         self.addr = fresh.addr.clone();
         std::mem::swap(&mut self.dir, &mut fresh.dir);
@@ -105,6 +147,10 @@ impl Cloud {
     }
 
     fn kill(&mut self) {
+        if let Some((stop, thread)) = self.sim.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
         if let Some(mut c) = self.child.take() {
             // SIGTERM first for a clean shutdown; the child is ours, by PID.
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
