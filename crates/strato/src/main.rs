@@ -98,6 +98,12 @@ enum AccountCommand {
     },
     /// List accounts.
     List,
+    /// Set how many vCPUs an account's instances may use at once (default 32).
+    SetQuota {
+        name: String,
+        #[arg(long)]
+        vcpus: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +178,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 path.display(),
                 server::profile_name(&c.account_name)
             );
+            Ok(())
+        }
+        Command::Account { command: AccountCommand::SetQuota { name, vcpus } } => {
+            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            control.set_vcpu_quota(&name, vcpus).await.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+            println!("Account {name} may now run {vcpus} vCPUs at once.");
             Ok(())
         }
         Command::Account { command: AccountCommand::List } => {

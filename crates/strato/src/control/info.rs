@@ -177,7 +177,7 @@ impl Control {
         let all = vec![
             ("supported-platforms".to_owned(), vec!["VPC".to_owned()]),
             ("default-vpc".to_owned(), vec![default_vpc]),
-            ("max-instances".to_owned(), vec!["20".to_owned()]),
+            ("max-instances".to_owned(), vec![self.vcpu_quota(&caller.account_id).await?.to_string()]),
             ("vpc-max-security-groups-per-interface".to_owned(), vec!["5".to_owned()]),
             ("max-elastic-ips".to_owned(), vec!["5".to_owned()]),
             ("vpc-max-elastic-ips".to_owned(), vec!["5".to_owned()]),

@@ -22,7 +22,8 @@ use crate::api::query::{Filter, TagSpec};
 use crate::ids::{AccountId, InstanceId, ReservationId, SecurityGroupId, SubnetId, VolumeId};
 use crate::store::{self, instances as db};
 
-/// vCPUs each account may run at once (EC2's default on-demand quota for standard types).
+/// vCPUs a new account may run at once (EC2's default on-demand quota for standard types);
+/// `strato account set-quota` changes it per account.
 pub const DEFAULT_VCPU_QUOTA: u32 = 32;
 /// How much guest memory the host promises, relative to its RAM (TCG guests touch little).
 pub const MEMORY_OVERCOMMIT: f64 = 1.5;
@@ -279,6 +280,7 @@ impl Control {
         }
         let tags = tags_for(&r.tags, "instance")?;
         let request_hash = r.fingerprint();
+        let quota = self.vcpu_quota(&caller.account_id).await?;
         let mut tx = self.store().begin_write().await?;
         let c = tx.conn();
 
@@ -389,7 +391,7 @@ impl Control {
             .filter(|i| i.owner == caller.account_id && i.state != InstanceState::Stopped)
             .map(vcpus_of)
             .sum();
-        let room_vcpus = DEFAULT_VCPU_QUOTA.saturating_sub(used_vcpus) / itype.vcpus;
+        let room_vcpus = quota.saturating_sub(used_vcpus) / itype.vcpus;
         let used_mem: u64 = live
             .iter()
             .filter(|i| i.state.wants_vm() || i.state == InstanceState::Stopping)
@@ -401,7 +403,7 @@ impl Control {
         if (room_vcpus as i64) < r.min_count {
             return Err(ApiError::LimitExceeded {
                 code: "VcpuLimitExceeded",
-                message: format!("You have requested more vCPU capacity than your current vCPU limit of {DEFAULT_VCPU_QUOTA} allows for the instance bucket that the specified instance type belongs to."),
+                message: format!("You have requested more vCPU capacity than your current vCPU limit of {quota} allows for the instance bucket that the specified instance type belongs to."),
             });
         }
         if (room_mem as i64) < r.min_count {
@@ -545,6 +547,7 @@ impl Control {
 
     pub async fn start_instances(&self, caller: &Caller, ids: &[String]) -> ApiResult<Vec<StateChange>> {
         // The vCPU quota applies to starting as to launching.
+        let quota = self.vcpu_quota(&caller.account_id).await?;
         let mut c = self.store().read().await?;
         let list = self.mine(&mut c, caller, ids).await?;
         let live = db::live(&mut c).await?;
@@ -557,10 +560,10 @@ impl Control {
             .sum();
         let adding: u32 =
             list.iter().filter(|i| i.state == InstanceState::Stopped).map(|i| vcpus_of(&i.instance_type)).sum();
-        if used + adding > DEFAULT_VCPU_QUOTA {
+        if used + adding > quota {
             return Err(ApiError::LimitExceeded {
                 code: "VcpuLimitExceeded",
-                message: format!("Starting these instances would exceed your vCPU limit of {DEFAULT_VCPU_QUOTA}."),
+                message: format!("Starting these instances would exceed your vCPU limit of {quota}."),
             });
         }
         self.change(caller, ids, Event::Start, "started", "User initiated").await

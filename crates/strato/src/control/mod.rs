@@ -123,7 +123,13 @@ impl Control {
                 format!("An account named '{name}' already exists"),
             ));
         }
-        let account = Account { id: AccountId::generate(), name: name.to_owned(), read_only, created_at: Utc::now() };
+        let account = Account {
+            id: AccountId::generate(),
+            name: name.to_owned(),
+            read_only,
+            vcpu_quota: instances::DEFAULT_VCPU_QUOTA,
+            created_at: Utc::now(),
+        };
         store::insert_account(tx.conn(), &account).await?;
         let access_key_id = new_access_key_id();
         let secret: String = rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
@@ -150,6 +156,26 @@ impl Control {
             access_key_id,
             secret_access_key,
         }))
+    }
+
+    /// Sets an account's vCPU quota (by account name).
+    pub async fn set_vcpu_quota(&self, name: &str, quota: u32) -> ApiResult<()> {
+        let mut tx = self.store.begin_write().await?;
+        let account = store::account_by_name(tx.conn(), name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("InvalidAccount.NotFound", format!("No account named '{name}'")))?;
+        store::set_vcpu_quota(tx.conn(), &account.id, quota).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An account's vCPU quota.
+    pub async fn vcpu_quota(&self, account: &AccountId) -> ApiResult<u32> {
+        let mut c = self.store.read().await?;
+        Ok(store::account_by_id(&mut c, account.as_str())
+            .await?
+            .map(|a| a.vcpu_quota)
+            .unwrap_or(instances::DEFAULT_VCPU_QUOTA))
     }
 
     pub async fn accounts(&self) -> ApiResult<Vec<Account>> {

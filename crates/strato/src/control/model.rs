@@ -12,6 +12,8 @@ pub struct Account {
     pub name: String,
     /// A read-only account may call Describe* and Get* actions only.
     pub read_only: bool,
+    /// vCPUs its pending, running and stopping instances may use at once.
+    pub vcpu_quota: u32,
     pub created_at: DateTime<Utc>,
 }
 

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_images.sql")),
     (3, include_str!("../../migrations/0003_instances.sql")),
+    (4, include_str!("../../migrations/0004_quotas.sql")),
 ];
 
 #[derive(Clone)]
@@ -131,15 +132,17 @@ fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Account> {
         id: AccountId::from_db(r.try_get("id")?),
         name: r.try_get("name")?,
         read_only: r.try_get::<i64, _>("read_only")? != 0,
+        vcpu_quota: r.try_get::<i64, _>("vcpu_quota")? as u32,
         created_at: parse_ts(&r.try_get::<String, _>("created_at")?),
     })
 }
 
 pub async fn insert_account(c: &mut SqliteConnection, a: &Account) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO accounts (id, name, read_only, created_at) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO accounts (id, name, read_only, vcpu_quota, created_at) VALUES (?, ?, ?, ?, ?)")
         .bind(a.id.as_str())
         .bind(&a.name)
         .bind(a.read_only as i64)
+        .bind(a.vcpu_quota as i64)
         .bind(ts(&a.created_at))
         .execute(c)
         .await?;
@@ -154,6 +157,15 @@ pub async fn account_by_name(c: &mut SqliteConnection, name: &str) -> sqlx::Resu
 pub async fn account_by_id(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Account>> {
     let row = sqlx::query("SELECT * FROM accounts WHERE id = ?").bind(id).fetch_optional(c).await?;
     row.as_ref().map(account_from_row).transpose()
+}
+
+pub async fn set_vcpu_quota(c: &mut SqliteConnection, account: &AccountId, quota: u32) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET vcpu_quota = ? WHERE id = ?")
+        .bind(quota as i64)
+        .bind(account.as_str())
+        .execute(c)
+        .await?;
+    Ok(())
 }
 
 pub async fn list_accounts(c: &mut SqliteConnection) -> sqlx::Result<Vec<Account>> {
@@ -715,4 +727,20 @@ pub async fn delete_image(c: &mut SqliteConnection, id: &ImageId) -> sqlx::Resul
     sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = ?").bind(id.as_str()).execute(&mut *c).await?;
     sqlx::query("DELETE FROM images WHERE id = ?").bind(id.as_str()).execute(c).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        assert_eq!(files.len(), super::MIGRATIONS.len(), "{files:?}");
+        for (i, (version, _)) in super::MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i as i64 + 1);
+            assert!(files[i].starts_with(&format!("{:04}_", version)), "{}", files[i]);
+        }
+    }
 }
