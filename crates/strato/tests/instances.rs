@@ -289,8 +289,9 @@ fn launch_errors_quota_and_isolation() {
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", &id, "--force"]);
     cloud.aws(&["ec2", "wait", "instance-stopped", "--instance-ids", &id]);
 
-    // A VM that cannot start (its image's kernel is not a kernel) ends stopped with a server
-    // error as its state reason, and leaves no VM behind.
+    // A VM that cannot start (its image's kernel is not a kernel): the launch undoes itself,
+    // the instance ends terminated with a server error as its state reason, and leaves no VM
+    // and no disk behind.
     let work = tempfile::tempdir().unwrap();
     let disk = work.path().join("disk.qcow2");
     let out = std::process::Command::new("qemu-img")
@@ -315,10 +316,11 @@ fn launch_errors_quota_and_isolation() {
     let broken = s(&r["ImageId"]).to_owned();
     let run = cloud.aws(&["ec2", "run-instances", "--image-id", &broken, "--instance-type", "t3.nano"]);
     let bad = s(&run["Instances"][0]["InstanceId"]).to_owned();
-    let i = wait_state(&cloud, &bad, "stopped");
-    assert_eq!(i["State"]["Name"], "stopped", "{i}");
+    let i = wait_state(&cloud, &bad, "terminated");
+    assert_eq!(i["State"]["Name"], "terminated", "{i}");
     assert_eq!(i["StateReason"]["Code"], "Server.InternalError");
     assert!(strato::hypervisor::Vm::adopt(&cloud.dir.path().join("instances").join(&bad)).is_none());
+    assert!(!cloud.dir.path().join("instances").join(&bad).join("root.qcow2").exists());
 }
 
 #[test]

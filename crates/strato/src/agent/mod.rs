@@ -102,22 +102,26 @@ impl Agent {
         let dir = self.run_dir(i.id.as_str());
         let vm = Vm::adopt(&dir);
         match (i.state, vm) {
-            (InstanceState::Pending, None) => match self.launch(i, &dir).await {
-                Ok(_) => {
-                    self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
+            (InstanceState::Pending, None) => {
+                let first_launch = !dir.join("root.qcow2").exists();
+                match self.launch(i, &dir).await {
+                    Ok(_) => {
+                        self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
+                    }
+                    Err(e) => {
+                        tracing::error!(instance_id = %i.id, error = format!("{e:#}"), "launch failed");
+                        // A first launch undoes itself: the instance ends terminated and the
+                        // root disk it made goes (it never held anything).
+                        if first_launch {
+                            let _ = std::fs::remove_file(dir.join("root.qcow2"));
+                        }
+                        let reason = ("Server.InternalError", "Server.InternalError: Internal error on launch");
+                        self.control
+                            .apply(&i.id, i.generation, Event::LaunchFailed { first_launch }, Some(reason))
+                            .await?;
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(instance_id = %i.id, error = format!("{e:#}"), "launch failed");
-                    self.control
-                        .apply(
-                            &i.id,
-                            i.generation,
-                            Event::VmGone,
-                            Some(("Server.InternalError", "Server.InternalError: the instance's VM failed to start")),
-                        )
-                        .await?;
-                }
-            },
+            }
             (InstanceState::Pending, Some(_)) => {
                 self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
             }

@@ -46,6 +46,9 @@ pub enum Event {
     GuestShutdown { terminate: bool },
     /// The VM process is gone (after a stop or terminate, or a crash).
     VmGone,
+    /// The VM could not be started: a first launch ends terminated (as on EC2), a start of
+    /// a stopped instance ends stopped again.
+    LaunchFailed { first_launch: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +124,8 @@ impl InstanceState {
             // A VM that dies on its own ends stopped (its state reason says why).
             (Pending | Running, VmGone) => Stopped,
             (Stopped | Terminated, VmGone) => self,
+            (Pending, LaunchFailed { first_launch: true }) => Terminated,
+            (Pending, LaunchFailed { first_launch: false }) => Stopped,
             _ => return Err(IllegalTransition { from: self, event }),
         };
         Ok(next)
@@ -154,6 +159,8 @@ mod tests {
         ok(Pending, Terminate, ShuttingDown);
         ok(Pending, Start, Pending);
         ok(Pending, VmGone, Stopped);
+        ok(Pending, LaunchFailed { first_launch: true }, Terminated);
+        ok(Pending, LaunchFailed { first_launch: false }, Stopped);
         illegal(Pending, Reboot);
     }
 
@@ -166,6 +173,7 @@ mod tests {
         ok(Running, GuestShutdown { terminate: true }, ShuttingDown);
         ok(Running, VmGone, Stopped);
         ok(Running, Start, Running);
+        illegal(Running, LaunchFailed { first_launch: true });
     }
 
     #[test]
