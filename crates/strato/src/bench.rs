@@ -350,7 +350,11 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
                 .await?;
             anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
             let md_log = work.join("metadata.log");
-            let cfg = crate::metadata::StdioConfig { metadata: sample_metadata(None, None), token_key: "00".into(), log: Some(md_log.clone()) };
+            let cfg = crate::metadata::StdioConfig {
+                metadata: sample_metadata(None, None),
+                token_key: "00".into(),
+                log: Some(md_log.clone()),
+            };
             let cfg_path = work.join("metadata.json");
             std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
             let t = crate::catalog::Catalogue::parse(crate::catalog::DEFAULT_CATALOGUE)?;
@@ -363,13 +367,9 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
                 initrd: Some(built.initrd.clone()),
                 cmdline: format!("{} root=/dev/vda", crate::image::KERNEL_CMDLINE),
                 root_disk: disk,
-                uuid: crate::image::bare::ec2_uuid("i-0123456789abcdef0"),
+                uuid: crate::hypervisor::ec2_uuid("i-0123456789abcdef0"),
                 netdev: Some((
-                    format!(
-                        "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-cmd:{} metadata serve-stdio --config {}",
-                        strato_bin.display(),
-                        cfg_path.display()
-                    ),
+                    crate::hypervisor::metadata_netdev(&strato_bin, &cfg_path, None)?,
                     "02:00:00:00:00:01".into(),
                 )),
             };

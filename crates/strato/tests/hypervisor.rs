@@ -54,7 +54,7 @@ async fn launch_adopt_and_power_off() {
         initrd: Some(built.initrd.clone()),
         cmdline: format!("{} root=/dev/vda", strato::image::KERNEL_CMDLINE),
         root_disk: disk,
-        uuid: strato::image::bare::ec2_uuid("i-0123456789abcdef0"),
+        uuid: strato::hypervisor::ec2_uuid("i-0123456789abcdef0"),
         netdev: None,
     };
     let vm = Vm::launch(&spec, accel).expect("launch");

@@ -321,6 +321,25 @@ fn launch_errors_quota_and_isolation() {
     assert_eq!(i["StateReason"]["Code"], "Server.InternalError");
     assert!(strato::hypervisor::Vm::adopt(&cloud.dir.path().join("instances").join(&bad)).is_none());
     assert!(!cloud.dir.path().join("instances").join(&bad).join("root.qcow2").exists());
+
+    // The step before, making the root disk, failing (the image's disk file is gone): the same.
+    let r = cloud.aws(&[
+        "ec2",
+        "register-image",
+        "--name",
+        "diskless",
+        "--image-location",
+        &disk.display().to_string(),
+        "--kernel-id",
+        &kernel.display().to_string(),
+    ]);
+    let diskless = s(&r["ImageId"]).to_owned();
+    std::fs::remove_file(cloud.dir.path().join("images").join(&diskless).join("disk.qcow2")).unwrap();
+    let run = cloud.aws(&["ec2", "run-instances", "--image-id", &diskless, "--instance-type", "t3.nano"]);
+    let bad = s(&run["Instances"][0]["InstanceId"]).to_owned();
+    let i = wait_state(&cloud, &bad, "terminated");
+    assert_eq!(i["StateReason"]["Code"], "Server.InternalError", "{i}");
+    assert!(!cloud.dir.path().join("instances").join(&bad).join("root.qcow2").exists());
 }
 
 #[test]

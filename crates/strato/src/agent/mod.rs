@@ -29,8 +29,7 @@ use anyhow::Context;
 use crate::control::instance_state::{Event, InstanceState};
 use crate::control::instances::Instance;
 use crate::control::Control;
-use crate::hypervisor::{detect_accel, Accel, Vm, VmSpec};
-use crate::image::bare::ec2_uuid;
+use crate::hypervisor::{detect_accel, ec2_uuid, metadata_netdev, Accel, Vm, VmSpec};
 use crate::metadata::{InstanceMetadata, StdioConfig};
 
 pub const TICK: Duration = Duration::from_millis(250);
@@ -266,11 +265,7 @@ impl Agent {
         let cfg_path = dir.join("metadata.json");
         write_atomic(&cfg_path, &serde_json::to_vec(&self.metadata_config(i, dir))?)?;
         let _ = std::fs::remove_file(dir.join("metadata.log"));
-        let netdev = format!(
-            "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-cmd:{} metadata serve-stdio --config {}",
-            plain(&self.strato_bin)?,
-            plain(&cfg_path)?
-        );
+        let netdev = metadata_netdev(&self.strato_bin, &cfg_path, None)?;
         let spec = VmSpec {
             run_dir: dir.to_owned(),
             vcpus: itype.vcpus,
@@ -304,13 +299,4 @@ pub fn mac_of(id: &str) -> String {
     use sha2::Digest;
     let h = sha2::Sha256::digest(id.as_bytes());
     format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3], h[4])
-}
-
-fn plain(p: &Path) -> anyhow::Result<String> {
-    let s = p.display().to_string();
-    anyhow::ensure!(
-        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)),
-        "{s}: QEMU runs the metadata command through a shell, so its path must be plain"
-    );
-    Ok(s)
 }

@@ -57,6 +57,39 @@ pub fn detect_accel() -> (Accel, String) {
     }
 }
 
+/// The SMBIOS system UUID (and serial) of an instance: starting with `ec2` and equal to the
+/// serial, it tells cloud-init that it runs on EC2 (so it uses the EC2 datasource with
+/// IMDSv2 tokens). Derived from the instance id, so it stays the same across boots.
+pub fn ec2_uuid(instance_id: &str) -> String {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(instance_id.as_bytes()));
+    let x = format!("ec2{}", &h[..29]);
+    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+}
+
+/// The `-netdev` of a guest whose only network is the metadata link: QEMU's user network in
+/// `restrict=on` mode (no packet leaves QEMU), laid out on 169.254.169.0/24 so that
+/// 169.254.169.254:80 is inside it and forwarded to `strato metadata serve-stdio`, one
+/// process per connection. `ssh_port` forwards a loopback port of the host to the guest's 22.
+pub fn metadata_netdev(strato_bin: &Path, config: &Path, ssh_port: Option<u16>) -> anyhow::Result<String> {
+    // QEMU runs the guestfwd command through a shell: only plain paths may go in it.
+    let plain = |p: &Path| -> anyhow::Result<String> {
+        let s = p.display().to_string();
+        if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)) {
+            Ok(s)
+        } else {
+            bail!("{s}: QEMU runs the metadata command through a shell, so its path must be plain")
+        }
+    };
+    let fwd = ssh_port.map(|p| format!("hostfwd=tcp:127.0.0.1:{p}-:22,")).unwrap_or_default();
+    Ok(format!(
+        "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,{fwd}\
+         guestfwd=tcp:169.254.169.254:80-cmd:{} metadata serve-stdio --config {}",
+        plain(strato_bin)?,
+        plain(config)?
+    ))
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmSpec {

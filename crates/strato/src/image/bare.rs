@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::{Built, KERNEL_CMDLINE};
+use crate::hypervisor::{ec2_uuid, metadata_netdev};
 use crate::metadata::{InstanceMetadata, StdioConfig};
 
 pub struct Options {
@@ -33,15 +34,6 @@ pub struct BareVm {
     pub ssh_port: u16,
     pub metadata_log: PathBuf,
     pub started: Instant,
-}
-
-fn shell_safe(p: &Path) -> anyhow::Result<String> {
-    let s = p.display().to_string();
-    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)) {
-        Ok(s)
-    } else {
-        bail!("{s}: QEMU runs the metadata command through a shell, so its path must be plain")
-    }
 }
 
 impl BareVm {
@@ -67,12 +59,7 @@ impl BareVm {
         let cfg_path = work.join("metadata.json");
         std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
         let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let netdev = format!(
-            "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,\
-             hostfwd=tcp:127.0.0.1:{ssh_port}-:22,guestfwd=tcp:169.254.169.254:80-cmd:{} metadata serve-stdio --config {}",
-            shell_safe(&opts.strato_bin)?,
-            shell_safe(&cfg_path)?
-        );
+        let netdev = metadata_netdev(&opts.strato_bin, &cfg_path, Some(ssh_port))?;
         let uuid = ec2_uuid(&opts.metadata.instance_id);
         let console = work.join("console.log");
         let qmp = work.join("qmp.sock");
@@ -179,16 +166,6 @@ impl Drop for BareVm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The SMBIOS system UUID (and serial) of an instance: starting with `ec2` and equal to the
-/// serial, it tells cloud-init that it runs on EC2 (so it uses the EC2 datasource with
-/// IMDSv2 tokens). Derived from the instance id, so it stays the same across boots.
-pub fn ec2_uuid(instance_id: &str) -> String {
-    use sha2::Digest;
-    let h = hex::encode(sha2::Sha256::digest(instance_id.as_bytes()));
-    let x = format!("ec2{}", &h[..29]);
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
 }
 
 /// A metadata document for a test or benchmark guest.
