@@ -52,6 +52,22 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// What each account's instances and volumes cost: per resource, hours or GB-months and
+    /// USD, from the usage records (per second, one-minute minimum per start).
+    Bill {
+        /// One account (name or 12-digit id); all accounts otherwise.
+        #[arg(long)]
+        account: Option<String>,
+        /// First day (YYYY-MM-DD, UTC); default the first of this month.
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Day after the last (YYYY-MM-DD, exclusive); default now.
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        /// JSON lines for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the EC2 actions this build implements.
     Actions,
     /// The instance metadata service (internal).
@@ -251,6 +267,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let kind = strato::image::Kind::parse(&image).context("the image kinds are minimal and debian-12")?;
             let cache = cli.cache_dir.clone();
             tokio::task::spawn_blocking(move || strato::bench::boot(kind, &cache, runs, memory_mib)).await?
+        }
+        Command::Bill { account, from, to, json } => {
+            use chrono::{Datelike, TimeZone, Utc};
+            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let now = Utc::now();
+            let from = match from {
+                Some(d) => Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).context("date")?),
+                None => Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().context("date")?,
+            };
+            let to = match to {
+                Some(d) => Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).context("date")?),
+                None => now,
+            };
+            anyhow::ensure!(from < to, "--from must be before --to");
+            let accounts = control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let selected = match &account {
+                Some(a) => Some(
+                    accounts
+                        .iter()
+                        .find(|x| &x.name == a || x.id.as_str() == a)
+                        .with_context(|| format!("no account {a}"))?
+                        .id
+                        .clone(),
+                ),
+                None => None,
+            };
+            let lines = control.bill(selected.as_ref(), from, to, now).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "from": from.to_rfc3339(), "to": to.to_rfc3339(), "currency": "USD", "lines": lines })
+                );
+                return Ok(());
+            }
+            println!("Bill from {} to {} (USD)", from.format("%Y-%m-%d %H:%M:%S"), to.format("%Y-%m-%d %H:%M:%S"));
+            let mut grand = 0.0;
+            for a in accounts.iter().filter(|a| selected.as_ref().is_none_or(|s| s == &a.id)) {
+                let mine: Vec<_> = lines.iter().filter(|l| l.account_id == a.id.as_str()).collect();
+                let total: f64 = mine.iter().map(|l| l.cost).sum();
+                grand += total;
+                println!("\naccount {} ({})", a.id, a.name);
+                if mine.is_empty() {
+                    println!("  no usage");
+                    continue;
+                }
+                println!("  {:<24} {:<24} {:>14} {:<6} {:>12}", "resource", "usage type", "quantity", "unit", "cost");
+                for l in &mine {
+                    println!(
+                        "  {:<24} {:<24} {:>14.6} {:<6} {:>12.6}",
+                        l.resource_id, l.usage_type, l.quantity, l.unit, l.cost
+                    );
+                }
+                println!("  {:<24} {:<24} {:>14} {:<6} {:>12.6}", "total", "", "", "", total);
+            }
+            println!("\ntotal {grand:.6} USD");
+            Ok(())
         }
         Command::Actions => {
             for a in strato::api::SUPPORTED_ACTIONS {

@@ -34,15 +34,32 @@ pub struct InstanceType {
     pub instance_storage_gb: Option<u64>,
 }
 
+/// Prices of storage, per GB-month (USD).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoragePrices {
+    /// General purpose SSD (gp3) volumes, root volumes included.
+    pub gp3_gb_month: f64,
+}
+
+impl Default for StoragePrices {
+    fn default() -> Self {
+        StoragePrices { gp3_gb_month: 0.08 }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogueFile {
+    #[serde(default)]
+    storage: StoragePrices,
     instance_type: Vec<InstanceType>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     pub types: Vec<InstanceType>,
+    pub storage: StoragePrices,
 }
 
 impl Catalogue {
@@ -58,7 +75,8 @@ impl Catalogue {
             );
             anyhow::ensure!(t.price_per_hour >= 0.0, "instance type {} has a negative price", t.name);
         }
-        Ok(Catalogue { types: f.instance_type })
+        anyhow::ensure!(f.storage.gp3_gb_month >= 0.0, "a negative storage price");
+        Ok(Catalogue { types: f.instance_type, storage: f.storage })
     }
 
     /// Reads `path`, writing the built-in default there first if it does not exist.

@@ -11,6 +11,7 @@ use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use sha2::Digest;
 
+use super::billing;
 use super::filter::{self, Filterable};
 use super::images::image_not_found;
 use super::instance_state::{Event, InstanceState};
@@ -536,6 +537,7 @@ impl Control {
         for (i, next) in plan {
             if next != i.state {
                 let transition = format!("{reason} ({})", now.format("%Y-%m-%d %H:%M:%S GMT"));
+                billing::meter_transition(tx.conn(), i, next, &self.catalogue, now).await?;
                 db::set_state(tx.conn(), &i.id, next, None, &transition, now).await?;
             }
             out.push(StateChange { id: i.id.clone(), previous: i.state, current: next });
@@ -731,6 +733,22 @@ impl Control {
         Ok(i)
     }
 
+    /// The bill of one account (or all) over `[from, to)`, as of `now`.
+    pub async fn bill(
+        &self,
+        account: Option<&AccountId>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Vec<billing::BillLine>> {
+        let mut c = self.store().read().await?;
+        let mut intervals = billing::recorded(&mut c, account, from, to).await?;
+        let live: Vec<Instance> =
+            db::live(&mut c).await?.into_iter().filter(|i| account.is_none_or(|a| &i.owner == a)).collect();
+        intervals.extend(billing::open_intervals(&live, &self.catalogue, now));
+        Ok(billing::bill(&intervals, from, to))
+    }
+
     // ---- what the agent reports
 
     /// Applies what the host saw to an instance's state. Reports for a generation older than
@@ -759,7 +777,9 @@ impl Control {
             // Without a new reason, the state keeps the one it had (set by the event that
             // started this stop or termination).
             let kept = i.state_reason_code.as_deref().zip(i.state_reason.as_deref());
-            db::set_state(tx.conn(), id, next, reason.or(kept), &transition, Utc::now()).await?;
+            let now = Utc::now();
+            billing::meter_transition(tx.conn(), &i, next, &self.catalogue, now).await?;
+            db::set_state(tx.conn(), id, next, reason.or(kept), &transition, now).await?;
             tracing::info!(instance_id = %id, from = %i.state, to = %next, "instance state");
         }
         tx.commit().await?;

@@ -7,6 +7,7 @@
 //! (`InvalidGroup.NotFound`, `DependencyViolation`, ...), and a database failure becomes an
 //! `InternalError` whose cause is logged.
 
+pub mod billing;
 pub mod cidr;
 pub mod filter;
 pub mod images;

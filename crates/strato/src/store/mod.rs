@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_images.sql")),
     (3, include_str!("../../migrations/0003_instances.sql")),
     (4, include_str!("../../migrations/0004_quotas.sql")),
+    (5, include_str!("../../migrations/0005_usage.sql")),
 ];
 
 #[derive(Clone)]
