@@ -168,6 +168,31 @@ fn lifecycle_console_and_status() {
     assert!(s(&i["StateTransitionReason"]).starts_with("User initiated ("));
     assert!(console(&cloud, &id).contains("STRATO-BOOT: power button"), "a graceful stop");
     assert_eq!(cloud.aws_err(&["ec2", "reboot-instances", "--instance-ids", &id]), "IncorrectInstanceState");
+
+    // The bill agrees with what DescribeInstances says: billed from launch to the stop
+    // request (at least a minute), at t3.micro's price.
+    let launch = chrono::DateTime::parse_from_rfc3339(&s(&i["LaunchTime"]).replace("+00:00", "Z")).unwrap();
+    let reason = s(&i["StateTransitionReason"]);
+    let stopped_at = chrono::NaiveDateTime::parse_from_str(
+        reason.trim_start_matches("User initiated (").trim_end_matches(" GMT)"),
+        "%Y-%m-%d %H:%M:%S",
+    )
+    .unwrap()
+    .and_utc();
+    let ran = (stopped_at - launch.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
+    let out = std::process::Command::new(common::strato_bin())
+        .arg("--data-dir")
+        .arg(cloud.dir.path())
+        .args(["bill", "--account", "admin", "--json"])
+        .env("STRATO_LOG", "warn")
+        .output()
+        .unwrap();
+    let bill: Value = serde_json::from_slice(&out.stdout).expect("bill");
+    let line =
+        bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id.as_str()).expect("billed").clone();
+    let billed = line["quantity"].as_f64().unwrap() * 3600.0;
+    assert!((billed - ran.max(60.0)).abs() < 2.0, "billed {billed:.1} s, ran {ran:.1} s");
+    assert!((line["cost"].as_f64().unwrap() - line["quantity"].as_f64().unwrap() * 0.0104).abs() < 1e-9);
     assert_eq!(i["PrivateIpAddress"], instance(&cloud, &id)["PrivateIpAddress"]);
 
     cloud.aws(&["ec2", "start-instances", "--instance-ids", &id]);

@@ -219,6 +219,53 @@ fn running_time_is_billed_per_start_with_a_minimum() {
     let after = b3["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id.as_str()).unwrap().clone();
     assert!((after["quantity"].as_f64().unwrap() - 120.0 / 3600.0).abs() < 1e-6, "{after}");
     // Another account's bill does not show it.
-    cloud.create_account("tenant", false);
+    let tenant = cloud.create_account("tenant", false);
     assert_eq!(bill(&cloud, "tenant")["lines"].as_array().unwrap().len(), 0);
+
+    // Cost Explorer through the AWS CLI: the same costs, per service, for this account only.
+    let today = chrono::Utc::now().date_naive();
+    let period =
+        format!("Start={},End={}", today.format("%Y-%m-01"), (today + chrono::Duration::days(1)).format("%Y-%m-%d"));
+    let ce = cloud.aws(&[
+        "ce",
+        "get-cost-and-usage",
+        "--time-period",
+        &period,
+        "--granularity",
+        "MONTHLY",
+        "--metrics",
+        "UnblendedCost",
+        "UsageQuantity",
+        "--group-by",
+        "Type=DIMENSION,Key=SERVICE",
+    ]);
+    let groups = ce["ResultsByTime"][0]["Groups"].as_array().unwrap();
+    let compute = groups.iter().find(|g| g["Keys"][0] == "Amazon Elastic Compute Cloud - Compute").expect("compute");
+    let cost: f64 = compute["Metrics"]["UnblendedCost"]["Amount"].as_str().unwrap().parse().unwrap();
+    assert!((cost - after["cost"].as_f64().unwrap()).abs() < 1e-6, "{ce}");
+    let t = cloud.aws_json_as(
+        &tenant,
+        &["ce", "get-cost-and-usage", "--time-period", &period, "--granularity", "DAILY", "--metrics", "UnblendedCost"],
+    );
+    let tenant_total: f64 = t["ResultsByTime"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["Total"]["UnblendedCost"]["Amount"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(tenant_total, 0.0, "a tenant sees only its own costs");
+    assert_eq!(
+        cloud.aws_err(&[
+            "ce",
+            "get-cost-and-usage",
+            "--time-period",
+            &period,
+            "--granularity",
+            "WEEKLY",
+            "--metrics",
+            "UnblendedCost"
+        ]),
+        "ValidationException"
+    );
+    cloud.python("ce_costs.py", &[&id]);
 }

@@ -8,6 +8,7 @@
 //! function runs in one transaction.
 
 pub mod actions;
+pub mod ce;
 pub mod error;
 pub mod query;
 pub mod sigv4;
@@ -161,6 +162,9 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
+    if parts.headers.contains_key("x-amz-target") {
+        return handle_json(&state, &parts, body, &request_id).await;
+    }
     let mut action = String::new();
     let result = process(&state, &parts, body, &request_id, &mut action).await;
     match result {
@@ -178,6 +182,70 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
             (e.status(), [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], doc).into_response()
         }
     }
+}
+
+/// Verifies the request's SigV4 signature for `service` and returns who is calling.
+async fn authenticate(
+    state: &ApiState,
+    parts: &axum::http::request::Parts,
+    query: &str,
+    body: &[u8],
+    service: &str,
+) -> ApiResult<Caller> {
+    let req = sigv4::RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query,
+        headers: &parts.headers,
+        body,
+    };
+    let claims = sigv4::parse(&req)?;
+    claims.check_scope(&state.control.region.name, service, Utc::now())?;
+    let (secret, caller) =
+        state.control.lookup_access_key(&claims.access_key).await?.ok_or_else(|| {
+            ApiError::AuthFailure("AWS was not able to validate the provided access credentials".into())
+        })?;
+    claims.verify(&req, &secret)?;
+    Ok(caller)
+}
+
+/// The JSON-protocol services on this endpoint (Cost Explorer), chosen by `X-Amz-Target`.
+async fn handle_json(state: &ApiState, parts: &axum::http::request::Parts, body: Body, request_id: &str) -> Response {
+    let result: Result<serde_json::Value, ce::CeError> = async {
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ce::CeError::from_api(&ApiError::InvalidRequest("The request body is too large".into())))?;
+        let query = parts.uri.query().unwrap_or("");
+        let caller = authenticate(state, parts, query, &body, "ce").await.map_err(|e| ce::CeError::from_api(&e))?;
+        let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+        match target.strip_prefix(ce::TARGET_PREFIX) {
+            Some("GetCostAndUsage") => ce::get_cost_and_usage(&state.control, &caller, &body).await,
+            _ => Err(ce::CeError {
+                kind: "UnknownOperationException",
+                message: format!("Unknown operation {target}"),
+                status: 400,
+            }),
+        }
+    }
+    .await;
+    let (status, text) = match result {
+        Ok(v) => (200, v.to_string()),
+        Err(e) => {
+            tracing::debug!(request_id, kind = e.kind, "client error");
+            (e.status, e.body())
+        }
+    };
+    let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    let rid = header::HeaderValue::from_str(request_id).unwrap_or(header::HeaderValue::from_static("-"));
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-amz-json-1.1")),
+            (header::HeaderName::from_static("x-amzn-requestid"), rid),
+        ],
+        text,
+    )
+        .into_response()
 }
 
 async fn process(
@@ -203,21 +271,7 @@ async fn process(
     }
 
     // Authenticate before anything else is looked at, as AWS does.
-    let req = sigv4::RequestParts {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query,
-        headers: &parts.headers,
-        body: &body,
-    };
-    let claims = sigv4::parse(&req)?;
-    let now = Utc::now();
-    claims.check_scope(&state.control.region.name, "ec2", now)?;
-    let (secret, caller) =
-        state.control.lookup_access_key(&claims.access_key).await?.ok_or_else(|| {
-            ApiError::AuthFailure("AWS was not able to validate the provided access credentials".into())
-        })?;
-    claims.verify(&req, &secret)?;
+    let caller = authenticate(state, parts, query, &body, "ec2").await?;
     for k in [
         "X-Amz-Algorithm",
         "X-Amz-Credential",

@@ -48,11 +48,22 @@ impl Default for StoragePrices {
     }
 }
 
+/// Billing settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSettings {
+    /// Cost Explorer may group by RESOURCE_ID (AWS's opt-in resource-level data).
+    #[serde(default)]
+    pub resource_level_data: bool,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogueFile {
     #[serde(default)]
     storage: StoragePrices,
+    #[serde(default)]
+    billing: BillingSettings,
     instance_type: Vec<InstanceType>,
 }
 
@@ -60,6 +71,7 @@ struct CatalogueFile {
 pub struct Catalogue {
     pub types: Vec<InstanceType>,
     pub storage: StoragePrices,
+    pub billing: BillingSettings,
 }
 
 impl Catalogue {
@@ -76,7 +88,7 @@ impl Catalogue {
             anyhow::ensure!(t.price_per_hour >= 0.0, "instance type {} has a negative price", t.name);
         }
         anyhow::ensure!(f.storage.gp3_gb_month >= 0.0, "a negative storage price");
-        Ok(Catalogue { types: f.instance_type, storage: f.storage })
+        Ok(Catalogue { types: f.instance_type, storage: f.storage, billing: f.billing })
     }
 
     /// Reads `path`, writing the built-in default there first if it does not exist.

@@ -733,6 +733,22 @@ impl Control {
         Ok(i)
     }
 
+    /// The usage intervals of one account (or all) that overlap `[from, to)`, as of `now`.
+    pub async fn usage_intervals(
+        &self,
+        account: Option<&AccountId>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Vec<billing::Interval>> {
+        let mut c = self.store().read().await?;
+        let mut intervals = billing::recorded(&mut c, account, from, to).await?;
+        let live: Vec<Instance> =
+            db::live(&mut c).await?.into_iter().filter(|i| account.is_none_or(|a| &i.owner == a)).collect();
+        intervals.extend(billing::open_intervals(&live, &self.catalogue, now));
+        Ok(intervals)
+    }
+
     /// The bill of one account (or all) over `[from, to)`, as of `now`.
     pub async fn bill(
         &self,
@@ -741,11 +757,7 @@ impl Control {
         to: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> ApiResult<Vec<billing::BillLine>> {
-        let mut c = self.store().read().await?;
-        let mut intervals = billing::recorded(&mut c, account, from, to).await?;
-        let live: Vec<Instance> =
-            db::live(&mut c).await?.into_iter().filter(|i| account.is_none_or(|a| &i.owner == a)).collect();
-        intervals.extend(billing::open_intervals(&live, &self.catalogue, now));
+        let intervals = self.usage_intervals(account, from, to, now).await?;
         Ok(billing::bill(&intervals, from, to))
     }
 
