@@ -402,6 +402,35 @@ fn guest_shutdown_follows_the_shutdown_behaviour_and_vms_survive_a_server_crash(
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", &lasting]);
     cloud.aws(&["ec2", "wait", "instance-stopped", "--instance-ids", &lasting]);
     assert!(strato::hypervisor::Vm::adopt(&run_dir).is_none(), "the adopted VM was stopped");
+
+    // The crash neither lost nor double counted running time: one interval, from launch to
+    // the stop, the crash included.
+    let i = instance(&cloud, &lasting);
+    let launch = chrono::DateTime::parse_from_rfc3339(&s(&i["LaunchTime"]).replace("+00:00", "Z"))
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let stopped_at = chrono::NaiveDateTime::parse_from_str(
+        s(&i["StateTransitionReason"]).trim_start_matches("User initiated (").trim_end_matches(" GMT)"),
+        "%Y-%m-%d %H:%M:%S",
+    )
+    .unwrap()
+    .and_utc();
+    let ran = (stopped_at - launch).num_milliseconds() as f64 / 1000.0;
+    let out = std::process::Command::new(common::strato_bin())
+        .arg("--data-dir")
+        .arg(cloud.dir.path())
+        .args(["bill", "--account", "admin", "--json"])
+        .env("STRATO_LOG", "warn")
+        .output()
+        .unwrap();
+    let bill: Value = serde_json::from_slice(&out.stdout).expect("bill");
+    let billed =
+        bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == lasting.as_str()).expect("billed")
+            ["quantity"]
+            .as_f64()
+            .unwrap()
+            * 3600.0;
+    assert!((billed - ran.max(60.0)).abs() < 2.0, "billed {billed:.1} s, ran {ran:.1} s");
 }
 
 #[test]
