@@ -27,8 +27,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the EC2 API (creates the data dir, the admin account and DATA_DIR/aws-config on
-    /// first start).
+    /// Start the cloud on this machine: the EC2 API and the host agent that runs instances as
+    /// QEMU VMs (creates the data dir, the admin account and DATA_DIR/aws-config on first
+    /// start, and builds the minimal image if the cache lacks it).
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787")]
