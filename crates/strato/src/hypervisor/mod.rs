@@ -144,6 +144,9 @@ impl VmSpec {
             self.cmdline.clone(),
             "-drive".into(),
             format!("file={},format=qcow2,if=virtio,cache=writeback,discard=unmap", self.root_disk.display()),
+            // Entropy for the guest from the host's.
+            "-device".into(),
+            "virtio-rng-pci".into(),
             "-serial".into(),
             format!("file:{}", self.console_path().display()),
             "-qmp".into(),

@@ -80,7 +80,7 @@ impl BareVm {
             .arg(format!("{KERNEL_CMDLINE} root=/dev/vda"))
             .arg("-drive")
             .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
-            .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"])
+            .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

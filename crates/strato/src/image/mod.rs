@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// Bump when what a build produces changes, so caches rebuild.
-const BUILDER_VERSION: u32 = 4;
+const BUILDER_VERSION: u32 = 5;
 
 /// Kernel modules the initramfs loads, in order (paths under the kernel's `kernel/` dir).
 const INITRAMFS_MODULES: &[&str] = &[
@@ -55,6 +55,9 @@ const INITRAMFS_MODULES: &[&str] = &[
     "fs/ext4/ext4",
     "drivers/acpi/button",
     "drivers/input/evdev",
+    // Entropy from the host (QEMU's virtio-rng): under emulation the kernel's own sources
+    // take tens of seconds to seed, and SSH host keys and Python's start wait for them.
+    "drivers/char/hw_random/virtio-rng",
 ];
 
 /// The moment every file of a built image is dated (2024-01-01T00:00:00Z).
@@ -367,7 +370,7 @@ pub fn kernel(cache: &Path, progress: &dyn Progress) -> anyhow::Result<Kernel> {
     let version = package.trim_start_matches("linux-image-").to_owned();
     let dir = cache.join("kernel").join(&version);
     let k = Kernel { package: package.clone(), version: version.clone(), dir: dir.clone() };
-    if dir.join(".complete").exists() {
+    if std::fs::read_to_string(dir.join(".complete")).is_ok_and(|c| c == format!("{package} v{BUILDER_VERSION}")) {
         return Ok(k);
     }
     progress.step(&format!("kernel: downloading {package}"));
@@ -409,7 +412,7 @@ pub fn kernel(cache: &Path, progress: &dyn Progress) -> anyhow::Result<Kernel> {
     let _ = std::fs::remove_dir_all(tmp.join("root/boot"));
     let _ = std::fs::remove_dir_all(tmp.join("root/usr"));
     let _ = std::fs::remove_dir_all(&bb);
-    std::fs::write(tmp.join(".complete"), package.as_bytes())?;
+    std::fs::write(tmp.join(".complete"), format!("{package} v{BUILDER_VERSION}"))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir)?;
     Ok(k)
