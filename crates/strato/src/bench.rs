@@ -177,7 +177,13 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Res
 
 /// `strato bench boot`: boots an image `runs` times and prints the times to its ready marker
 /// and to its sshd's banner.
-pub fn boot(kind: crate::image::Kind, cache: &std::path::Path, runs: usize, memory_mib: u32) -> anyhow::Result<()> {
+pub fn boot(
+    kind: crate::image::Kind,
+    cache: &std::path::Path,
+    runs: usize,
+    memory_mib: u32,
+    guest_kernel: bool,
+) -> anyhow::Result<()> {
     use crate::image::bare::{sample_metadata, BareVm, Options};
     let progress = crate::image::StderrProgress(Instant::now());
     let built = crate::image::build(kind, cache, false, &progress)?;
@@ -185,8 +191,10 @@ pub fn boot(kind: crate::image::Kind, cache: &std::path::Path, runs: usize, memo
         crate::image::Kind::Minimal => "STRATO-BOOT: ready",
         crate::image::Kind::Debian12 => "login:",
     };
+    let kernel = if guest_kernel { Some(crate::image::guest_kernel(cache, &progress)?) } else { None };
     let opts = Options {
         memory_mib,
+        kernel: kernel.clone(),
         metadata: sample_metadata(
             Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchmarkKeyNotUsedForLogin bench".into()),
             None,
@@ -218,7 +226,11 @@ pub fn boot(kind: crate::image::Kind, cache: &std::path::Path, runs: usize, memo
     };
     let (rm, rmin, rmax) = stats(&mut ready);
     let (sm, smin, smax) = stats(&mut ssh);
-    println!("{} under TCG, {memory_mib} MiB, 1 vCPU, {runs} boots (QEMU start to ...):", built.manifest.name);
+    println!(
+        "{} under TCG with {}, {memory_mib} MiB, 1 vCPU, {runs} boots (QEMU start to ...):",
+        built.manifest.name,
+        if kernel.is_some() { "Strato's guest kernel" } else { "Debian's kernel and initramfs" }
+    );
     println!("  {marker:<22} median {rm:.2}s  min {rmin:.2}s  max {rmax:.2}s");
     println!("  {:<22} median {sm:.2}s  min {smin:.2}s  max {smax:.2}s", "sshd banner");
     Ok(())

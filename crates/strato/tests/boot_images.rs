@@ -56,6 +56,7 @@ fn minimal_image_boots_reads_metadata_and_takes_ssh() {
     let (key, public) = keypair(work.path());
     let opts = Options {
         memory_mib: 256,
+        kernel: None,
         metadata: sample_metadata(Some(public), Some(b"#!/bin/sh\necho USER-DATA-RAN > /dev/console\n".to_vec())),
         strato_bin: common::strato_bin().into(),
     };
@@ -98,6 +99,7 @@ fn debian_12_boots_with_cloud_init_and_takes_ssh() {
     let (key, public) = keypair(work.path());
     let opts = Options {
         memory_mib: 512,
+        kernel: None,
         metadata: sample_metadata(
             Some(public),
             Some(b"#!/bin/sh\necho from-user-data > /root/user-data.txt\n".to_vec()),
@@ -127,4 +129,29 @@ fn debian_12_boots_with_cloud_init_and_takes_ssh() {
         "QEMU still running after the power button:\n{}",
         vm.console_text()
     );
+}
+
+#[test]
+fn minimal_image_boots_with_the_guest_kernel() {
+    let built = build(Kind::Minimal);
+    let progress = strato::image::StderrProgress(Instant::now());
+    let kernel = strato::image::guest_kernel(&common::cache_dir(), &progress).expect("guest kernel");
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(work.path());
+    let opts = Options {
+        memory_mib: 256,
+        kernel: Some(kernel),
+        metadata: sample_metadata(Some(public), None),
+        strato_bin: common::strato_bin().into(),
+    };
+    let mut vm = BareVm::start(&built, &work.path().join("vm"), &opts).expect("boot");
+    let ready = vm.wait_console("STRATO-BOOT: ready", Duration::from_secs(60));
+    let log = vm.console_text();
+    assert!(ready.is_some(), "the guest never got ready:\n{log}");
+    assert!(log.contains("imds=v2") && log.contains("STRATO-BOOT: network eth0"), "{log}");
+    let out = ssh(&key, vm.ssh_port, "uname -r; cat /proc/cmdline", 40).expect("ssh login");
+    assert!(out.contains("root=/dev/vda rw"), "{out}");
+    eprintln!("guest kernel: ready after {:.2}s", ready.unwrap().as_secs_f64());
+    vm.powerdown().expect("QMP system_powerdown");
+    assert!(vm.wait_exit(Duration::from_secs(30)), "power button:\n{}", vm.console_text());
 }

@@ -22,6 +22,9 @@ use crate::metadata::{InstanceMetadata, StdioConfig};
 
 pub struct Options {
     pub memory_mib: u32,
+    /// Boot this kernel instead of the image's (Strato's guest kernel: everything built in,
+    /// so no initramfs).
+    pub kernel: Option<PathBuf>,
     pub metadata: InstanceMetadata,
     /// The `strato` binary that serves the metadata.
     pub strato_bin: PathBuf,
@@ -72,12 +75,7 @@ impl BareVm {
             .arg(format!("file:{}", console.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .arg("-kernel")
-            .arg(&built.kernel)
-            .arg("-initrd")
-            .arg(&built.initrd)
-            .arg("-append")
-            .arg(format!("{KERNEL_CMDLINE} root=/dev/vda"))
+            .args(kernel_args(built, opts))
             .arg("-drive")
             .arg(format!("file={},format=qcow2,if=virtio", overlay.display()))
             .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
@@ -157,6 +155,26 @@ impl BareVm {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+}
+
+/// `-kernel`, `-initrd` and `-append` for the image's own kernel or a built-in one.
+fn kernel_args(built: &Built, opts: &Options) -> Vec<String> {
+    match &opts.kernel {
+        Some(k) => vec![
+            "-kernel".into(),
+            k.display().to_string(),
+            "-append".into(),
+            "console=ttyS0 quiet panic=-1 root=/dev/vda rw".into(),
+        ],
+        None => vec![
+            "-kernel".into(),
+            built.kernel.display().to_string(),
+            "-initrd".into(),
+            built.initrd.display().to_string(),
+            "-append".into(),
+            format!("{KERNEL_CMDLINE} root=/dev/vda"),
+        ],
     }
 }
 

@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 /// Bump when what a build produces changes, so caches rebuild.
 const BUILDER_VERSION: u32 = 5;
@@ -701,4 +702,88 @@ fn debian_rootfs(kernel: &Kernel, root: &Path, progress: &dyn Progress) -> anyho
     }
     run("cleaning apt caches", Command::new("chroot").arg(root).args(["apt-get", "clean"]))?;
     Ok(())
+}
+
+/// The options the guest kernel must end up with (checked after `olddefconfig`).
+const GUEST_KERNEL_REQUIRED: &[&str] = &[
+    "PVH",
+    "SERIAL_8250_CONSOLE",
+    "DEVTMPFS_MOUNT",
+    "PCI_MSI",
+    "HOTPLUG_PCI_PCIE",
+    "ACPI_BUTTON",
+    "INPUT_EVDEV",
+    "VIRTIO_PCI",
+    "VIRTIO_BLK",
+    "VIRTIO_NET",
+    "HW_RANDOM_VIRTIO",
+    "EXT4_FS",
+    "INET",
+    "UNIX",
+    "BINFMT_SCRIPT",
+];
+
+/// Strato's cloud-guest kernel: Debian's `linux-source-6.1` built with `guest-kernel.config`
+/// on top of `tinyconfig`, everything built in (about 4.5 minutes with two cores). Cached as
+/// `CACHE/guest-kernel/<source version>/vmlinux`; returns its path.
+pub fn guest_kernel(cache: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
+    let pkg = "linux-source-6.1".to_owned();
+    let version = package_version(&pkg)?;
+    let fragment = include_str!("guest-kernel.config");
+    let key = format!("v{BUILDER_VERSION} {version} {}", hex::encode(sha2::Sha256::digest(fragment.as_bytes())));
+    let dir = cache.join("guest-kernel").join(&version);
+    if std::fs::read_to_string(dir.join(".complete")).is_ok_and(|c| c == key) {
+        return Ok(dir.join("vmlinux"));
+    }
+    std::fs::create_dir_all(cache)?;
+    let _lock = lock_cache(cache)?;
+    if std::fs::read_to_string(dir.join(".complete")).is_ok_and(|c| c == key) {
+        return Ok(dir.join("vmlinux"));
+    }
+    progress.step(&format!("guest kernel: downloading {pkg} {version}"));
+    let debs = download(cache, std::slice::from_ref(&pkg))?;
+    let tmp = cache.join("guest-kernel").join(format!("{version}.tmp"));
+    let _ = Command::new("rm").arg("-rf").arg(&tmp).status();
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| -> anyhow::Result<()> {
+        progress.step("guest kernel: unpacking the source");
+        extract(&debs[0], &tmp.join("deb"))?;
+        let tarball = std::fs::read_dir(tmp.join("deb/usr/src"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
+            .context("unpacking the source: no .tar.xz in the package")?;
+        run("unpacking the source", Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(&tmp))?;
+        let src = tmp.join("linux-source-6.1");
+        progress.step("guest kernel: configuring (tinyconfig + guest-kernel.config)");
+        run("configuring", Command::new("make").arg("-C").arg(&src).args(["-s", "tinyconfig"]))?;
+        let mut config = std::fs::read_to_string(src.join(".config"))?;
+        config.push_str(fragment);
+        std::fs::write(src.join(".config"), config)?;
+        run("configuring", Command::new("make").arg("-C").arg(&src).args(["-s", "olddefconfig"]))?;
+        let done = std::fs::read_to_string(src.join(".config"))?;
+        for o in GUEST_KERNEL_REQUIRED {
+            anyhow::ensure!(
+                done.lines().any(|l| l == format!("CONFIG_{o}=y")),
+                "configuring: CONFIG_{o} did not end up built in"
+            );
+        }
+        let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        progress.step(&format!("guest kernel: compiling with {jobs} jobs (about 4.5 minutes on two cores)"));
+        let started = Instant::now();
+        run("compiling", Command::new("make").arg("-C").arg(&src).arg(format!("-j{jobs}")).arg("vmlinux"))?;
+        progress.step(&format!("guest kernel: compiled in {:.0}s", started.elapsed().as_secs_f64()));
+        std::fs::copy(src.join("vmlinux"), tmp.join("vmlinux"))?;
+        std::fs::copy(src.join(".config"), tmp.join("config"))?;
+        run("removing the build tree", Command::new("rm").arg("-rf").arg(&src).arg(tmp.join("deb")))?;
+        std::fs::write(tmp.join(".complete"), &key)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = Command::new("rm").arg("-rf").arg(&tmp).status();
+        return Err(e.context("building the guest kernel"));
+    }
+    let _ = Command::new("rm").arg("-rf").arg(&dir).status();
+    std::fs::rename(&tmp, &dir)?;
+    Ok(dir.join("vmlinux"))
 }
