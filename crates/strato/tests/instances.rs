@@ -42,6 +42,22 @@ fn wait_console(cloud: &Cloud, id: &str, marker: &str, count: usize) -> String {
     }
 }
 
+/// Seconds from an instance's launch to its stop request, from what DescribeInstances says
+/// (LaunchTime and "User initiated (DATE GMT)").
+fn ran_until_stop(i: &Value) -> f64 {
+    let launch = chrono::DateTime::parse_from_rfc3339(&s(&i["LaunchTime"]).replace("+00:00", "Z"))
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let reason = s(&i["StateTransitionReason"]);
+    let stopped = chrono::NaiveDateTime::parse_from_str(
+        reason.trim_start_matches("User initiated (").trim_end_matches(" GMT)"),
+        "%Y-%m-%d %H:%M:%S",
+    )
+    .unwrap()
+    .and_utc();
+    (stopped - launch).num_milliseconds() as f64 / 1000.0
+}
+
 fn wait_state(cloud: &Cloud, id: &str, state: &str) -> Value {
     let start = Instant::now();
     loop {
@@ -171,23 +187,8 @@ fn lifecycle_console_and_status() {
 
     // The bill agrees with what DescribeInstances says: billed from launch to the stop
     // request (at least a minute), at t3.micro's price.
-    let launch = chrono::DateTime::parse_from_rfc3339(&s(&i["LaunchTime"]).replace("+00:00", "Z")).unwrap();
-    let reason = s(&i["StateTransitionReason"]);
-    let stopped_at = chrono::NaiveDateTime::parse_from_str(
-        reason.trim_start_matches("User initiated (").trim_end_matches(" GMT)"),
-        "%Y-%m-%d %H:%M:%S",
-    )
-    .unwrap()
-    .and_utc();
-    let ran = (stopped_at - launch.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
-    let out = std::process::Command::new(common::strato_bin())
-        .arg("--data-dir")
-        .arg(cloud.dir.path())
-        .args(["bill", "--account", "admin", "--json"])
-        .env("STRATO_LOG", "warn")
-        .output()
-        .unwrap();
-    let bill: Value = serde_json::from_slice(&out.stdout).expect("bill");
+    let ran = ran_until_stop(&i);
+    let bill = cloud.bill("admin");
     let line =
         bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id.as_str()).expect("billed").clone();
     let billed = line["quantity"].as_f64().unwrap() * 3600.0;
@@ -405,25 +406,8 @@ fn guest_shutdown_follows_the_shutdown_behaviour_and_vms_survive_a_server_crash(
 
     // The crash neither lost nor double counted running time: one interval, from launch to
     // the stop, the crash included.
-    let i = instance(&cloud, &lasting);
-    let launch = chrono::DateTime::parse_from_rfc3339(&s(&i["LaunchTime"]).replace("+00:00", "Z"))
-        .unwrap()
-        .with_timezone(&chrono::Utc);
-    let stopped_at = chrono::NaiveDateTime::parse_from_str(
-        s(&i["StateTransitionReason"]).trim_start_matches("User initiated (").trim_end_matches(" GMT)"),
-        "%Y-%m-%d %H:%M:%S",
-    )
-    .unwrap()
-    .and_utc();
-    let ran = (stopped_at - launch).num_milliseconds() as f64 / 1000.0;
-    let out = std::process::Command::new(common::strato_bin())
-        .arg("--data-dir")
-        .arg(cloud.dir.path())
-        .args(["bill", "--account", "admin", "--json"])
-        .env("STRATO_LOG", "warn")
-        .output()
-        .unwrap();
-    let bill: Value = serde_json::from_slice(&out.stdout).expect("bill");
+    let ran = ran_until_stop(&instance(&cloud, &lasting));
+    let bill = cloud.bill("admin");
     let billed =
         bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == lasting.as_str()).expect("billed")
             ["quantity"]

@@ -173,18 +173,6 @@ fn placement_addresses_filters_and_pages() {
     assert_eq!(all_instances(&cloud, &["--filters", "Name=instance-state-name,Values=terminated"]).len(), 6);
 }
 
-fn bill(cloud: &Cloud, account: &str) -> Value {
-    let out = std::process::Command::new(common::strato_bin())
-        .arg("--data-dir")
-        .arg(cloud.dir.path())
-        .args(["bill", "--account", account, "--json"])
-        .env("STRATO_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("bill JSON")
-}
-
 #[test]
 fn running_time_is_billed_per_start_with_a_minimum() {
     let cloud = Cloud::start_simulated();
@@ -193,7 +181,7 @@ fn running_time_is_billed_per_start_with_a_minimum() {
     wait_all(&cloud, std::slice::from_ref(&id), "running");
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", &id]);
     wait_all(&cloud, std::slice::from_ref(&id), "stopped");
-    let b = bill(&cloud, "admin");
+    let b = cloud.bill("admin");
     let lines = b["lines"].as_array().unwrap();
     let compute = lines.iter().find(|l| l["resource_id"] == id.as_str()).expect("the instance is billed");
     assert_eq!(compute["usage_type"], "BoxUsage:t3.micro");
@@ -206,7 +194,7 @@ fn running_time_is_billed_per_start_with_a_minimum() {
 
     // Stopped time costs nothing: the compute line does not grow while stopped.
     std::thread::sleep(Duration::from_millis(1500));
-    let b2 = bill(&cloud, "admin");
+    let b2 = cloud.bill("admin");
     let again = b2["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id.as_str()).unwrap().clone();
     assert_eq!(again["quantity"], compute["quantity"]);
 
@@ -215,12 +203,12 @@ fn running_time_is_billed_per_start_with_a_minimum() {
     wait_all(&cloud, std::slice::from_ref(&id), "running");
     cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &id]);
     wait_all(&cloud, std::slice::from_ref(&id), "terminated");
-    let b3 = bill(&cloud, "admin");
+    let b3 = cloud.bill("admin");
     let after = b3["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id.as_str()).unwrap().clone();
     assert!((after["quantity"].as_f64().unwrap() - 120.0 / 3600.0).abs() < 1e-6, "{after}");
     // Another account's bill does not show it.
     let tenant = cloud.create_account("tenant", false);
-    assert_eq!(bill(&cloud, "tenant")["lines"].as_array().unwrap().len(), 0);
+    assert_eq!(cloud.bill("tenant")["lines"].as_array().unwrap().len(), 0);
 
     // Cost Explorer through the AWS CLI: the same costs, per service, for this account only.
     let today = chrono::Utc::now().date_naive();

@@ -894,6 +894,29 @@ impl Action for DescribeTags {
 
 // ---------------------------------------------------------------- images
 
+/// An image's root device, as DescribeImages and DescribeImageAttribute show it.
+fn write_image_root(x: &mut Xml, i: &Image) {
+    x.field("deviceName", &i.root_device_name)
+        .open("ebs")
+        .field("snapshotId", &i.root_snapshot_id)
+        .field("volumeSize", i.root_size_gb)
+        .field("deleteOnTermination", true)
+        .field("volumeType", "gp3")
+        .field("encrypted", false)
+        .close("ebs");
+}
+
+/// An instance's root volume, as DescribeInstances and DescribeInstanceAttribute show it.
+fn write_instance_root(x: &mut Xml, i: &Instance) {
+    x.field("deviceName", "/dev/xvda")
+        .open("ebs")
+        .field("volumeId", &i.root_volume_id)
+        .field("status", if i.state == InstanceState::Terminated { "detached" } else { "attached" })
+        .field("attachTime", super::timestamp(&i.launch_time))
+        .field("deleteOnTermination", i.delete_on_termination)
+        .close("ebs");
+}
+
 fn write_image(x: &mut Xml, i: &Image) {
     x.field("imageId", &i.id)
         .field("imageLocation", format!("{}/{}", i.owner_alias.as_deref().unwrap_or(i.owner.as_str()), i.name))
@@ -910,16 +933,7 @@ fn write_image(x: &mut Xml, i: &Image) {
         .field("description", &i.description)
         .field("rootDeviceType", "ebs")
         .field("rootDeviceName", &i.root_device_name)
-        .list("blockDeviceMapping", [i], |x, i| {
-            x.field("deviceName", &i.root_device_name)
-                .open("ebs")
-                .field("snapshotId", &i.root_snapshot_id)
-                .field("volumeSize", i.root_size_gb)
-                .field("deleteOnTermination", true)
-                .field("volumeType", "gp3")
-                .field("encrypted", false)
-                .close("ebs");
-        })
+        .list("blockDeviceMapping", [i], write_image_root)
         .field("virtualizationType", "hvm")
         .field("hypervisor", "xen")
         .field("enaSupport", false)
@@ -1072,15 +1086,7 @@ impl Action for DescribeImageAttribute {
                 });
             }
             ImageAttribute::BlockDeviceMapping(i) => {
-                x.list("blockDeviceMapping", [*i], |x, i| {
-                    x.field("deviceName", &i.root_device_name)
-                        .open("ebs")
-                        .field("snapshotId", &i.root_snapshot_id)
-                        .field("volumeSize", i.root_size_gb)
-                        .field("deleteOnTermination", true)
-                        .field("volumeType", "gp3")
-                        .close("ebs");
-                });
+                x.list("blockDeviceMapping", [&*i], write_image_root);
             }
             ImageAttribute::BootMode => {
                 x.open("bootMode").field("value", "legacy-bios").close("bootMode");
@@ -1265,15 +1271,7 @@ fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
     x.field("architecture", "x86_64")
         .field("rootDeviceType", "ebs")
         .field("rootDeviceName", "/dev/xvda")
-        .list("blockDeviceMapping", [i], |x, i| {
-            x.field("deviceName", "/dev/xvda")
-                .open("ebs")
-                .field("volumeId", &i.root_volume_id)
-                .field("status", if i.state == InstanceState::Terminated { "detached" } else { "attached" })
-                .field("attachTime", super::timestamp(&i.launch_time))
-                .field("deleteOnTermination", i.delete_on_termination)
-                .close("ebs");
-        })
+        .list("blockDeviceMapping", [i], write_instance_root)
         .field("virtualizationType", "hvm")
         .field("clientToken", i.client_token.as_deref().unwrap_or(""))
         .tags(&i.tags)
@@ -1687,15 +1685,7 @@ impl Action for DescribeInstanceAttribute {
             AttributeValue::ShutdownBehavior(b) => value(x, "instanceInitiatedShutdownBehavior", b),
             AttributeValue::RootDeviceName => value(x, "rootDeviceName", "/dev/xvda".into()),
             AttributeValue::BlockDeviceMapping(i) => {
-                x.list("blockDeviceMapping", [*i], |x, i| {
-                    x.field("deviceName", "/dev/xvda")
-                        .open("ebs")
-                        .field("volumeId", &i.root_volume_id)
-                        .field("status", "attached")
-                        .field("attachTime", super::timestamp(&i.launch_time))
-                        .field("deleteOnTermination", i.delete_on_termination)
-                        .close("ebs");
-                });
+                x.list("blockDeviceMapping", [&*i], write_instance_root);
             }
             AttributeValue::Groups(g) => {
                 x.list("groupSet", g, |x, (id, _)| {

@@ -264,6 +264,19 @@ impl Cloud {
         (get("aws_access_key_id"), get("aws_secret_access_key"))
     }
 
+    /// `strato bill --account ACCOUNT --json` on this data dir.
+    pub fn bill(&self, account: &str) -> Value {
+        let out = Command::new(strato_bin())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["bill", "--account", account, "--json"])
+            .env("STRATO_LOG", "warn")
+            .output()
+            .expect("strato bill");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("bill JSON")
+    }
+
     /// Sends raw bytes as one HTTP/1.1 request and returns (status, body).
     pub fn raw(&self, request: &[u8]) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(&self.addr).expect("connect");
