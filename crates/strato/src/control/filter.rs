@@ -103,6 +103,21 @@ pub fn wildcard(pattern: &str, value: &str) -> bool {
     toks[p..].iter().all(|t| *t == Tok::Any)
 }
 
+/// The tail every Describe* shares: keep the asked-for ids (failing on the first that is not
+/// there), apply the filters, and cut one page.
+pub fn select_filter_page<T: Filterable>(
+    items: Vec<T>,
+    ids: &[String],
+    id_of: impl Fn(&T) -> &str,
+    missing: impl Fn(&str) -> ApiError,
+    filters: &[Filter],
+    max: Option<usize>,
+    token: Option<&str>,
+) -> ApiResult<(Vec<T>, Option<String>)> {
+    let items = super::network::select_ids(items, ids, id_of, missing)?;
+    paginate(items.into_iter().filter(|i| matches(i, filters)).collect(), max, token)
+}
+
 /// `MaxResults` bounds of an action, e.g. 5..=1000.
 pub fn check_max_results(max: Option<i64>, lo: i64, hi: i64) -> ApiResult<Option<usize>> {
     match max {

@@ -495,9 +495,15 @@ impl Control {
         filter::check_filters::<Instance>(filters)?;
         let mut c = self.store().read().await?;
         let list = self.load_instances(&mut c, &caller.account_id).await?;
-        let list = super::network::select_ids(list, ids, |i| i.id.as_str(), |id| not_found_for("instance", id))?;
-        let list = list.into_iter().filter(|i| filter::matches(i, filters)).collect();
-        filter::paginate(list, max, token)
+        filter::select_filter_page(
+            list,
+            ids,
+            |i| i.id.as_str(),
+            |id| not_found_for("instance", id),
+            filters,
+            max,
+            token,
+        )
     }
 
     async fn mine(&self, c: &mut sqlx::SqliteConnection, caller: &Caller, ids: &[String]) -> ApiResult<Vec<Instance>> {

@@ -227,9 +227,7 @@ impl Control {
         filter::check_filters::<Vpc>(filters)?;
         let mut c = self.store().read().await?;
         let vpcs = self.load_vpcs(&mut c, &caller.account_id).await?;
-        let vpcs = select_ids(vpcs, ids, |v| v.id.as_str(), vpc_not_found)?;
-        let vpcs = vpcs.into_iter().filter(|v| filter::matches(v, filters)).collect();
-        filter::paginate(vpcs, max, token)
+        filter::select_filter_page(vpcs, ids, |v| v.id.as_str(), vpc_not_found, filters, max, token)
     }
 
     pub async fn delete_vpc(&self, caller: &Caller, id: &str) -> ApiResult<()> {
@@ -332,9 +330,7 @@ impl Control {
         filter::check_filters::<Subnet>(filters)?;
         let mut c = self.store().read().await?;
         let subnets = self.load_subnets(&mut c, &caller.account_id).await?;
-        let subnets = select_ids(subnets, ids, |s| s.id.as_str(), subnet_not_found)?;
-        let subnets: Vec<Subnet> = subnets.into_iter().filter(|s| filter::matches(s, filters)).collect();
-        filter::paginate(subnets, max, token)
+        filter::select_filter_page(subnets, ids, |s| s.id.as_str(), subnet_not_found, filters, max, token)
     }
 
     pub async fn delete_subnet(&self, caller: &Caller, id: &str) -> ApiResult<()> {

@@ -665,7 +665,7 @@ impl Control {
             })
             .map(|(rule, owner)| RuleView { tags: tags.remove(rule.id.as_str()).unwrap_or_default(), rule, owner })
             .collect();
-        let rules = select_ids(
+        filter::select_filter_page(
             rules,
             ids,
             |r| r.rule.id.as_str(),
@@ -675,9 +675,10 @@ impl Control {
                     format!("The security group rule ID '{id}' does not exist"),
                 )
             },
-        )?;
-        let rules = rules.into_iter().filter(|r| filter::matches(r, filters)).collect();
-        filter::paginate(rules, max, token)
+            filters,
+            max,
+            token,
+        )
     }
 }
 
