@@ -384,6 +384,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
                     crate::hypervisor::metadata_netdev(&strato_bin, &cfg_path, None)?,
                     "02:00:00:00:00:01".into(),
                 )),
+                netns: None,
             };
             let (accel, _) = crate::hypervisor::detect_accel();
             let t0 = Instant::now();

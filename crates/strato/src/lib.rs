@@ -23,5 +23,6 @@ pub mod hypervisor;
 pub mod ids;
 pub mod image;
 pub mod metadata;
+pub mod net;
 pub mod server;
 pub mod store;

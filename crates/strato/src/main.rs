@@ -37,7 +37,17 @@ enum Command {
         /// Do not build and register the minimal image at start.
         #[arg(long)]
         no_image_build: bool,
+        /// Where instances' public addresses come from: a block inside 127.0.0.0/8 (from
+        /// /16 to /30), on the host's loopback, so that `ssh root@PUBLIC_IP` works from
+        /// this machine. Two data dirs on one host need blocks that differ in their low 22
+        /// bits (e.g. 127.100.0.0/16 and 127.101.0.0/16).
+        #[arg(long, env = "STRATO_PUBLIC_POOL", default_value = strato::net::DEFAULT_PUBLIC_POOL)]
+        public_pool: String,
     },
+    /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
+    /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
+    /// instances that were running come back stopped on the next start.
+    Down,
     /// Manage tenant accounts.
     Account {
         #[command(subcommand)]
@@ -179,8 +189,14 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, no_image_build } => {
-            server::serve(&cli.data_dir, &cli.cache_dir, listen, &cli.region, !no_image_build).await
+        Command::Serve { listen, no_image_build, public_pool } => {
+            let pool = strato::net::parse_public_pool(&public_pool)?;
+            server::serve(&cli.data_dir, &cli.cache_dir, listen, &cli.region, !no_image_build, pool).await
+        }
+        Command::Down => {
+            let n = server::down(&cli.data_dir).await;
+            println!("Ended {n} VM(s) and removed the networks of {}.", cli.data_dir.display());
+            Ok(())
         }
         Command::Account { command: AccountCommand::Create { name, read_only } } => {
             let control = server::open_control(&cli.data_dir, &cli.region).await?;

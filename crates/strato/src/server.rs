@@ -104,8 +104,10 @@ pub async fn serve(
     listen: SocketAddr,
     region: &str,
     build_images: bool,
+    public_pool: crate::control::cidr::Ipv4Cidr,
 ) -> anyhow::Result<()> {
-    let control = open_control(data_dir, region).await?;
+    let mut control = open_control(data_dir, region).await?;
+    control.public_pool = public_pool;
     if build_images {
         match build_and_register(&control, cache, Kind::Minimal, false).await {
             Ok((_, id, true)) => tracing::info!(image_id = %id, "minimal image registered"),
@@ -142,6 +144,21 @@ pub async fn serve(
     control.store().close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `strato down`: ends the data dir's VMs by their pids and removes its networks.
+pub async fn down(data_dir: &Path) -> usize {
+    let mut n = 0;
+    if let Ok(entries) = std::fs::read_dir(data_dir.join("instances")) {
+        for e in entries.flatten() {
+            if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
+                vm.kill().await;
+                n += 1;
+            }
+        }
+    }
+    crate::net::Site::new(data_dir).teardown().await;
+    n
 }
 
 async fn shutdown_signal() {

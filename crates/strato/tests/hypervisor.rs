@@ -56,6 +56,7 @@ async fn launch_adopt_and_power_off() {
         root_disk: disk,
         uuid: strato::hypervisor::ec2_uuid("i-0123456789abcdef0"),
         netdev: None,
+        netns: None,
     };
     let vm = Vm::launch(&spec, accel).expect("launch");
     let mut guard = Guard(Some(vm.clone()));

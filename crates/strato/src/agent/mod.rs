@@ -13,9 +13,12 @@
 //! VMs are daemonized QEMUs found again from their run directories
 //! (`DATA_DIR/instances/<id>/`), so restarting `strato serve` leaves them running and the
 //! agent picks them up. Every report carries the generation the agent acted on; the control
-//! plane ignores stale ones. The guest's only NIC today is QEMU's user network in
-//! `restrict=on` mode, carrying nothing but the metadata service: real networking comes
-//! with the network part.
+//! plane ignores stale ones.
+//!
+//! Network: before the instances are reconciled, every pass makes the host's networking
+//! match the instances that have (or are about to have) a VM: their VPC namespaces, taps,
+//! leases, security-group rules, public addresses and metadata table (`net::Network::sync`).
+//! A VM's one NIC is a tap on its VPC's bridge; QEMU runs in the VPC's namespace.
 
 pub mod sim;
 
@@ -29,18 +32,23 @@ use anyhow::Context;
 use crate::control::instance_state::{Event, InstanceState};
 use crate::control::instances::Instance;
 use crate::control::Control;
-use crate::hypervisor::{detect_accel, ec2_uuid, metadata_netdev, Accel, Vm, VmSpec};
+use crate::hypervisor::{detect_accel, ec2_uuid, Accel, Vm, VmSpec};
 use crate::metadata::{InstanceMetadata, StdioConfig};
+use crate::net::{self, Network, Site};
 
 pub const TICK: Duration = Duration::from_millis(250);
 /// How long a graceful stop may take before the VM is ended.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a launch waits for its VPC's network before it fails.
+pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     control: Arc<Control>,
     instances_dir: PathBuf,
-    strato_bin: PathBuf,
     accel: Accel,
+    net: Network,
+    /// VPCs whose network failed to sync on the last pass.
+    net_failed: std::collections::BTreeSet<String>,
     token_key: String,
     /// When the power button was pressed, per instance (stopping).
     powerdown_sent: HashMap<String, Instant>,
@@ -62,8 +70,9 @@ impl Agent {
         Ok(Agent {
             control,
             instances_dir: data_dir.join("instances"),
-            strato_bin: std::env::current_exe().context("finding the strato binary")?,
             accel,
+            net: Network::new(Site::new(data_dir), net::imds::Imds::default()),
+            net_failed: Default::default(),
             token_key,
             powerdown_sent: HashMap::new(),
         })
@@ -89,7 +98,23 @@ impl Agent {
     }
 
     pub async fn reconcile_once(&mut self) -> anyhow::Result<()> {
-        for i in self.control.live_instances().await? {
+        let live = self.control.live_instances().await?;
+        let on_host: Vec<Instance> = live
+            .iter()
+            .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running | InstanceState::Stopping))
+            .cloned()
+            .collect();
+        let views = self.control.network_views(&on_host).await?;
+        self.net_failed = self.net.sync(&views).await;
+        let table = on_host
+            .iter()
+            .filter_map(|i| {
+                let ip = i.private_ip.parse().ok()?;
+                Some(((i.vpc_id.clone(), ip), self.metadata_config(i, &self.run_dir(i.id.as_str()))))
+            })
+            .collect();
+        self.net.imds.set_table(table);
+        for i in live {
             if let Err(e) = self.reconcile(&i).await {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
             }
@@ -103,6 +128,10 @@ impl Agent {
         match (i.state, vm) {
             (InstanceState::Pending, None) => {
                 let first_launch = !dir.join("root.qcow2").exists();
+                let waited = (chrono::Utc::now() - i.state_changed_at).to_std().unwrap_or_default();
+                if self.net_failed.contains(&i.vpc_id) && waited < NETWORK_TIMEOUT {
+                    return Ok(());
+                }
                 match self.launch(i, &dir).await {
                     Ok(_) => {
                         self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
@@ -130,10 +159,6 @@ impl Agent {
                         q.system_reset().await?;
                     }
                     self.control.set_instance_flag(&i.id, "reboot_requested", false).await?;
-                }
-                let want = serde_json::to_vec(&self.metadata_config(i, &dir))?;
-                if std::fs::read(dir.join("metadata.json")).ok().as_deref() != Some(want.as_slice()) {
-                    write_atomic(&dir.join("metadata.json"), &want)?;
                 }
                 if !i.status_ok && std::fs::metadata(dir.join("metadata.log")).map(|m| m.len() > 0).unwrap_or(false) {
                     self.control.set_instance_flag(&i.id, "status_ok", true).await?;
@@ -224,7 +249,7 @@ impl Agent {
             region: self.control.region.name.clone(),
             availability_zone: i.availability_zone.clone(),
             local_ipv4: i.private_ip.clone(),
-            public_ipv4: None,
+            public_ipv4: i.public_ip.clone(),
             mac: mac_of(i.id.as_str()),
             security_groups: i.security_groups.iter().map(|g| g.1.clone()).collect(),
             public_key: i.key_name.clone().zip(i.public_key.clone()),
@@ -262,10 +287,10 @@ impl Agent {
             anyhow::ensure!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim());
             std::fs::rename(&tmp, &disk)?;
         }
-        let cfg_path = dir.join("metadata.json");
-        write_atomic(&cfg_path, &serde_json::to_vec(&self.metadata_config(i, dir))?)?;
+        anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
         let _ = std::fs::remove_file(dir.join("metadata.log"));
-        let netdev = metadata_netdev(&self.strato_bin, &cfg_path, None)?;
+        let tap = net::tap_name(i.id.as_str());
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
         let spec = VmSpec {
             run_dir: dir.to_owned(),
             vcpus: itype.vcpus,
@@ -276,6 +301,7 @@ impl Agent {
             root_disk: disk,
             uuid: ec2_uuid(i.id.as_str()),
             netdev: Some((netdev, mac_of(i.id.as_str()))),
+            netns: Some(self.net.site.netns(&i.vpc_id)),
         };
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
         let _ = std::fs::remove_file(spec.console_path());
@@ -284,14 +310,6 @@ impl Agent {
         tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
         Ok(vm)
     }
-}
-
-/// Replaces a file in one step: the metadata server may be reading it.
-fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// A stable locally administered MAC for an instance.

@@ -1261,6 +1261,7 @@ fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
         .field("subnetId", &i.subnet_id)
         .field("vpcId", &i.vpc_id)
         .field("privateIpAddress", &i.private_ip)
+        .opt_field("ipAddress", i.public_ip.as_ref())
         .field("sourceDestCheck", true)
         .list("groupSet", &i.security_groups, |x, (id, name)| {
             x.field("groupId", id).field("groupName", name);
@@ -1360,10 +1361,36 @@ impl Action for RunInstances {
                 return Err(ApiError::invalid_value("Encrypted volumes are not supported yet"));
             }
         }
-        if !p.indices("NetworkInterface")?.is_empty() {
-            return Err(ApiError::invalid_value(
-                "NetworkInterfaces are not supported until the network part arrives: use SubnetId and SecurityGroupIds",
-            ));
+        r.private_ip = p.str("PrivateIpAddress");
+        let nics = p.indices("NetworkInterface")?;
+        if nics.len() > 1 {
+            return Err(ApiError::invalid_value("Only one network interface (DeviceIndex 0) is offered per instance"));
+        }
+        if let Some(n) = nics.first() {
+            let ni = format!("NetworkInterface.{n}");
+            if p.int(&format!("{ni}.DeviceIndex"))?.unwrap_or(0) != 0 {
+                return Err(ApiError::invalid_value("The network interface must have DeviceIndex 0"));
+            }
+            if p.str(&format!("{ni}.NetworkInterfaceId")).is_some() {
+                return Err(ApiError::invalid_value("Attaching an existing network interface is not offered"));
+            }
+            r.associate_public_ip = p.bool(&format!("{ni}.AssociatePublicIpAddress"))?;
+            p.bool(&format!("{ni}.DeleteOnTermination"))?;
+            p.str(&format!("{ni}.Description"));
+            let subnet = p.str(&format!("{ni}.SubnetId"));
+            let groups = p.list(&format!("{ni}.SecurityGroupId"))?;
+            let private = p.str(&format!("{ni}.PrivateIpAddress"));
+            if (subnet.is_some() && r.subnet_id.is_some())
+                || (!groups.is_empty() && (!r.security_group_ids.is_empty() || !r.security_group_names.is_empty()))
+                || (private.is_some() && r.private_ip.is_some())
+            {
+                return Err(ApiError::InvalidParameterCombination(
+                    "Network interfaces and an instance-level subnet ID, security groups or private IP address may not be specified on the same request".into(),
+                ));
+            }
+            r.subnet_id = r.subnet_id.or(subnet);
+            r.security_group_ids.extend(groups);
+            r.private_ip = r.private_ip.or(private);
         }
         Ok(RunInstances { req: r })
     }

@@ -78,6 +78,10 @@ pub enum ApiError {
     #[error("{0}")]
     InsufficientFreeAddressesInSubnet(String),
     #[error("{0}")]
+    InsufficientAddressCapacity(String),
+    #[error("{0}")]
+    InvalidIpAddressInUse(String),
+    #[error("{0}")]
     OperationNotPermitted(String),
 
     /// Anything that is our fault. The cause is logged; the client sees a generic message.
@@ -119,6 +123,8 @@ impl ApiError {
             ApiError::InvalidBlockDeviceMapping(_) => "InvalidBlockDeviceMapping",
             ApiError::InsufficientInstanceCapacity(_) => "InsufficientInstanceCapacity",
             ApiError::InsufficientFreeAddressesInSubnet(_) => "InsufficientFreeAddressesInSubnet",
+            ApiError::InsufficientAddressCapacity(_) => "InsufficientAddressCapacity",
+            ApiError::InvalidIpAddressInUse(_) => "InvalidIPAddress.InUse",
             ApiError::OperationNotPermitted(_) => "OperationNotPermitted",
             ApiError::Internal(_) => "InternalError",
         }

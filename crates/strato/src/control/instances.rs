@@ -71,6 +71,11 @@ pub struct Instance {
     pub state_changed_at: DateTime<Utc>,
     pub generation: i64,
     pub tags: Tags,
+    /// The public address it has now: from the pool while it runs, or an elastic IP.
+    pub public_ip: Option<String>,
+    /// It gets a public address from the pool at each start (AssociatePublicIpAddress, or
+    /// the subnet's MapPublicIpOnLaunch at launch).
+    pub wants_public_ip: bool,
 }
 
 impl Filterable for Instance {
@@ -147,6 +152,10 @@ pub struct RunRequest {
     pub tokens_required: bool,
     pub client_token: Option<String>,
     pub tags: Vec<TagSpec>,
+    /// NetworkInterface.1.AssociatePublicIpAddress: overrides the subnet's default.
+    pub associate_public_ip: Option<bool>,
+    /// The primary private address asked for.
+    pub private_ip: Option<String>,
 }
 
 impl RunRequest {
@@ -195,6 +204,21 @@ pub struct StateChange {
 
 fn incorrect_state(i: &Instance, what: &str) -> ApiError {
     ApiError::IncorrectInstanceState(format!("The instance '{}' is not in a state from which it can be {what}.", i.id))
+}
+
+/// The lowest free address of the public pool (its first and last are never handed out).
+pub fn allocate_public_ip(
+    pool: &super::cidr::Ipv4Cidr,
+    taken: &mut std::collections::HashSet<String>,
+) -> ApiResult<String> {
+    let ip = (pool.first() + 1..pool.last())
+        .map(|a| std::net::Ipv4Addr::from(a).to_string())
+        .find(|a| !taken.contains(a))
+        .ok_or_else(|| {
+            ApiError::InsufficientAddressCapacity("There are no free public addresses in the pool".into())
+        })?;
+    taken.insert(ip.clone());
+    Ok(ip)
 }
 
 fn host_memory_mib() -> u64 {
@@ -420,12 +444,36 @@ impl Control {
             .ok_or_else(|| anyhow::anyhow!("stored subnet CIDR {} does not parse", subnet.cidr))?;
         let mut taken: std::collections::HashSet<String> =
             live.iter().filter(|i| i.subnet_id == subnet.id.as_str()).map(|i| i.private_ip.clone()).collect();
+        if let Some(want) = &r.private_ip {
+            let addr: std::net::Ipv4Addr = want
+                .parse()
+                .map_err(|_| ApiError::invalid_value(format!("Invalid value '{want}' for PrivateIpAddress")))?;
+            let a = u32::from(addr);
+            if a < block.first() + 4 || a >= block.last() {
+                return Err(ApiError::InvalidParameterValue(format!(
+                    "Address {want} does not fall within the subnet's address range"
+                )));
+            }
+            if count > 1 {
+                return Err(ApiError::InvalidParameterCombination(
+                    "A private IP address can only be given for a single instance".into(),
+                ));
+            }
+            if taken.contains(want) {
+                return Err(ApiError::InvalidIpAddressInUse(format!("Address {want} is in use.")));
+            }
+        }
+        let wants_public = r.associate_public_ip.unwrap_or(subnet.map_public_ip);
+        let mut public_taken = db::public_ips_in_use(c).await?;
         let reservation = ReservationId::generate();
         let now = Utc::now();
         let mut out = Vec::new();
         for n in 0..count {
-            let ip = (block.first() + 4..block.last())
-                .map(|a| std::net::Ipv4Addr::from(a).to_string())
+            let ip = r
+                .private_ip
+                .clone()
+                .into_iter()
+                .chain((block.first() + 4..block.last()).map(|a| std::net::Ipv4Addr::from(a).to_string()))
                 .find(|a| !taken.contains(a))
                 .ok_or_else(|| {
                     ApiError::InsufficientFreeAddressesInSubnet(format!(
@@ -434,6 +482,8 @@ impl Control {
                     ))
                 })?;
             taken.insert(ip.clone());
+            let public_ip =
+                if wants_public { Some(allocate_public_ip(&self.public_pool, &mut public_taken)?) } else { None };
             let i = Instance {
                 id: InstanceId::generate(),
                 owner: caller.account_id.clone(),
@@ -468,6 +518,8 @@ impl Control {
                 state_changed_at: now,
                 generation: 0,
                 tags: tags.clone(),
+                public_ip,
+                wants_public_ip: wants_public,
             };
             db::insert(c, &i).await?;
             put_tags(c, &caller.account_id, i.id.as_str(), "instance", &tags).await?;
@@ -542,6 +594,11 @@ impl Control {
         let mut out = Vec::new();
         for (i, next) in plan {
             if next != i.state {
+                if next == InstanceState::Pending && i.wants_public_ip && i.public_ip.is_none() {
+                    let mut taken = db::public_ips_in_use(tx.conn()).await?;
+                    let ip = allocate_public_ip(&self.public_pool, &mut taken)?;
+                    db::set_public_ip(tx.conn(), &i.id, Some(&ip)).await?;
+                }
                 let transition = format!("{reason} ({})", now.format("%Y-%m-%d %H:%M:%S GMT"));
                 billing::meter_transition(tx.conn(), i, next, &self.catalogue, now).await?;
                 db::set_state(tx.conn(), &i.id, next, None, &transition, now).await?;

@@ -46,6 +46,8 @@ pub struct Control {
     keys: RwLock<HashMap<String, (String, Caller)>>,
     /// Wakes the in-process agent when desired state changes (it also polls).
     pub agent_wake: tokio::sync::Notify,
+    /// Where public addresses come from (a loopback block on a single host).
+    pub public_pool: cidr::Ipv4Cidr,
 }
 
 /// An access key pair, as handed to a user once.
@@ -82,6 +84,8 @@ impl Control {
             images_dir,
             keys: RwLock::new(HashMap::new()),
             agent_wake: tokio::sync::Notify::new(),
+            public_pool: cidr::Ipv4Cidr::parse(crate::net::DEFAULT_PUBLIC_POOL, true)
+                .ok_or_else(|| anyhow::anyhow!("the default public pool does not parse"))?,
         })
     }
 

@@ -15,6 +15,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::query::{Filter, TagSpec};
 use crate::catalog::Region;
 use crate::ids::{AccountId, SubnetId, VpcId};
+use crate::net::rules::{NetInstance, VpcView};
 use crate::store;
 
 pub const DEFAULT_VPC_CIDR: &str = "172.31.0.0/16";
@@ -344,5 +345,48 @@ impl Control {
         store::delete_all_tags(tx.conn(), id.as_str()).await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+impl Control {
+    /// What the network of each VPC must look like for these instances (those with a VM on
+    /// this host, or about to have one): subnets, addresses, MACs, and every group's rules.
+    pub async fn network_views(&self, instances: &[super::instances::Instance]) -> anyhow::Result<Vec<VpcView>> {
+        let mut c = self.store().read().await?;
+        let mut by_vpc: std::collections::BTreeMap<String, VpcView> = Default::default();
+        let accounts: std::collections::BTreeSet<&AccountId> = instances.iter().map(|i| &i.owner).collect();
+        for account in accounts {
+            let subnets = store::subnets(&mut c, account).await?;
+            let groups = store::security_groups(&mut c, account).await?;
+            for i in instances.iter().filter(|i| &i.owner == account) {
+                let Ok(private_ip) = i.private_ip.parse::<std::net::Ipv4Addr>() else { continue };
+                let view = by_vpc.entry(i.vpc_id.clone()).or_insert_with(|| VpcView {
+                    vpc_id: i.vpc_id.clone(),
+                    subnets: subnets
+                        .iter()
+                        .filter(|s| s.vpc_id.as_str() == i.vpc_id)
+                        .filter_map(|s| Ipv4Cidr::parse(&s.cidr, false))
+                        .collect(),
+                    ..Default::default()
+                });
+                for (gid, _) in &i.security_groups {
+                    if let Some(g) = groups.iter().find(|g| g.id.as_str() == gid) {
+                        view.rules.insert(gid.clone(), g.rules.clone());
+                    }
+                }
+                let public_ip = i.public_ip.as_deref().and_then(|p| p.parse::<std::net::Ipv4Addr>().ok());
+                view.instances.push(NetInstance {
+                    id: i.id.to_string(),
+                    tap: crate::net::tap_name(i.id.as_str()),
+                    mac: crate::agent::mac_of(i.id.as_str()),
+                    private_ip,
+                    transit_ip: public_ip.map(crate::net::transit_of),
+                    public_ip,
+                    groups: i.security_groups.iter().map(|g| g.0.clone()).collect(),
+                    hostname: format!("ip-{}", i.private_ip.replace('.', "-")),
+                });
+            }
+        }
+        Ok(by_vpc.into_values().collect())
     }
 }

@@ -11,8 +11,8 @@
 //! FACTS.md), so KVM also needs the host CPU's `vmx` or `svm` flag; `STRATO_ACCEL=kvm|tcg`
 //! overrides the choice.
 //!
-//! Not here yet: the agent's per-VM task that owns this handle, tap networking, hot-plugged
-//! volumes; they come with the instance lifecycle.
+//! A VM on a VPC runs inside the VPC's network namespace (`ip netns exec`), on a tap the
+//! network part made there. Not here yet: hot-plugged volumes.
 
 pub mod qmp;
 
@@ -106,6 +106,8 @@ pub struct VmSpec {
     pub uuid: String,
     /// One NIC: a `-netdev` value (id `n0`) and its MAC.
     pub netdev: Option<(String, String)>,
+    /// The network namespace QEMU runs in (its tap lives there).
+    pub netns: Option<String>,
 }
 
 impl VmSpec {
@@ -187,8 +189,15 @@ impl Vm {
         for p in [spec.qmp_path(), spec.pid_path()] {
             let _ = std::fs::remove_file(p);
         }
-        let out =
-            Command::new("qemu-system-x86_64").args(spec.argv(accel)).output().context("running qemu-system-x86_64")?;
+        let mut cmd = match &spec.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        let out = cmd.args(spec.argv(accel)).output().context("running qemu-system-x86_64")?;
         if !out.status.success() {
             bail!(
                 "qemu-system-x86_64 failed to start ({}): {}",
@@ -261,6 +270,7 @@ mod tests {
             root_disk: "/d.qcow2".into(),
             uuid: "ec2aaaaa-0000-4000-8000-000000000000".into(),
             netdev: None,
+            netns: None,
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");

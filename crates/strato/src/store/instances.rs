@@ -43,6 +43,8 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Instance> {
         launch_time: parse_ts(&r.try_get::<String, _>("launch_time")?),
         state_changed_at: parse_ts(&r.try_get::<String, _>("state_changed_at")?),
         generation: r.try_get("generation")?,
+        public_ip: r.try_get("public_ip")?,
+        wants_public_ip: r.try_get::<i64, _>("wants_public_ip")? != 0,
         tags: Vec::new(),
     })
 }
@@ -52,8 +54,8 @@ pub async fn insert(c: &mut SqliteConnection, i: &Instance) -> sqlx::Result<()> 
         "INSERT INTO instances (id, account_id, reservation_id, launch_index, image_id, instance_type, state, state_reason_code,
          state_reason, transition_reason, key_name, public_key, subnet_id, vpc_id, availability_zone, private_ip, security_groups,
          user_data, root_volume_id, root_size_gb, delete_on_termination, disable_api_termination, shutdown_behavior,
-         tokens_required, client_token, request_hash, launch_time, state_changed_at, generation)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+         tokens_required, client_token, request_hash, launch_time, state_changed_at, generation, public_ip, wants_public_ip)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
     )
     .bind(i.id.as_str())
     .bind(i.owner.as_str())
@@ -83,6 +85,8 @@ pub async fn insert(c: &mut SqliteConnection, i: &Instance) -> sqlx::Result<()> 
     .bind(&i.request_hash)
     .bind(ts(&i.launch_time))
     .bind(ts(&i.state_changed_at))
+    .bind(&i.public_ip)
+    .bind(i.wants_public_ip as i64)
     .execute(c)
     .await?;
     Ok(())
@@ -120,7 +124,10 @@ pub async fn set_state(
     sqlx::query(
         "UPDATE instances SET state = ?, state_reason_code = ?, state_reason = ?, transition_reason = ?, state_changed_at = ?,
          generation = generation + 1, force_stop = CASE WHEN ? IN ('stopped', 'terminated') THEN 0 ELSE force_stop END,
-         status_ok = CASE WHEN ? = 'running' THEN status_ok ELSE 0 END
+         status_ok = CASE WHEN ? = 'running' THEN status_ok ELSE 0 END,
+         public_ip = CASE WHEN ? = 'terminated' THEN NULL
+                          WHEN ? = 'stopped' AND id NOT IN (SELECT instance_id FROM addresses WHERE instance_id IS NOT NULL) THEN NULL
+                          ELSE public_ip END
          WHERE id = ?",
     )
     .bind(state.name())
@@ -130,9 +137,18 @@ pub async fn set_state(
     .bind(ts(&now))
     .bind(state.name())
     .bind(state.name())
+    .bind(state.name())
+    .bind(state.name())
     .bind(id.as_str())
-    .execute(c)
+    .execute(&mut *c)
     .await?;
+    if state == InstanceState::Terminated {
+        // A terminated instance lets go of its elastic IP (the allocation stays).
+        sqlx::query("UPDATE addresses SET instance_id = NULL, association_id = NULL WHERE instance_id = ?")
+            .bind(id.as_str())
+            .execute(c)
+            .await?;
+    }
     Ok(())
 }
 
@@ -168,5 +184,20 @@ pub async fn update_attributes(c: &mut SqliteConnection, i: &Instance) -> sqlx::
     .bind(i.id.as_str())
     .execute(c)
     .await?;
+    Ok(())
+}
+
+/// Every public address in use: instances' and elastic IPs.
+pub async fn public_ips_in_use(c: &mut SqliteConnection) -> sqlx::Result<std::collections::HashSet<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT public_ip FROM instances WHERE public_ip IS NOT NULL UNION SELECT public_ip FROM addresses",
+    )
+    .fetch_all(c)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+pub async fn set_public_ip(c: &mut SqliteConnection, id: &InstanceId, ip: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("UPDATE instances SET public_ip = ? WHERE id = ?").bind(ip).bind(id.as_str()).execute(c).await?;
     Ok(())
 }

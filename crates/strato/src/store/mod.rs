@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_instances.sql")),
     (4, include_str!("../../migrations/0004_quotas.sql")),
     (5, include_str!("../../migrations/0005_usage.sql")),
+    (6, include_str!("../../migrations/0006_public_addresses.sql")),
 ];
 
 #[derive(Clone)]

@@ -43,6 +43,21 @@ pub fn strato_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strato")
 }
 
+/// The public pool of a test data dir: its own /16 of 127.64.0.0/10 (distinct low 22 bits,
+/// so clouds running side by side never share a transit address), kept in the data dir so a
+/// restarted server gets the same one.
+fn public_pool(dir: &Path) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let file = dir.join("test-public-pool");
+    if let Ok(p) = std::fs::read_to_string(&file) {
+        return p;
+    }
+    let n = (std::process::id() + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) % 64;
+    let pool = format!("127.{}.0.0/16", 64 + n);
+    std::fs::write(&file, &pool).expect("writing the test pool");
+    pool
+}
+
 impl Cloud {
     pub fn start() -> Cloud {
         let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
@@ -51,12 +66,14 @@ impl Cloud {
 
     /// Starts a server on an existing data dir (for restart tests).
     pub fn start_in(dir: tempfile::TempDir) -> Cloud {
+        let pool = public_pool(dir.path());
         let mut child = Command::new(strato_bin())
             .args(["--data-dir"])
             .arg(dir.path())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("STRATO_CACHE_DIR", cache_dir())
             .env("STRATO_LOG", "warn")
+            .env("STRATO_PUBLIC_POOL", pool)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -308,15 +325,14 @@ impl Cloud {
 impl Drop for Cloud {
     fn drop(&mut self) {
         self.kill();
-        // VMs are daemonized QEMUs that outlive the server by design: end the ones this test
-        // started (found by their run directories in its data dir, killed by pid).
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("instances")) {
-            for e in entries.flatten() {
-                if let Some(vm) = strato::hypervisor::Vm::adopt(&e.path()) {
-                    let _ = Command::new("kill").arg("-KILL").arg(vm.pid.to_string()).status();
-                }
-            }
-        }
+        // VMs are daemonized QEMUs and networks outlive the server by design: `strato down`
+        // ends the VMs this test started (by pid) and removes its namespaces and rules.
+        let _ = Command::new(strato_bin())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("down")
+            .stdout(Stdio::null())
+            .status();
     }
 }
 

@@ -1,0 +1,500 @@
+//! Instance networking on one host: a network namespace per VPC, a bridge in it, a tap per
+//! instance, DHCP from dnsmasq, the metadata service, security groups in nftables, and
+//! public addresses on the host's loopback.
+//!
+//! Layout (names carry a short tag of the data dir, so several Strato data dirs can share a
+//! host without meeting):
+//! - namespace `strato-<tag>-<vpc-id>`: bridge `br0` holding each subnet's router address
+//!   (`.1`), the metadata address 169.254.169.254 on `lo`, one tap per instance
+//!   (`tap<hash of the instance id>`, persistent, opened by QEMU, which runs in the
+//!   namespace), dnsmasq serving static leases (MAC -> private IP, from the control plane;
+//!   no DNS, no upstream), and the uplink `up0` to the host (169.254.254.2).
+//! - host: the uplink's other end `sv<hash>` (169.254.254.1, `route_localnet` so that
+//!   loopback-sourced packets may leave through it, then masqueraded), a route per public
+//!   address's transit address (100.64.0.0/10, the low 22 bits of the public address) via
+//!   the namespace, and the table `ip strato_<tag>` (see `rules`).
+//!
+//! A VPC's namespace exists while one of its instances has a VM on this host. Nothing in a
+//! namespace routes anywhere but to its own instances and back to the host through the
+//! uplink, so instance traffic never reaches another network. `Network::sync` makes the
+//! system match a desired state and is idempotent: it runs on every agent pass and rebuilds
+//! everything after a restart.
+
+pub mod imds;
+pub mod rules;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use sha2::Digest;
+
+use crate::control::cidr::Ipv4Cidr;
+use rules::{HostPublic, VpcView, BRIDGE, METADATA_ADDR, UPLINK};
+
+/// The default loopback pool of public addresses.
+pub const DEFAULT_PUBLIC_POOL: &str = "127.100.0.0/16";
+/// The host's and the namespace's ends of every uplink.
+pub const HOST_LINK_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 254, 1);
+pub const NS_LINK_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 254, 2);
+
+/// Checks a public pool: a block inside 127.0.0.0/8, from /16 to /30.
+pub fn parse_public_pool(s: &str) -> anyhow::Result<Ipv4Cidr> {
+    let c = Ipv4Cidr::parse(s, true).with_context(|| format!("{s}: not a CIDR block (a.b.c.d/n, no host bits)"))?;
+    let lo = Ipv4Cidr { addr: 0x7f00_0000, prefix: 8 };
+    if !lo.contains(&c) || !(16..=30).contains(&c.prefix) {
+        bail!("{s}: the public pool must be a /16 to /30 inside 127.0.0.0/8");
+    }
+    Ok(c)
+}
+
+fn short_hash(s: &str, n: usize) -> String {
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))[..n].to_owned()
+}
+
+/// The tap of an instance (inside its VPC's namespace).
+pub fn tap_name(instance_id: &str) -> String {
+    format!("tap{}", short_hash(instance_id, 11))
+}
+
+/// The transit address of a loopback public address: 100.64.0.0/10 plus its low 22 bits.
+pub fn transit_of(public: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(0x6440_0000 | (u32::from(public) & 0x003f_ffff))
+}
+
+/// The names this data dir uses on the host.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub tag: String,
+    /// `DATA_DIR/net`: per-VPC dnsmasq files.
+    pub dir: PathBuf,
+}
+
+impl Site {
+    pub fn new(data_dir: &Path) -> Site {
+        let canonical = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_owned());
+        Site { tag: short_hash(&canonical.display().to_string(), 6), dir: data_dir.join("net") }
+    }
+
+    fn ns_prefix(&self) -> String {
+        format!("strato-{}-", self.tag)
+    }
+
+    pub fn netns(&self, vpc_id: &str) -> String {
+        format!("{}{vpc_id}", self.ns_prefix())
+    }
+
+    pub fn host_uplink(&self, vpc_id: &str) -> String {
+        format!("sv{}", short_hash(&format!("{}/{vpc_id}", self.tag), 10))
+    }
+
+    pub fn host_table(&self) -> String {
+        format!("strato_{}", self.tag)
+    }
+
+    fn vpc_dir(&self, vpc_id: &str) -> PathBuf {
+        self.dir.join(vpc_id)
+    }
+
+    /// The VPCs that have a namespace now.
+    pub fn namespaces(&self) -> Vec<String> {
+        let prefix = self.ns_prefix();
+        let mut out: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).map(str::to_owned))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Removes everything of this data dir from the host: dnsmasqs, namespaces (with their
+    /// uplinks and routes) and the host table. VMs must have been ended first.
+    pub async fn teardown(&self) {
+        for vpc in self.namespaces() {
+            if let Err(e) = remove_vpc(self, &vpc).await {
+                tracing::warn!(vpc_id = %vpc, error = format!("{e:#}"), "removing a VPC namespace");
+            }
+        }
+        let _ = run("nft", &["delete", "table", "ip", &self.host_table()]).await;
+    }
+}
+
+/// Runs a program with an argument vector; its output, or an error with its stderr.
+async fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {prog}"))?;
+    if !out.status.success() {
+        bail!("{prog} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Applies an `nft -j` batch, in a namespace or on the host.
+async fn nft_apply(netns: Option<&str>, batch: &serde_json::Value) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "nft", "-j", "-f", "-"]);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new("nft");
+            c.args(["-j", "-f", "-"]);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(batch.to_string().as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn link_exists_on_host(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+async fn ns_links(ns: &str) -> anyhow::Result<Vec<String>> {
+    let out = run("ip", &["-n", ns, "-j", "link", "show"]).await?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j link")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("ifname").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect())
+}
+
+/// Creates a VPC's namespace, bridge, metadata address and uplink (what exists is kept).
+async fn ensure_vpc(site: &Site, vpc_id: &str) -> anyhow::Result<()> {
+    let ns = site.netns(vpc_id);
+    if !Path::new("/run/netns").join(&ns).exists() {
+        run("ip", &["netns", "add", &ns]).await?;
+    }
+    run("ip", &["-n", &ns, "link", "set", "lo", "up"]).await?;
+    let links = ns_links(&ns).await?;
+    if !links.iter().any(|l| l == BRIDGE) {
+        run("ip", &["-n", &ns, "link", "add", BRIDGE, "type", "bridge"]).await?;
+    }
+    run("ip", &["-n", &ns, "link", "set", BRIDGE, "up"]).await?;
+    run("ip", &["-n", &ns, "addr", "replace", &format!("{METADATA_ADDR}/32"), "dev", "lo"]).await?;
+    // Routing between subnets, bridged packets through the inet hooks (security groups
+    // with conntrack), and no reverse-path check on the uplink (its peer is loopback-sourced
+    // traffic, masqueraded).
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+            "net.bridge.bridge-nf-call-iptables=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ],
+    )
+    .await?;
+    let host = site.host_uplink(vpc_id);
+    if !links.iter().any(|l| l == UPLINK) {
+        if link_exists_on_host(&host) {
+            run("ip", &["link", "del", &host]).await?;
+        }
+        run("ip", &["link", "add", &host, "type", "veth", "peer", "name", UPLINK, "netns", &ns]).await?;
+    }
+    run("ip", &["-n", &ns, "addr", "replace", &format!("{NS_LINK_ADDR}/32"), "dev", UPLINK]).await?;
+    run("ip", &["-n", &ns, "link", "set", UPLINK, "up"]).await?;
+    run("ip", &["-n", &ns, "route", "replace", &format!("{HOST_LINK_ADDR}/32"), "dev", UPLINK]).await?;
+    run("ip", &["addr", "replace", &format!("{HOST_LINK_ADDR}/32"), "dev", &host]).await?;
+    run("ip", &["link", "set", &host, "up"]).await?;
+    run("sysctl", &["-q", "-w", &format!("net.ipv4.conf.{host}.route_localnet=1")]).await?;
+    Ok(())
+}
+
+/// Ends a VPC's dnsmasq and deletes its namespace (its uplink and routes go with it).
+async fn remove_vpc(site: &Site, vpc_id: &str) -> anyhow::Result<()> {
+    let dir = site.vpc_dir(vpc_id);
+    if let Some(pid) = dnsmasq_pid(&dir) {
+        kill_pid(pid, libc::SIGTERM);
+    }
+    let ns = site.netns(vpc_id);
+    if Path::new("/run/netns").join(&ns).exists() {
+        run("ip", &["netns", "del", &ns]).await?;
+    }
+    let host = site.host_uplink(vpc_id);
+    if link_exists_on_host(&host) {
+        let _ = run("ip", &["link", "del", &host]).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+fn kill_pid(pid: u32, sig: i32) {
+    if let Ok(p) = i32::try_from(pid) {
+        // SAFETY: kill(2) with a pid this data dir's dnsmasq wrote and we checked.
+        unsafe {
+            libc::kill(p, sig);
+        }
+    }
+}
+
+/// The pid of this VPC's dnsmasq, if the pid file names a live dnsmasq started for it.
+fn dnsmasq_pid(dir: &Path) -> Option<u32> {
+    let pid_file = dir.join("dnsmasq.pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let marker = pid_file.display().to_string();
+    cmdline.split(|b| *b == 0).any(|a| String::from_utf8_lossy(a).ends_with(&marker)).then_some(pid)
+}
+
+fn dnsmasq_args(dir: &Path, subnets: &[Ipv4Cidr]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--conf-file=/dev/null".into(),
+        "--port=0".into(),
+        format!("--interface={BRIDGE}"),
+        "--bind-interfaces".into(),
+        "--dhcp-authoritative".into(),
+        "--user=root".into(),
+        "--group=root".into(),
+        format!("--dhcp-hostsfile={}", dir.join("hosts").display()),
+        format!("--dhcp-leasefile={}", dir.join("leases").display()),
+        format!("--log-facility={}", dir.join("dnsmasq.log").display()),
+        "--log-dhcp".into(),
+    ];
+    for s in subnets {
+        a.push(format!("--dhcp-range={},static,{},12h", Ipv4Addr::from(s.first()), Ipv4Addr::from(s.mask())));
+    }
+    a.push(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+    a
+}
+
+/// Keeps the VPC's dnsmasq running with these subnets and these leases.
+async fn ensure_dnsmasq(site: &Site, view: &VpcView) -> anyhow::Result<()> {
+    let dir = site.vpc_dir(&view.vpc_id);
+    std::fs::create_dir_all(&dir)?;
+    let mut hosts = String::new();
+    for i in &view.instances {
+        hosts.push_str(&format!("{},{},{}\n", i.mac, i.private_ip, i.hostname));
+    }
+    let hosts_path = dir.join("hosts");
+    let hosts_changed = std::fs::read_to_string(&hosts_path).ok().as_deref() != Some(hosts.as_str());
+    if hosts_changed {
+        let tmp = dir.join("hosts.tmp");
+        std::fs::write(&tmp, &hosts)?;
+        std::fs::rename(&tmp, &hosts_path)?;
+    }
+    let args = dnsmasq_args(&dir, &view.subnets);
+    let running = dnsmasq_pid(&dir);
+    let same_args = running.is_some_and(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let have: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        have == args
+    });
+    match running {
+        Some(pid) if same_args => {
+            if hosts_changed {
+                kill_pid(pid, libc::SIGHUP);
+            }
+        }
+        _ => {
+            if let Some(pid) = running {
+                kill_pid(pid, libc::SIGTERM);
+                for _ in 0..50 {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            let ns = site.netns(&view.vpc_id);
+            let mut argv: Vec<&str> = vec!["netns", "exec", &ns, "dnsmasq"];
+            argv.extend(args.iter().map(String::as_str));
+            run("ip", &argv).await.context("starting dnsmasq")?;
+        }
+    }
+    Ok(())
+}
+
+/// What one VPC looked like at the last sync, to skip work that is already done.
+#[derive(Debug, Default)]
+struct Applied {
+    subnets: Vec<Ipv4Cidr>,
+    taps: BTreeSet<String>,
+    routes: BTreeSet<Ipv4Addr>,
+    ruleset: String,
+    view: Option<VpcView>,
+}
+
+/// The host's networking, driven by the agent.
+pub struct Network {
+    pub site: Site,
+    applied: BTreeMap<String, Applied>,
+    host_ruleset: String,
+    pub imds: imds::Imds,
+}
+
+impl Network {
+    pub fn new(site: Site, imds: imds::Imds) -> Network {
+        Network { site, applied: BTreeMap::new(), host_ruleset: String::new(), imds }
+    }
+
+    /// Makes the host match `views` (every VPC with instances on this host); returns the
+    /// VPCs that failed (logged), whose instances must not boot yet.
+    pub async fn sync(&mut self, views: &[VpcView]) -> BTreeSet<String> {
+        let wanted: BTreeSet<&str> = views.iter().map(|v| v.vpc_id.as_str()).collect();
+        let mut failed = BTreeSet::new();
+        for v in views {
+            if let Err(e) = self.sync_vpc(v).await {
+                tracing::warn!(vpc_id = %v.vpc_id, error = format!("{e:#}"), "VPC network sync failed");
+                // Redo everything for it on the next pass.
+                self.applied.remove(&v.vpc_id);
+                failed.insert(v.vpc_id.clone());
+            }
+        }
+        for vpc in self.site.namespaces() {
+            if !wanted.contains(vpc.as_str()) {
+                self.imds.stop(&vpc);
+                match remove_vpc(&self.site, &vpc).await {
+                    Ok(()) => tracing::info!(vpc_id = %vpc, "VPC namespace removed"),
+                    Err(e) => tracing::warn!(vpc_id = %vpc, error = format!("{e:#}"), "removing a VPC namespace"),
+                }
+                self.applied.remove(&vpc);
+            }
+        }
+        self.applied.retain(|k, _| wanted.contains(k.as_str()));
+        if let Err(e) = self.sync_host(views).await {
+            tracing::warn!(error = format!("{e:#}"), "host network sync failed");
+            self.host_ruleset.clear();
+        }
+        failed
+    }
+
+    async fn sync_vpc(&mut self, view: &VpcView) -> anyhow::Result<()> {
+        let site = self.site.clone();
+        let ns = site.netns(&view.vpc_id);
+        let fresh = !Path::new("/run/netns").join(&ns).exists();
+        let applied = self.applied.entry(view.vpc_id.clone()).or_default();
+        if applied.view.as_ref() == Some(view) && !fresh {
+            return Ok(());
+        }
+        if fresh || applied.subnets != view.subnets {
+            ensure_vpc(&site, &view.vpc_id).await?;
+            for s in &view.subnets {
+                let gw = format!("{}/{}", Ipv4Addr::from(s.first() + 1), s.prefix);
+                run("ip", &["-n", &ns, "addr", "replace", &gw, "dev", BRIDGE]).await?;
+            }
+            applied.subnets = view.subnets.clone();
+            applied.taps = ns_links(&ns).await?.into_iter().filter(|l| l.starts_with("tap")).collect();
+            let host = site.host_uplink(&view.vpc_id);
+            let out = run("ip", &["-j", "route", "show", "dev", &host]).await.unwrap_or_default();
+            let routes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            applied.routes = routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("dst").and_then(|d| d.as_str()).and_then(|d| d.parse().ok()))
+                .collect();
+        }
+        // Taps: one per instance, on the bridge.
+        let want_taps: BTreeSet<String> = view.instances.iter().map(|i| i.tap.clone()).collect();
+        for tap in want_taps.difference(&applied.taps.clone()) {
+            run("ip", &["-n", &ns, "tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+            run("ip", &["-n", &ns, "link", "set", tap, "master", BRIDGE, "up"]).await?;
+            applied.taps.insert(tap.clone());
+        }
+        for tap in applied.taps.clone().difference(&want_taps) {
+            run("ip", &["-n", &ns, "link", "del", tap]).await?;
+            applied.taps.remove(tap);
+        }
+        // Routes to the public instances' transit addresses.
+        let host = site.host_uplink(&view.vpc_id);
+        let want_routes: BTreeSet<Ipv4Addr> = view.instances.iter().filter_map(|i| i.transit_ip).collect();
+        for r in want_routes.difference(&applied.routes.clone()) {
+            run(
+                "ip",
+                &["route", "replace", &format!("{r}/32"), "via", &NS_LINK_ADDR.to_string(), "dev", &host, "onlink"],
+            )
+            .await?;
+            applied.routes.insert(*r);
+        }
+        for r in applied.routes.clone().difference(&want_routes) {
+            let _ = run("ip", &["route", "del", &format!("{r}/32"), "dev", &host]).await;
+            applied.routes.remove(r);
+        }
+        let rs = rules::vpc_ruleset(view);
+        let text = rs.to_string();
+        if applied.ruleset != text {
+            nft_apply(Some(&ns), &rs).await.context("applying the VPC ruleset")?;
+            applied.ruleset = text;
+        }
+        ensure_dnsmasq(&site, view).await?;
+        self.imds.ensure(&view.vpc_id, &ns)?;
+        if let Some(a) = self.applied.get_mut(&view.vpc_id) {
+            a.view = Some(view.clone());
+        }
+        Ok(())
+    }
+
+    async fn sync_host(&mut self, views: &[VpcView]) -> anyhow::Result<()> {
+        let uplinks: Vec<String> = views.iter().map(|v| self.site.host_uplink(&v.vpc_id)).collect();
+        let mut publics = Vec::new();
+        for v in views {
+            for i in &v.instances {
+                if let (Some(public_ip), Some(transit_ip)) = (i.public_ip, i.transit_ip) {
+                    let rules = i.groups.iter().flat_map(|g| v.rules.get(g).cloned().unwrap_or_default()).collect();
+                    publics.push(HostPublic {
+                        public_ip,
+                        transit_ip,
+                        chain: format!("public_{}", i.tap.trim_start_matches("tap")),
+                        rules,
+                    });
+                }
+            }
+        }
+        let rs = rules::host_ruleset(&self.site.host_table(), &uplinks, &publics);
+        let text = rs.to_string();
+        if text != self.host_ruleset {
+            nft_apply(None, &rs).await.context("applying the host ruleset")?;
+            self.host_ruleset = text;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_limits() {
+        let site = Site::new(Path::new("/var/lib/strato"));
+        assert!(site.host_uplink("vpc-0123456789abcdef0").len() <= 15);
+        assert!(tap_name("i-0123456789abcdef0").len() <= 15);
+        assert_ne!(tap_name("i-0123456789abcdef0"), tap_name("i-0123456789abcdef1"));
+        assert_eq!(transit_of(Ipv4Addr::new(127, 100, 0, 5)), Ipv4Addr::new(100, 100, 0, 5));
+        assert_eq!(transit_of(Ipv4Addr::new(127, 1, 2, 3)), Ipv4Addr::new(100, 65, 2, 3));
+    }
+}
