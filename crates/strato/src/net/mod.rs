@@ -346,19 +346,26 @@ struct Applied {
     routes: BTreeSet<Ipv4Addr>,
     ruleset: String,
     view: Option<VpcView>,
+    /// When everything was last applied or checked.
+    at: Option<std::time::Instant>,
 }
+
+/// How often a VPC whose desired state did not change is applied again anyway (rules or
+/// links removed by hand come back).
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The host's networking, driven by the agent.
 pub struct Network {
     pub site: Site,
     applied: BTreeMap<String, Applied>,
     host_ruleset: String,
+    host_at: Option<std::time::Instant>,
     pub imds: imds::Imds,
 }
 
 impl Network {
     pub fn new(site: Site, imds: imds::Imds) -> Network {
-        Network { site, applied: BTreeMap::new(), host_ruleset: String::new(), imds }
+        Network { site, applied: BTreeMap::new(), host_ruleset: String::new(), host_at: None, imds }
     }
 
     /// Makes the host match `views` (every VPC with instances on this host); returns the
@@ -397,8 +404,14 @@ impl Network {
         let ns = site.netns(&view.vpc_id);
         let fresh = !Path::new("/run/netns").join(&ns).exists();
         let applied = self.applied.entry(view.vpc_id.clone()).or_default();
-        if applied.view.as_ref() == Some(view) && !fresh {
+        let recent = applied.at.is_some_and(|t| t.elapsed() < RECHECK);
+        if applied.view.as_ref() == Some(view) && !fresh && recent {
             return Ok(());
+        }
+        if !recent {
+            // Re-read the system: links, routes and rules are applied again.
+            applied.subnets.clear();
+            applied.ruleset.clear();
         }
         if fresh || applied.subnets != view.subnets {
             ensure_vpc(&site, &view.vpc_id).await?;
@@ -454,6 +467,7 @@ impl Network {
         self.imds.ensure(&view.vpc_id, &ns)?;
         if let Some(a) = self.applied.get_mut(&view.vpc_id) {
             a.view = Some(view.clone());
+            a.at = Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -474,11 +488,22 @@ impl Network {
                 }
             }
         }
+        if views.is_empty() {
+            // Nothing on this host: no table at all.
+            if self.host_at.is_some() {
+                let _ = run("nft", &["delete", "table", "ip", &self.site.host_table()]).await;
+                self.host_ruleset.clear();
+                self.host_at = None;
+            }
+            return Ok(());
+        }
         let rs = rules::host_ruleset(&self.site.host_table(), &uplinks, &publics);
         let text = rs.to_string();
-        if text != self.host_ruleset {
+        let recent = self.host_at.is_some_and(|t| t.elapsed() < RECHECK);
+        if text != self.host_ruleset || !recent {
             nft_apply(None, &rs).await.context("applying the host ruleset")?;
             self.host_ruleset = text;
+            self.host_at = Some(std::time::Instant::now());
         }
         Ok(())
     }

@@ -1,0 +1,259 @@
+//! Instance networking with real VMs and real packets: SSH with a created key pair to the
+//! public address, ports opened and closed by security-group rules (from the host and from
+//! another instance), the metadata service answering only the instance that asks, user data
+//! that ran, and two accounts with the same CIDR that cannot reach each other.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Cloud;
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn minimal_ami(cloud: &Cloud) -> String {
+    let d =
+        cloud.aws(&["ec2", "describe-images", "--owners", "strato", "--filters", "Name=name,Values=strato-minimal-*"]);
+    s(&d["Images"][0]["ImageId"])
+}
+
+fn instance_as(cloud: &Cloud, profile: &str, id: &str) -> Value {
+    let d = cloud.aws_json_as(profile, &["ec2", "describe-instances", "--instance-ids", id]);
+    d["Reservations"][0]["Instances"][0].clone()
+}
+
+/// Waits for the guest's ready marker; returns the instance as DescribeInstances shows it.
+fn wait_ready(cloud: &Cloud, profile: &str, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let c = cloud.aws_json_as(profile, &["ec2", "get-console-output", "--instance-id", id]);
+        let out = s(&c["Output"]);
+        if out.contains("STRATO-BOOT: ready") {
+            return instance_as(cloud, profile, id);
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{id} never got ready:\n{out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn key_file(cloud: &Cloud, profile: &str, name: &str) -> PathBuf {
+    let k = cloud.aws_json_as(profile, &["ec2", "create-key-pair", "--key-name", name]);
+    let path = cloud.dir.path().join(format!("{name}.pem"));
+    std::fs::write(&path, s(&k["KeyMaterial"])).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// Runs a command in a guest over SSH at its public address; `None` if SSH fails.
+fn ssh(key: &Path, ip: &str, command: &str) -> Option<String> {
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", &format!("root@{ip}"), command])
+        .output()
+        .expect("ssh (openssh-client)");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether a TCP connection to ip:22 from the host gets the SSH banner.
+fn port22_open(ip: &str) -> bool {
+    let addr: SocketAddr = format!("{ip}:22").parse().unwrap();
+    let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 7];
+    c.read_exact(&mut buf).is_ok() && &buf == b"SSH-2.0"
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// From inside a guest: does `ip:22` answer with the SSH banner?
+fn banner_from(key: &Path, via: &str, ip: &str) -> bool {
+    let out = ssh(key, via, &format!("echo | nc -w 3 {ip} 22 | head -c 7")).unwrap_or_default();
+    out.starts_with("SSH-2.0")
+}
+
+fn run(cloud: &Cloud, profile: &str, args: &[&str]) -> String {
+    let mut a = vec!["ec2", "run-instances", "--instance-type", "t3.nano"];
+    a.extend_from_slice(args);
+    let r = cloud.aws_json_as(profile, &a);
+    s(&r["Instances"][0]["InstanceId"])
+}
+
+#[test]
+fn ssh_security_groups_metadata_and_user_data() {
+    let cloud = Cloud::start();
+    let ami = minimal_ami(&cloud);
+    let key = key_file(&cloud, "strato", "net");
+    let web = cloud.aws(&["ec2", "create-security-group", "--group-name", "web", "--description", "web servers"]);
+    let web = s(&web["GroupId"]);
+    let groups = cloud.aws(&["ec2", "describe-security-groups", "--group-names", "default"]);
+    let default = s(&groups["SecurityGroups"][0]["GroupId"]);
+
+    let user_data = "#!/bin/sh\necho hello-from-user-data > /root/user-data.txt\n";
+    let a = run(&cloud, "strato", &["--image-id", &ami, "--key-name", "net", "--user-data", user_data]);
+    let b = run(&cloud, "strato", &["--image-id", &ami, "--key-name", "net", "--security-group-ids", &web]);
+    let ia = wait_ready(&cloud, "strato", &a);
+    let ib = wait_ready(&cloud, "strato", &b);
+    let (pa, pb) = (s(&ia["PublicIpAddress"]), s(&ib["PublicIpAddress"]));
+    let (ra, rb) = (s(&ia["PrivateIpAddress"]), s(&ib["PrivateIpAddress"]));
+    assert!(pa.starts_with("127.") && pb.starts_with("127.") && pa != pb, "public addresses {pa} {pb}");
+
+    // The default group admits only its members: the host cannot reach port 22.
+    assert!(!port22_open(&pa), "port 22 of {pa} is open before any rule allows it");
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &default,
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "127.0.0.1/32",
+    ]);
+    eventually("port 22 opens", || port22_open(&pa));
+    let out = ssh(&key, &pa, "cat /root/user-data.txt; ip -4 -o addr show eth0").expect("ssh to A");
+    assert!(out.contains("hello-from-user-data"), "user data did not run: {out}");
+    assert!(out.contains(&format!("inet {ra}/20")), "the guest's DHCP address is not {ra}: {out}");
+    // The metadata service answers A with A's identity and addresses.
+    let md = ssh(
+        &key,
+        &pa,
+        "for p in instance-id local-ipv4 public-ipv4; do printf 'GET /latest/meta-data/%s HTTP/1.0\\r\\n\\r\\n' $p | nc -w 3 169.254.169.254 80 | tail -n 1; echo; done",
+    )
+    .expect("metadata from A");
+    assert!(md.contains(&a) && md.contains(&ra) && md.contains(&pa), "metadata of A: {md}");
+
+    // B's group has no rules: closed to the host and to A.
+    assert!(!port22_open(&pb));
+    assert!(!banner_from(&key, &pa, &rb), "A reached B:22 without a rule");
+    // Allow the default group (A's) into B on 22.
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &web,
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--source-group",
+        &default,
+    ]);
+    eventually("A reaches B:22", || banner_from(&key, &pa, &rb));
+    assert!(!port22_open(&pb), "a group rule must not open B to the host");
+
+    // A cannot pass for B: it takes B's address, claims it by gratuitous ARP and asks the
+    // metadata service from it. Without the tap's anti-spoofing rules this returns B's id
+    // (checked by hand); with them, neither the ARP nor the packets leave A's tap.
+    let spoof = ssh(
+        &key,
+        &pa,
+        &format!(
+            "GW=$(ip route | awk '/default/ {{print $3}}'); ip addr add {rb}/32 dev eth0; \
+             ip route replace 169.254.169.254/32 via $GW src {rb}; arping -U -c 2 -I eth0 -s {rb} $GW >/dev/null 2>&1; \
+             printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80; echo; \
+             ip route del 169.254.169.254/32; ip addr del {rb}/32 dev eth0; echo done"
+        ),
+    )
+    .expect("ssh to A for the spoofing attempt");
+    assert!(spoof.contains("done") && !spoof.contains(&b), "A read B's metadata: {spoof}");
+
+    // Revoking the rule closes the port again.
+    cloud.aws(&[
+        "ec2",
+        "revoke-security-group-ingress",
+        "--group-id",
+        &default,
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "127.0.0.1/32",
+    ]);
+    eventually("port 22 closes", || !port22_open(&pa));
+
+    // A stopped instance has no public address; started again it gets one.
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &a]);
+    let start = Instant::now();
+    loop {
+        let i = instance_as(&cloud, "strato", &a);
+        if s(&i["State"]["Name"]) == "stopped" {
+            assert!(i.get("PublicIpAddress").is_none(), "a stopped instance keeps {i}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "A did not stop");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cloud.aws(&["ec2", "start-instances", "--instance-ids", &a]);
+    let i = instance_as(&cloud, "strato", &a);
+    assert!(s(&i["PublicIpAddress"]).starts_with("127."), "no public address after start: {i}");
+}
+
+#[test]
+fn accounts_with_the_same_cidr_cannot_reach_each_other() {
+    let cloud = Cloud::start();
+    cloud.create_account("other", false);
+    let ami = minimal_ami(&cloud);
+    let key = key_file(&cloud, "strato", "mine");
+    key_file(&cloud, "other", "theirs");
+    let zone = ["--placement", "AvailabilityZone=local-1a"];
+    for profile in ["strato", "other"] {
+        cloud.aws_json_as(
+            profile,
+            &[
+                "ec2",
+                "authorize-security-group-ingress",
+                "--group-name",
+                "default",
+                "--protocol",
+                "tcp",
+                "--port",
+                "22",
+                "--cidr",
+                "0.0.0.0/0",
+            ],
+        );
+    }
+    let mut args = vec!["--image-id", ami.as_str(), "--key-name", "mine"];
+    args.extend_from_slice(&zone);
+    let mine = run(&cloud, "strato", &args);
+    let mut args = vec!["--image-id", ami.as_str(), "--key-name", "theirs", "--count", "2"];
+    args.extend_from_slice(&zone);
+    let r = cloud.aws_json_as("other", &[&["ec2", "run-instances", "--instance-type", "t3.nano"], &args[..]].concat());
+    let theirs: Vec<String> = r["Instances"].as_array().unwrap().iter().map(|i| s(&i["InstanceId"])).collect();
+    let im = wait_ready(&cloud, "strato", &mine);
+    let it: Vec<Value> = theirs.iter().map(|id| wait_ready(&cloud, "other", id)).collect();
+
+    // Both default VPCs are 172.31.0.0/16: the first instance of each has the same address.
+    assert_eq!(s(&im["PrivateIpAddress"]), s(&it[0]["PrivateIpAddress"]));
+    let pm = s(&im["PublicIpAddress"]);
+    eventually("my instance answers SSH", || ssh(&key, &pm, "true").is_some());
+    // Their second instance is open to the world on 22, yet unreachable from my VPC, by its
+    // private address and by the transit address behind its public one.
+    let other_private = s(&it[1]["PrivateIpAddress"]);
+    assert!(port22_open(&s(&it[1]["PublicIpAddress"])), "their instance is reachable from the host");
+    assert!(!banner_from(&key, &pm, &other_private), "my instance reached theirs at {other_private}");
+    let transit = strato::net::transit_of(s(&it[1]["PublicIpAddress"]).parse().unwrap()).to_string();
+    assert!(!banner_from(&key, &pm, &transit), "my instance reached theirs at {transit}");
+    // My own address from inside my VPC is me.
+    let me = ssh(&key, &pm, "ip -4 -o addr show eth0").unwrap_or_default();
+    assert!(me.contains(&s(&im["PrivateIpAddress"])));
+}
