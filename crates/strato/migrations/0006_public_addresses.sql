@@ -1,12 +1,13 @@
 -- Public addresses: the one an instance has now (from the pool, or an elastic IP), whether
--- it asked for one at launch (kept across stop/start), and elastic IPs.
+-- it asked for one at launch (kept across stop/start), elastic IPs, and internet gateways
+-- (a VPC's instances are reachable at their public addresses only through an attached one).
 
 ALTER TABLE instances ADD COLUMN public_ip TEXT;
 ALTER TABLE instances ADD COLUMN wants_public_ip INTEGER NOT NULL DEFAULT 0;
 CREATE UNIQUE INDEX instances_public_ip ON instances(public_ip) WHERE public_ip IS NOT NULL;
 
 CREATE TABLE addresses (
-    allocation_id   TEXT PRIMARY KEY,
+    id              TEXT PRIMARY KEY,      -- eipalloc-...
     account_id      TEXT NOT NULL REFERENCES accounts(id),
     public_ip       TEXT NOT NULL UNIQUE,
     instance_id     TEXT,
@@ -14,3 +15,11 @@ CREATE TABLE addresses (
     allocated_at    TEXT NOT NULL
 );
 CREATE INDEX addresses_account ON addresses(account_id);
+
+CREATE TABLE internet_gateways (
+    id          TEXT PRIMARY KEY,          -- igw-...
+    account_id  TEXT NOT NULL REFERENCES accounts(id),
+    vpc_id      TEXT UNIQUE,               -- attached to, at most one per VPC
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX internet_gateways_account ON internet_gateways(account_id);

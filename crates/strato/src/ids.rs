@@ -114,6 +114,9 @@ resource_id!(
     /// `eipalloc-...`
     AllocationId, "eipalloc", "InvalidAllocationID.Malformed");
 resource_id!(
+    /// `eipassoc-...`, an elastic IP's association with an instance.
+    AssociationId, "eipassoc", "InvalidAssociationID.Malformed");
+resource_id!(
     /// `key-...`
     KeyPairId, "key", "InvalidKeyPair.Malformed");
 resource_id!(

@@ -8,6 +8,7 @@ use std::future::Future;
 use base64::Engine;
 
 use super::error::{ApiError, ApiResult};
+pub use super::net_actions::*;
 use super::query::{Filter, Params, TagSpec};
 use super::xml::Xml;
 use super::Ctx;
@@ -25,19 +26,19 @@ pub trait Action: Sized + Send {
 }
 
 /// `MaxResults` + `NextToken`, with the action's bounds.
-struct Page {
-    max: Option<usize>,
-    token: Option<String>,
+pub(super) struct Page {
+    pub(super) max: Option<usize>,
+    pub(super) token: Option<String>,
 }
 
 impl Page {
-    fn decode(p: &mut Params, lo: i64, hi: i64) -> ApiResult<Page> {
+    pub(super) fn decode(p: &mut Params, lo: i64, hi: i64) -> ApiResult<Page> {
         let max = check_max_results(p.int("MaxResults")?, lo, hi)?;
         Ok(Page { max, token: p.str("NextToken").filter(|t| !t.is_empty()) })
     }
 }
 
-fn write_next_token(x: &mut Xml, token: Option<String>) {
+pub(super) fn write_next_token(x: &mut Xml, token: Option<String>) {
     x.opt_field("nextToken", token);
 }
 
@@ -1266,6 +1267,18 @@ fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
         .list("groupSet", &i.security_groups, |x, (id, name)| {
             x.field("groupId", id).field("groupName", name);
         });
+    if i.state != InstanceState::Terminated {
+        let eni = crate::control::gateways::NetworkInterface {
+            id: crate::control::gateways::eni_of(i.id.as_str()),
+            instance: i.clone(),
+            ip_owner: None,
+            allocation_id: None,
+            association_id: None,
+            mac: crate::agent::mac_of(i.id.as_str()),
+            tags: Vec::new(),
+        };
+        x.list("networkInterfaceSet", [&eni], |x, n| write_interface(ctx, x, n, false));
+    }
     if let (Some(code), Some(msg)) = (&i.state_reason_code, &i.state_reason) {
         x.open("stateReason").field("code", code).field("message", msg).close("stateReason");
     }

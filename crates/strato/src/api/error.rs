@@ -81,6 +81,10 @@ pub enum ApiError {
     InsufficientAddressCapacity(String),
     #[error("{0}")]
     InvalidIpAddressInUse(String),
+    /// A request that conflicts with how resources are linked now: `code` is EC2's, e.g.
+    /// `Resource.AlreadyAssociated` or `Gateway.NotAttached`.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("{0}")]
     OperationNotPermitted(String),
 
@@ -125,6 +129,7 @@ impl ApiError {
             ApiError::InsufficientFreeAddressesInSubnet(_) => "InsufficientFreeAddressesInSubnet",
             ApiError::InsufficientAddressCapacity(_) => "InsufficientAddressCapacity",
             ApiError::InvalidIpAddressInUse(_) => "InvalidIPAddress.InUse",
+            ApiError::Conflict { code, .. } => code,
             ApiError::OperationNotPermitted(_) => "OperationNotPermitted",
             ApiError::Internal(_) => "InternalError",
         }

@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod ce;
 pub mod error;
+mod net_actions;
 pub mod query;
 pub mod sigv4;
 pub mod xml;
@@ -115,6 +116,22 @@ dispatch_table!(
     ModifyInstanceAttribute,
     DescribeInstanceAttribute,
     ModifyInstanceMetadataOptions,
+    AllocateAddress,
+    DescribeAddresses,
+    AssociateAddress,
+    DisassociateAddress,
+    ReleaseAddress,
+    CreateInternetGateway,
+    DescribeInternetGateways,
+    AttachInternetGateway,
+    DetachInternetGateway,
+    DeleteInternetGateway,
+    DescribeRouteTables,
+    DescribeNetworkAcls,
+    DescribeNetworkInterfaces,
+    ModifySubnetAttribute,
+    DescribeVpcAttribute,
+    ModifyVpcAttribute,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

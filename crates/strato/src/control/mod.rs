@@ -7,9 +7,11 @@
 //! (`InvalidGroup.NotFound`, `DependencyViolation`, ...), and a database failure becomes an
 //! `InternalError` whose cause is logged.
 
+pub mod addresses;
 pub mod billing;
 pub mod cidr;
 pub mod filter;
+pub mod gateways;
 pub mod images;
 pub mod info;
 pub mod instance_state;

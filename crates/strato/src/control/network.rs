@@ -33,6 +33,7 @@ pub async fn create_default_vpc(c: &mut SqliteConnection, region: &Region, accou
     };
     store::insert_vpc(c, &vpc).await?;
     create_default_group(c, account, &vpc.id).await?;
+    super::gateways::insert_gateway(c, account, Some(&vpc.id)).await?;
     for (i, zone) in region.zones.iter().enumerate() {
         let s = Subnet {
             id: SubnetId::generate(),
@@ -244,8 +245,11 @@ impl Control {
                 "The vpc '{id}' has dependencies and cannot be deleted."
             )));
         }
+        let gateways = super::gateways::gateways_of(tx.conn(), &caller.account_id).await?;
         let groups = store::security_groups(tx.conn(), &caller.account_id).await?;
-        if groups.iter().any(|g| g.vpc_id == id && g.name != "default") {
+        if groups.iter().any(|g| g.vpc_id == id && g.name != "default")
+            || gateways.iter().any(|g| g.vpc_id.as_deref() == Some(id.as_str()))
+        {
             return Err(ApiError::DependencyViolation(format!(
                 "The vpc '{id}' has dependencies and cannot be deleted."
             )));
@@ -341,6 +345,15 @@ impl Control {
         if !subnets.iter().any(|s| s.id == id) {
             return Err(subnet_not_found(id.as_str()));
         }
+        let in_use = store::instances::of_account(tx.conn(), &caller.account_id)
+            .await?
+            .iter()
+            .any(|i| i.subnet_id == id.as_str() && i.state != super::instance_state::InstanceState::Terminated);
+        if in_use {
+            return Err(ApiError::DependencyViolation(format!(
+                "The subnet '{id}' has dependencies and cannot be deleted."
+            )));
+        }
         store::delete_subnet(tx.conn(), &caller.account_id, &id).await?;
         store::delete_all_tags(tx.conn(), id.as_str()).await?;
         tx.commit().await?;
@@ -353,6 +366,7 @@ impl Control {
     /// this host, or about to have one): subnets, addresses, MACs, and every group's rules.
     pub async fn network_views(&self, instances: &[super::instances::Instance]) -> anyhow::Result<Vec<VpcView>> {
         let mut c = self.store().read().await?;
+        let with_gateway = super::gateways::vpcs_with_gateway(&mut c).await?;
         let mut by_vpc: std::collections::BTreeMap<String, VpcView> = Default::default();
         let accounts: std::collections::BTreeSet<&AccountId> = instances.iter().map(|i| &i.owner).collect();
         for account in accounts {
@@ -374,7 +388,12 @@ impl Control {
                         view.rules.insert(gid.clone(), g.rules.clone());
                     }
                 }
-                let public_ip = i.public_ip.as_deref().and_then(|p| p.parse::<std::net::Ipv4Addr>().ok());
+                // A public address is reachable only through the VPC's internet gateway.
+                let public_ip = i
+                    .public_ip
+                    .as_deref()
+                    .filter(|_| with_gateway.contains(&i.vpc_id))
+                    .and_then(|p| p.parse::<std::net::Ipv4Addr>().ok());
                 view.instances.push(NetInstance {
                     id: i.id.to_string(),
                     tap: crate::net::tap_name(i.id.as_str()),

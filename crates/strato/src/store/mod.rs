@@ -600,6 +600,8 @@ pub async fn owns(
         "security-group" => "security_groups",
         "security-group-rule" => "security_group_rules",
         "instance" => "instances",
+        "elastic-ip" => "addresses",
+        "internet-gateway" => "internet_gateways",
         "image" => {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = ? AND owner_id = ?")
                 .bind(id)
