@@ -205,6 +205,35 @@ fn ssh_security_groups_metadata_and_user_data() {
     cloud.aws(&["ec2", "start-instances", "--instance-ids", &a]);
     let i = instance_as(&cloud, "strato", &a);
     assert!(s(&i["PublicIpAddress"]).starts_with("127."), "no public address after start: {i}");
+
+    // An elastic IP: SSH reaches the instance at it, and no longer at the pool address.
+    wait_ready(&cloud, "strato", &a);
+    let pool = s(&instance_as(&cloud, "strato", &a)["PublicIpAddress"]);
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &default,
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "127.0.0.0/8",
+    ]);
+    eventually("port 22 opens at the pool address", || port22_open(&pool));
+    let e = cloud.aws(&["ec2", "allocate-address"]);
+    let eip = s(&e["PublicIp"]);
+    cloud.aws(&["ec2", "associate-address", "--allocation-id", &s(&e["AllocationId"]), "--instance-id", &a]);
+    eventually("the elastic IP answers", || port22_open(&eip));
+    let id = ssh(
+        &key,
+        &eip,
+        "printf 'GET /latest/meta-data/public-ipv4 HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80 | tail -n 1",
+    )
+    .expect("ssh at the elastic IP");
+    assert_eq!(id.trim(), eip, "the metadata's public-ipv4 is the elastic IP");
+    eventually("the pool address is gone", || !port22_open(&pool));
 }
 
 #[test]

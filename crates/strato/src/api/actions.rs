@@ -1392,7 +1392,18 @@ impl Action for RunInstances {
             p.str(&format!("{ni}.Description"));
             let subnet = p.str(&format!("{ni}.SubnetId"));
             let groups = p.list(&format!("{ni}.SecurityGroupId"))?;
-            let private = p.str(&format!("{ni}.PrivateIpAddress"));
+            let mut private = p.str(&format!("{ni}.PrivateIpAddress"));
+            for k in p.indices(&format!("{ni}.PrivateIpAddresses"))? {
+                let entry = format!("{ni}.PrivateIpAddresses.{k}");
+                let addr = p.required(&format!("{entry}.PrivateIpAddress"))?;
+                if p.bool(&format!("{entry}.Primary"))? == Some(false) || private.is_some() {
+                    return Err(ApiError::invalid_value("Secondary private addresses are not offered"));
+                }
+                private = Some(addr);
+            }
+            if p.int(&format!("{ni}.SecondaryPrivateIpAddressCount"))?.unwrap_or(0) > 0 {
+                return Err(ApiError::invalid_value("Secondary private addresses are not offered"));
+            }
             if (subnet.is_some() && r.subnet_id.is_some())
                 || (!groups.is_empty() && (!r.security_group_ids.is_empty() || !r.security_group_names.is_empty()))
                 || (private.is_some() && r.private_ip.is_some())
