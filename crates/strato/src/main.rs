@@ -81,6 +81,22 @@ enum Command {
     },
     /// List the EC2 actions this build implements.
     Actions,
+    /// SSH into an instance at its public address (`ssh -i KEY USER@PUBLIC_IP`). The
+    /// instance's host key is remembered under its id in DATA_DIR/known_hosts, since public
+    /// addresses are reused. Its security groups must open port 22 to 127.0.0.1.
+    Ssh {
+        /// The instance (any account's: this reads the data dir directly).
+        instance_id: String,
+        /// The private key of the instance's key pair.
+        #[arg(short = 'i', long)]
+        key: Option<PathBuf>,
+        /// The user to log in as.
+        #[arg(short = 'l', long, default_value = "root")]
+        user: String,
+        /// A command to run instead of a login shell.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// The instance metadata service (internal).
     #[command(hide = true)]
     Metadata {
@@ -192,6 +208,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { listen, no_image_build, public_pool } => {
             let pool = strato::net::parse_public_pool(&public_pool)?;
             server::serve(&cli.data_dir, &cli.cache_dir, listen, &cli.region, !no_image_build, pool).await
+        }
+        Command::Ssh { instance_id, key, user, command } => {
+            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let id = strato::ids::InstanceId::parse(&instance_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let i = control
+                .instance_by_id(&id)
+                .await?
+                .with_context(|| format!("no instance {id} in {}", cli.data_dir.display()))?;
+            let ip = i.public_ip.with_context(|| {
+                format!("{id} has no public address ({}): launch it with one, or associate an elastic IP", i.state)
+            })?;
+            let mut ssh = std::process::Command::new("ssh");
+            if let Some(k) = key {
+                ssh.arg("-i").arg(k);
+            }
+            ssh.arg("-o")
+                .arg(format!("UserKnownHostsFile={}", cli.data_dir.join("known_hosts").display()))
+                .args(["-o", "StrictHostKeyChecking=accept-new", "-o"])
+                .arg(format!("HostKeyAlias={id}"))
+                .arg(format!("{user}@{ip}"))
+                .args(&command);
+            use std::os::unix::process::CommandExt;
+            Err(anyhow::Error::new(ssh.exec()).context("running ssh (openssh-client)"))
         }
         Command::Down => {
             let n = server::down(&cli.data_dir).await;

@@ -234,6 +234,20 @@ fn ssh_security_groups_metadata_and_user_data() {
     .expect("ssh at the elastic IP");
     assert_eq!(id.trim(), eip, "the metadata's public-ipv4 is the elastic IP");
     eventually("the pool address is gone", || !port22_open(&pool));
+    // `strato ssh` finds the address itself.
+    let out = Command::new(common::strato_bin())
+        .arg("--data-dir")
+        .arg(cloud.dir.path())
+        .args(["ssh", "-i"])
+        .arg(&key)
+        .args([a.as_str(), "echo", "via-strato-ssh"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("via-strato-ssh"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -872,6 +872,12 @@ impl Control {
         Ok(())
     }
 
+    /// One instance of any account (host-side tools such as `strato ssh`).
+    pub async fn instance_by_id(&self, id: &InstanceId) -> anyhow::Result<Option<Instance>> {
+        let mut c = self.store().read().await?;
+        Ok(db::by_id(&mut c, id).await?)
+    }
+
     /// Every instance the agent must look after (all but terminated).
     pub async fn live_instances(&self) -> anyhow::Result<Vec<Instance>> {
         let mut c = self.store().read().await?;
