@@ -270,16 +270,47 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// `strato bench launch`: launches the minimal image `runs` times, one after another, through
-/// the API of an in-process server, and beside it boots the same image with a bare QEMU.
-pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> {
+/// Tries `ssh root@ip true` with the key until it works; the time it took.
+async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
+    while t0.elapsed() < limit {
+        let ok = tokio::process::Command::new("ssh")
+            .arg("-i")
+            .arg(key)
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+            .args(["-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR", &format!("root@{ip}"), "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// `strato bench launch`: launches an image `runs` times, one after another, through the API
+/// of an in-process server (real agent, VMs and network), timing the API answer, `running`,
+/// the guest's first metadata request and an SSH login at the public address; for the
+/// minimal image, beside it boots the same image with a bare QEMU.
+pub async fn launch(
+    cache: &std::path::Path,
+    runs: usize,
+    kind: crate::image::Kind,
+    instance_type: &str,
+) -> anyhow::Result<()> {
     use crate::image::bare::sample_metadata;
     let dir = std::env::temp_dir().join(format!("strato-bench-launch-{}", std::process::id()));
     let result = async {
-        let control = Arc::new(server::open_control(&dir, "local-1").await?);
+        let mut control = server::open_control(&dir, "local-1").await?;
+        // Its own public pool, beside a `strato serve` on the default one.
+        control.public_pool =
+            crate::control::cidr::Ipv4Cidr::parse("127.98.0.0/16", true).context("the bench's public pool")?;
+        let control = Arc::new(control);
         let creds = server::ensure_admin(&control).await?;
-        let (built, image_id, _) =
-            server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
+        let (built, image_id, _) = server::build_and_register(&control, cache, kind, false).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -292,11 +323,37 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
         let region = control.region.name.clone();
         let mut stream = TcpStream::connect(&addr).await?;
         stream.set_nodelay(true)?;
-        let (mut api, mut to_running, mut to_metadata) = (Vec::new(), Vec::new(), Vec::new());
+        // A key pair and port 22 open to the host.
+        let (status, xml) = signed_call(
+            &mut stream,
+            &addr,
+            &creds,
+            &region,
+            "Action=CreateKeyPair&Version=2016-11-15&KeyName=bench&KeyType=ed25519",
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "CreateKeyPair: {xml}");
+        let key_path = dir.join("bench.pem");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let material = xml_field(&xml, "keyMaterial").context("no keyMaterial")?;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&key_path)?;
+            std::io::Write::write_all(&mut f, crate::api::xml::unescape(material).as_bytes())?;
+        }
+        let (status, xml) = signed_call(
+            &mut stream,
+            &addr,
+            &creds,
+            &region,
+            "Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupName=default&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=127.0.0.1/32",
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "AuthorizeSecurityGroupIngress: {xml}");
+        let (mut api, mut to_running, mut to_metadata, mut to_ssh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let t0 = Instant::now();
             let body = format!(
-                "Action=RunInstances&Version=2016-11-15&ImageId={image_id}&InstanceType=t3.nano&MinCount=1&MaxCount=1"
+                "Action=RunInstances&Version=2016-11-15&ImageId={image_id}&InstanceType={instance_type}&MinCount=1&MaxCount=1&KeyName=bench"
             );
             let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &body).await?;
             anyhow::ensure!(status == 200, "RunInstances: {xml}");
@@ -324,16 +381,20 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let (running, metadata) = (running.context("never running")?, metadata.context("no metadata request")?);
+            let public = xml_field(&xml, "ipAddress").context("the instance got no public address")?.to_owned();
+            let ssh = ssh_login(&key_path, &public, t0, Duration::from_secs(300)).await.context("SSH never worked")?;
             eprintln!(
-                "run {}: API {:.1} ms, running {:.2} s, first metadata request {:.2} s",
+                "run {}: API {:.1} ms, running {:.2} s, first metadata request {:.2} s, SSH login {:.2} s",
                 run + 1,
                 answered.as_secs_f64() * 1e3,
                 running.as_secs_f64(),
-                metadata.as_secs_f64()
+                metadata.as_secs_f64(),
+                ssh.as_secs_f64()
             );
             api.push(answered.as_secs_f64() * 1e3);
             to_running.push(running.as_secs_f64());
             to_metadata.push(metadata.as_secs_f64());
+            to_ssh.push(ssh.as_secs_f64());
             let _ = signed_call(
                 &mut stream,
                 &addr,
@@ -350,7 +411,8 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
         // and agent: a bare launch of the same VM spec.
         let mut bare = Vec::new();
         let strato_bin = std::env::current_exe()?;
-        for run in 0..runs {
+        let bare_runs = if kind == crate::image::Kind::Minimal { runs } else { 0 };
+        for run in 0..bare_runs {
             let work = dir.join(format!("bare-{run}"));
             std::fs::create_dir_all(&work)?;
             let disk = work.join("root.qcow2");
@@ -403,7 +465,14 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
         agent_task.abort();
         let _ = tx.send(());
         let _ = server_task.await;
-        println!("minimal image, t3.nano (2 vCPU, 512 MiB), TCG, {runs} launches one at a time:");
+        let t = control.catalogue.get(instance_type).context("instance type")?;
+        println!(
+            "{} image, {instance_type} ({} vCPU, {} MiB), {:?}, {runs} launches one at a time:",
+            kind.slug(),
+            t.vcpus,
+            t.memory_mib,
+            crate::hypervisor::detect_accel().0
+        );
         println!(
             "  RunInstances answer            p50 {:7.1} ms  p90 {:7.1} ms",
             percentile(&mut api, 0.5),
@@ -420,10 +489,17 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
             percentile(&mut to_metadata, 0.9)
         );
         println!(
-            "  same VM launched bare, to md  p50 {:7.2} s   p90 {:7.2} s",
-            percentile(&mut bare, 0.5),
-            percentile(&mut bare, 0.9)
+            "  RunInstances to SSH login      p50 {:7.2} s   p90 {:7.2} s",
+            percentile(&mut to_ssh, 0.5),
+            percentile(&mut to_ssh, 0.9)
         );
+        if !bare.is_empty() {
+            println!(
+                "  same VM launched bare, to md  p50 {:7.2} s   p90 {:7.2} s",
+                percentile(&mut bare, 0.5),
+                percentile(&mut bare, 0.9)
+            );
+        }
         anyhow::Ok(())
     }
     .await;
@@ -435,6 +511,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize) -> anyhow::Result<()> 
             }
         }
     }
+    crate::net::Site::new(&dir).teardown().await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

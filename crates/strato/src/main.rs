@@ -174,6 +174,11 @@ enum BenchCommand {
     Launch {
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// minimal or debian-12 (built into the cache first if missing)
+        #[arg(long, default_value = "minimal")]
+        image: String,
+        #[arg(long, default_value = "t3.nano")]
+        instance_type: String,
     },
     /// Boot an image N times with a bare qemu-system-x86_64 and report the time from QEMU's
     /// start to the guest's ready marker and to its sshd answering (median, min, max).
@@ -331,7 +336,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             strato::metadata::serve_stdio(&cfg, &mut stdin.lock(), &mut std::io::stdout().lock())?;
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Launch { runs } } => strato::bench::launch(&cli.cache_dir, runs).await,
+        Command::Bench { command: BenchCommand::Launch { runs, image, instance_type } } => {
+            let kind = strato::image::Kind::parse(&image).context("the image kinds are minimal and debian-12")?;
+            strato::bench::launch(&cli.cache_dir, runs, kind, &instance_type).await
+        }
         Command::Bench { command: BenchCommand::Boot { image, runs, memory_mib, guest_kernel } } => {
             let kind = strato::image::Kind::parse(&image).context("the image kinds are minimal and debian-12")?;
             let cache = cli.cache_dir.clone();

@@ -117,6 +117,11 @@ pub fn error_document(code: &str, message: &str, request_id: &str) -> String {
     x.into_string()
 }
 
+/// The text of an XML field as written by `Xml::field` (the five predefined entities).
+pub fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
