@@ -157,6 +157,12 @@ fn ssh_security_groups_metadata_and_user_data() {
         &default,
     ]);
     eventually("A reaches B:22", || banner_from(&key, &pa, &rb));
+    // The VPC's DNS server knows B's private name (and nothing outside the VPC).
+    let name = s(&ib["PrivateDnsName"]);
+    let dns = ssh(&key, &pa, &format!("cat /etc/resolv.conf; nslookup {name}; nslookup example.com; true"))
+        .unwrap_or_default();
+    assert!(dns.contains("nameserver 172.31.0.2"), "{dns}");
+    assert!(dns.matches(&rb).count() >= 1, "{name} does not resolve to {rb}: {dns}");
     assert!(!port22_open(&pb), "a group rule must not open B to the host");
 
     // A cannot pass for B: it takes B's address, claims it by gratuitous ARP and asks the

@@ -105,7 +105,11 @@ impl Agent {
             .cloned()
             .collect();
         let views = self.control.network_views(&on_host).await?;
+        let t = Instant::now();
         self.net_failed = self.net.sync(&views).await;
+        if t.elapsed() > Duration::from_millis(200) {
+            tracing::info!(ms = t.elapsed().as_millis() as u64, vpcs = views.len(), "network sync was slow");
+        }
         let table = on_host
             .iter()
             .filter_map(|i| {
@@ -306,7 +310,9 @@ impl Agent {
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
         let _ = std::fs::remove_file(spec.console_path());
         let accel = self.accel;
+        let t = Instant::now();
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "QEMU started");
         tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
         Ok(vm)
     }

@@ -372,10 +372,17 @@ impl Control {
         for account in accounts {
             let subnets = store::subnets(&mut c, account).await?;
             let groups = store::security_groups(&mut c, account).await?;
+            let vpcs = store::vpcs(&mut c, account).await?;
             for i in instances.iter().filter(|i| &i.owner == account) {
                 let Ok(private_ip) = i.private_ip.parse::<std::net::Ipv4Addr>() else { continue };
                 let view = by_vpc.entry(i.vpc_id.clone()).or_insert_with(|| VpcView {
                     vpc_id: i.vpc_id.clone(),
+                    dns_ip: vpcs
+                        .iter()
+                        .find(|v| v.id.as_str() == i.vpc_id)
+                        .and_then(|v| Ipv4Cidr::parse(&v.cidr, false))
+                        .map(|c| std::net::Ipv4Addr::from(c.first() + 2)),
+                    domain: format!("{}.compute.internal", self.region.name),
                     subnets: subnets
                         .iter()
                         .filter(|s| s.vpc_id.as_str() == i.vpc_id)

@@ -435,12 +435,22 @@ fn dir_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
+/// Marks a change to one kind's recipe in its build key, so that only that kind is rebuilt
+/// (a new `BUILDER_VERSION` rebuilds everything, the guest kernel included).
+fn recipe_tag(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Minimal => "",
+        // 2: no resolv.conf from the build host.
+        Kind::Debian12 => " recipe=2",
+    }
+}
+
 /// The cached build of an image, if there is one (no apt queries: cheap).
 pub fn cached(kind: Kind, cache: &Path) -> Option<Built> {
     let dir = cache.join("images").join(kind.slug());
     let m: Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).ok()?).ok()?;
     // A build by another version of the builder is not current.
-    if !m.build_key.starts_with(&format!("v{BUILDER_VERSION} ")) {
+    if !m.build_key.starts_with(&format!("v{BUILDER_VERSION} ")) || !m.build_key.ends_with(recipe_tag(kind)) {
         return None;
     }
     let kdir = cache.join("kernel").join(&m.kernel_version);
@@ -490,6 +500,7 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
     for p in &packages {
         key.push_str(&format!(" {p}={}", package_version(p)?));
     }
+    key.push_str(recipe_tag(kind));
     let dir = cache.join("images").join(kind.slug());
     let tmp = cache.join("images").join(format!("{}.tmp", kind.slug()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -681,6 +692,9 @@ fn debian_rootfs(kernel: &Kernel, root: &Path, progress: &dyn Progress) -> anyho
     write(root, "etc/fstab", b"LABEL=root / ext4 rw,discard,errors=remount-ro 0 1\n", 0o644)?;
     write(root, "etc/hostname", b"localhost\n", 0o644)?;
     write(root, "etc/machine-id", b"", 0o444)?;
+    // Not the build host's: the VPC's DNS server comes by DHCP at boot.
+    let _ = std::fs::remove_file(root.join("etc/resolv.conf"));
+    write(root, "etc/resolv.conf", b"# Written at boot from DHCP: the VPC's DNS server.\n", 0o644)?;
     write(
         root,
         "etc/network/interfaces",

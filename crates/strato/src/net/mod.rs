@@ -7,8 +7,10 @@
 //! - namespace `strato-<tag>-<vpc-id>`: bridge `br0` holding each subnet's router address
 //!   (`.1`), the metadata address 169.254.169.254 on `lo`, one tap per instance
 //!   (`tap<hash of the instance id>`, persistent, opened by QEMU, which runs in the
-//!   namespace), dnsmasq serving static leases (MAC -> private IP, from the control plane;
-//!   no DNS, no upstream), and the uplink `up0` to the host (169.254.254.2).
+//!   namespace), dnsmasq serving static leases (MAC -> private IP, from the control plane)
+//!   and DNS at the VPC's base address + 2 for the instances' private names
+//!   (`ip-172-31-0-4.REGION.compute.internal`) with no upstream server (other names are
+//!   refused at once), and the uplink `up0` to the host (169.254.254.2).
 //! - host: the uplink's other end `sv<hash>` (169.254.254.1, `route_localnet` so that
 //!   loopback-sourced packets may leave through it, then masqueraded), a route per public
 //!   address's transit address (100.64.0.0/10, the low 22 bits of the public address) via
@@ -265,10 +267,17 @@ fn dnsmasq_pid(dir: &Path) -> Option<u32> {
     cmdline.split(|b| *b == 0).any(|a| String::from_utf8_lossy(a).ends_with(&marker)).then_some(pid)
 }
 
-fn dnsmasq_args(dir: &Path, subnets: &[Ipv4Cidr]) -> Vec<String> {
+fn dnsmasq_args(dir: &Path, view: &VpcView) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--conf-file=/dev/null".into(),
-        "--port=0".into(),
+        // DNS for the VPC's own names only: no upstream, nothing leaves the namespace.
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--no-poll".into(),
+        "--domain-needed".into(),
+        "--bogus-priv".into(),
+        format!("--domain={}", view.domain),
+        format!("--local=/{}/", view.domain),
         format!("--interface={BRIDGE}"),
         "--bind-interfaces".into(),
         "--dhcp-authoritative".into(),
@@ -279,7 +288,10 @@ fn dnsmasq_args(dir: &Path, subnets: &[Ipv4Cidr]) -> Vec<String> {
         format!("--log-facility={}", dir.join("dnsmasq.log").display()),
         "--log-dhcp".into(),
     ];
-    for s in subnets {
+    if let Some(dns) = view.dns_ip {
+        a.push(format!("--dhcp-option=option:dns-server,{dns}"));
+    }
+    for s in &view.subnets {
         a.push(format!("--dhcp-range={},static,{},12h", Ipv4Addr::from(s.first()), Ipv4Addr::from(s.mask())));
     }
     a.push(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
@@ -301,7 +313,7 @@ async fn ensure_dnsmasq(site: &Site, view: &VpcView) -> anyhow::Result<()> {
         std::fs::write(&tmp, &hosts)?;
         std::fs::rename(&tmp, &hosts_path)?;
     }
-    let args = dnsmasq_args(&dir, &view.subnets);
+    let args = dnsmasq_args(&dir, view);
     let running = dnsmasq_pid(&dir);
     let same_args = running.is_some_and(|pid| {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -418,6 +430,9 @@ impl Network {
             for s in &view.subnets {
                 let gw = format!("{}/{}", Ipv4Addr::from(s.first() + 1), s.prefix);
                 run("ip", &["-n", &ns, "addr", "replace", &gw, "dev", BRIDGE]).await?;
+            }
+            if let Some(dns) = view.dns_ip {
+                run("ip", &["-n", &ns, "addr", "replace", &format!("{dns}/32"), "dev", BRIDGE]).await?;
             }
             applied.subnets = view.subnets.clone();
             applied.taps = ns_links(&ns).await?.into_iter().filter(|l| l.starts_with("tap")).collect();

@@ -57,6 +57,10 @@ pub struct NetInstance {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VpcView {
     pub vpc_id: String,
+    /// The VPC's DNS server (its base address + 2, as EC2's AmazonProvidedDNS).
+    pub dns_ip: Option<Ipv4Addr>,
+    /// The private DNS domain (`REGION.compute.internal`).
+    pub domain: String,
     pub subnets: Vec<Ipv4Cidr>,
     pub instances: Vec<NetInstance>,
     pub rules: BTreeMap<String, Vec<SgRule>>,
@@ -280,6 +284,15 @@ pub fn vpc_ruleset(view: &VpcView) -> Value {
         "input",
         vec![
             from_bridge.clone(),
+            m("==", meta("l4proto"), json!({"set": ["udp", "tcp"]})),
+            m("==", payload("th", "dport"), json!(53)),
+            verdict("accept"),
+        ],
+    );
+    sg.rule(
+        "input",
+        vec![
+            from_bridge.clone(),
             m("==", payload("ip", "daddr"), json!(METADATA_ADDR.to_string())),
             m("==", payload("tcp", "dport"), json!(80)),
             verdict("accept"),
@@ -464,6 +477,8 @@ mod tests {
         );
         let view = VpcView {
             vpc_id: "vpc-1".into(),
+            dns_ip: None,
+            domain: "local-1.compute.internal".into(),
             subnets: vec![],
             instances: vec![inst(1, &["sg-a"]), inst(2, &["sg-a"]), inst(3, &["sg-b"])],
             rules,
