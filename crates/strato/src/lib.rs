@@ -8,11 +8,15 @@
 //! - `image`: the image builder (kernel, initramfs, minimal and debian-12 root disks) and a
 //!   bare QEMU runner for image checks;
 //! - `metadata`: the instance metadata service's answers (IMDSv1/v2);
+//! - `hypervisor`: one QEMU VM (argv, QMP, adoption after a restart);
+//! - `agent`: the host agent that turns instances' desired states into VMs;
+//! - `net`: VPC namespaces, taps, DHCP/DNS, security groups in nftables, public addresses
+//!   and the metadata listener;
 //! - `server`: wiring a data dir, the control plane and the API into `strato serve`;
-//! - `bench`: the API benchmark behind `strato bench api`.
+//! - `bench`: `strato bench api|boot|launch`.
 //!
-//! Instances, networks and volumes arrive with the agent, hypervisor, net and disk parts;
-//! this crate does not pretend to have them yet.
+//! Volumes (EBS) and several hosts are not built yet; this crate does not pretend to have
+//! them.
 
 pub mod agent;
 pub mod api;

@@ -1,7 +1,8 @@
-//! VPCs and subnets as records (the packets that flow through them come with the network
-//! issue). Every VPC has a default security group; every account has a default VPC
-//! (172.31.0.0/16) with one default subnet per availability zone (172.31.0.0/20,
-//! 172.31.16.0/20, ...), public IP on launch, as on EC2.
+//! VPCs and subnets, and the view of them the host network is built from
+//! (`network_views`; the packets themselves are the `net` module's). Every VPC has a default
+//! security group; every account has a default VPC (172.31.0.0/16) with an internet gateway
+//! and one default subnet per availability zone (172.31.0.0/20, 172.31.16.0/20, ...),
+//! public IP on launch, as on EC2.
 
 use sqlx::SqliteConnection;
 

@@ -7,9 +7,9 @@
 //! connection). Which instance asks is decided by the caller of `answer` from where the
 //! packets come from, never from anything in the request.
 //!
-//! What serves it: `strato metadata serve-stdio` answers one connection on stdin/stdout
-//! (used with QEMU's user-mode network by the boot benchmark and tests); the per-VPC
-//! listener on 169.254.169.254 comes with the network part.
+//! What serves it: instances reach the per-VPC listener on 169.254.169.254 (`net::imds`);
+//! `strato metadata serve-stdio` answers one connection on stdin/stdout (used with QEMU's
+//! user-mode network by the boot benchmark and the image tests).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
