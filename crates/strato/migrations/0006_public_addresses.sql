@@ -12,7 +12,8 @@ CREATE TABLE addresses (
     public_ip       TEXT NOT NULL UNIQUE,
     instance_id     TEXT,
     association_id  TEXT,
-    allocated_at    TEXT NOT NULL
+    allocated_at    TEXT NOT NULL,
+    idle_since      TEXT              -- not on a running instance since (metered while set)
 );
 CREATE INDEX addresses_account ON addresses(account_id);
 

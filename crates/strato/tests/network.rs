@@ -139,6 +139,18 @@ fn ssh_security_groups_metadata_and_user_data() {
     )
     .expect("metadata from A");
     assert!(md.contains(&a) && md.contains(&ra) && md.contains(&pa), "metadata of A: {md}");
+    // HttpTokens=required: IMDSv1 gets 401 from then on; a token still works.
+    cloud.aws(&["ec2", "modify-instance-metadata-options", "--instance-id", &a, "--http-tokens", "required"]);
+    let v1 = "printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80 | head -n 1";
+    eventually("IMDSv1 is refused", || ssh(&key, &pa, v1).unwrap_or_default().contains(" 401 "));
+    let v2 = ssh(
+        &key,
+        &pa,
+        "T=$(printf 'PUT /latest/api/token HTTP/1.0\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80 | tail -n 1); \
+         printf \"GET /latest/meta-data/instance-id HTTP/1.0\\r\\nX-aws-ec2-metadata-token: $T\\r\\n\\r\\n\" | nc -w 3 169.254.169.254 80 | tail -n 1",
+    )
+    .unwrap_or_default();
+    assert_eq!(v2.trim(), a, "IMDSv2 with a token");
 
     // B's group has no rules: closed to the host and to A.
     assert!(!port22_open(&pb));
@@ -208,6 +220,12 @@ fn ssh_security_groups_metadata_and_user_data() {
         assert!(start.elapsed() < Duration::from_secs(90), "A did not stop");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Its tap is gone from the VPC's namespace (B still runs there).
+    let ns = strato::net::Site::new(cloud.dir.path()).netns(&s(&ia["VpcId"]));
+    let tap = strato::net::tap_name(&a);
+    eventually("A's tap is removed", || {
+        !Command::new("ip").args(["-n", &ns, "link", "show", &tap]).output().unwrap().status.success()
+    });
     cloud.aws(&["ec2", "start-instances", "--instance-ids", &a]);
     let i = instance_as(&cloud, "strato", &a);
     assert!(s(&i["PublicIpAddress"]).starts_with("127."), "no public address after start: {i}");
@@ -305,4 +323,12 @@ fn accounts_with_the_same_cidr_cannot_reach_each_other() {
     // My own address from inside my VPC is me.
     let me = ssh(&key, &pm, "ip -4 -o addr show eth0").unwrap_or_default();
     assert!(me.contains(&s(&im["PrivateIpAddress"])));
+
+    // A server crash leaves VMs and namespaces; the restarted server takes them over and
+    // serves the metadata again from its new process.
+    let mut cloud = cloud;
+    cloud.crash();
+    cloud.restart();
+    let md = "printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80 | tail -n 1";
+    eventually("metadata answers after the restart", || ssh(&key, &pm, md).unwrap_or_default().trim() == mine);
 }

@@ -288,4 +288,27 @@ fn elastic_ips_move_between_instances() {
         assert!(start.elapsed() < Duration::from_secs(20), "the elastic IP stayed with a terminated instance");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The bill: an elastic IP costs while it is not on a running instance.
+    let line = |bill: &Value, id: &str| {
+        bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id).cloned().unwrap_or(Value::Null)
+    };
+    let bill = cloud.bill("admin");
+    let released = line(&bill, &alloc);
+    assert_eq!(released["usage_type"], "ElasticIP:IdleAddress");
+    assert_eq!(released["unit"], "Hrs");
+    let idle_hours = released["quantity"].as_f64().unwrap();
+    assert!(idle_hours > 0.0 && idle_hours < 0.1, "idle while unassociated and while B was stopped: {idle_hours}");
+    let all = cloud.aws(&["ec2", "describe-addresses"]);
+    let on_b =
+        all["Addresses"].as_array().unwrap().iter().map(|a| s(&a["AllocationId"])).find(|a| *a != spare_alloc).unwrap();
+    cloud.aws(&["ec2", "associate-address", "--allocation-id", &on_b, "--instance-id", &b]);
+    let first = line(&cloud.bill("admin"), &on_b)["quantity"].as_f64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = line(&cloud.bill("admin"), &on_b)["quantity"].as_f64().unwrap();
+    assert_eq!(first, second, "an elastic IP on a running instance costs nothing");
+    let spare_then = line(&cloud.bill("admin"), &spare_alloc)["quantity"].as_f64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let spare_now = line(&cloud.bill("admin"), &spare_alloc)["quantity"].as_f64().unwrap();
+    assert!(spare_now > spare_then, "an unassociated elastic IP is billed");
 }

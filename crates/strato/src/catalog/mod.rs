@@ -48,6 +48,20 @@ impl Default for StoragePrices {
     }
 }
 
+/// Prices of public addresses (USD per hour).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPrices {
+    /// An elastic IP that is not on a running instance.
+    pub idle_eip_hour: f64,
+}
+
+impl Default for AddressPrices {
+    fn default() -> Self {
+        AddressPrices { idle_eip_hour: 0.005 }
+    }
+}
+
 /// Billing settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +78,8 @@ struct CatalogueFile {
     storage: StoragePrices,
     #[serde(default)]
     billing: BillingSettings,
+    #[serde(default)]
+    addresses: AddressPrices,
     instance_type: Vec<InstanceType>,
 }
 
@@ -72,6 +88,7 @@ pub struct Catalogue {
     pub types: Vec<InstanceType>,
     pub storage: StoragePrices,
     pub billing: BillingSettings,
+    pub addresses: AddressPrices,
 }
 
 impl Catalogue {
@@ -88,7 +105,8 @@ impl Catalogue {
             anyhow::ensure!(t.price_per_hour >= 0.0, "instance type {} has a negative price", t.name);
         }
         anyhow::ensure!(f.storage.gp3_gb_month >= 0.0, "a negative storage price");
-        Ok(Catalogue { types: f.instance_type, storage: f.storage, billing: f.billing })
+        anyhow::ensure!(f.addresses.idle_eip_hour >= 0.0, "a negative address price");
+        Ok(Catalogue { types: f.instance_type, storage: f.storage, billing: f.billing, addresses: f.addresses })
     }
 
     /// Reads `path`, writing the built-in default there first if it does not exist.

@@ -6,6 +6,7 @@
 
 use sqlx::{Row, SqliteConnection};
 
+use super::billing;
 use super::filter::{self, Filterable};
 use super::instance_state::InstanceState;
 use super::instances::allocate_public_ip;
@@ -167,13 +168,17 @@ impl Control {
             allocated_at: chrono::Utc::now(),
             tags: tags.clone(),
         };
-        sqlx::query("INSERT INTO addresses (id, account_id, public_ip, allocated_at) VALUES (?, ?, ?, ?)")
-            .bind(a.id.as_str())
-            .bind(a.owner.as_str())
-            .bind(&a.public_ip)
-            .bind(ts(&a.allocated_at))
-            .execute(&mut *c)
-            .await?;
+        // Idle (billed) from allocation until it is on a running instance.
+        sqlx::query(
+            "INSERT INTO addresses (id, account_id, public_ip, allocated_at, idle_since) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(a.id.as_str())
+        .bind(a.owner.as_str())
+        .bind(&a.public_ip)
+        .bind(ts(&a.allocated_at))
+        .bind(ts(&a.allocated_at))
+        .execute(&mut *c)
+        .await?;
         put_tags(c, &caller.account_id, a.id.as_str(), "elastic-ip", &tags).await?;
         tx.commit().await?;
         Ok(a)
@@ -249,8 +254,15 @@ impl Control {
         {
             set_association(c, &prev.id, None, None).await?;
         }
+        let now = chrono::Utc::now();
+        if let Some(prev) = list.iter().find(|x| x.instance_id.as_deref() == Some(instance_id.as_str()) && x.id != a.id)
+        {
+            billing::set_address_idle(c, prev.id.as_str(), true, &self.catalogue, now).await?;
+        }
         let assoc = AssociationId::generate();
         set_association(c, &a.id, Some(instance_id.as_str()), Some(assoc.as_str())).await?;
+        billing::set_address_idle(c, a.id.as_str(), instance.state != InstanceState::Running, &self.catalogue, now)
+            .await?;
         db::set_public_ip(c, &instance_id, Some(&a.public_ip)).await?;
         tx.commit().await?;
         self.agent_wake.notify_one();
@@ -297,6 +309,7 @@ impl Control {
             ));
         };
         set_association(c, &a.id, None, None).await?;
+        billing::set_address_idle(c, a.id.as_str(), true, &self.catalogue, chrono::Utc::now()).await?;
         self.public_address_after_release(c, &InstanceId::from_db(instance), &a.public_ip).await?;
         tx.commit().await?;
         self.agent_wake.notify_one();
@@ -311,6 +324,8 @@ impl Control {
         if a.instance_id.is_some() {
             return Err(ApiError::InvalidIpAddressInUse("Address is in use.".into()));
         }
+        // The idle interval ends with the allocation.
+        billing::set_address_idle(c, a.id.as_str(), false, &self.catalogue, chrono::Utc::now()).await?;
         sqlx::query("DELETE FROM addresses WHERE id = ?").bind(a.id.as_str()).execute(&mut *c).await?;
         store::delete_all_tags(c, a.id.as_str()).await?;
         tx.commit().await?;

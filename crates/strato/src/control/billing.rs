@@ -2,7 +2,10 @@
 //! `running` (from the agent's report that it runs to the request or event that ends it),
 //! with a one-minute minimum for each start, at the hourly price of its type when it started
 //! (a resize happens while stopped, so it bills from the next start). Root volumes are billed
-//! per GB-month from launch to termination, whatever the instance's state.
+//! per GB-month from launch to termination, whatever the instance's state. Elastic IPs are
+//! billed per second at an hourly price while they are not on a running instance (from
+//! allocation, disassociation or the instance leaving `running`, to association with a
+//! running instance, its start, or release).
 //!
 //! Usage records are append-only rows written when an interval ends; intervals still open
 //! come from the instances' current state when a bill is made. The bill is always computed
@@ -31,7 +34,7 @@ pub const STORAGE_SERVICE: &str = "EC2 - Other";
 pub struct Interval {
     pub account_id: String,
     pub resource_id: String,
-    /// `instance` or `volume`.
+    /// `instance`, `volume` or `address`.
     pub resource_type: String,
     /// `BoxUsage:t3.micro`, `EBS:VolumeUsage.gp3`.
     pub usage_type: String,
@@ -74,11 +77,32 @@ impl Interval {
         }
     }
 
+    /// An elastic IP's idle interval.
+    pub fn idle_address(
+        account: &str,
+        allocation: &str,
+        catalogue: &Catalogue,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Interval {
+        Interval {
+            account_id: account.to_owned(),
+            resource_id: allocation.to_owned(),
+            resource_type: "address".into(),
+            usage_type: "ElasticIP:IdleAddress".into(),
+            service: STORAGE_SERVICE.into(),
+            start,
+            end,
+            unit_price: catalogue.addresses.idle_eip_hour,
+            size_gb: 0,
+        }
+    }
+
     pub fn unit(&self) -> &'static str {
-        if self.resource_type == "instance" {
-            "Hrs"
-        } else {
+        if self.resource_type == "volume" {
             "GB-Mo"
+        } else {
+            "Hrs"
         }
     }
 
@@ -96,7 +120,7 @@ impl Interval {
         }
         let hours = seconds / 3600.0;
         let quantity =
-            if self.resource_type == "instance" { hours } else { self.size_gb as f64 * hours / HOURS_PER_MONTH };
+            if self.resource_type == "volume" { self.size_gb as f64 * hours / HOURS_PER_MONTH } else { hours };
         (quantity, quantity * self.unit_price)
     }
 }
@@ -136,7 +160,70 @@ pub async fn meter_transition(
     if next == InstanceState::Terminated && i.state != InstanceState::Terminated {
         record(c, &Interval::root_volume(i, catalogue, now)).await?;
     }
+    // Its elastic IP is idle exactly while it does not run.
+    let eips: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM addresses WHERE instance_id = ?").bind(i.id.as_str()).fetch_all(&mut *c).await?;
+    for (id,) in eips {
+        set_address_idle(c, &id, next != InstanceState::Running, catalogue, now).await?;
+    }
     Ok(())
+}
+
+/// Opens or closes an elastic IP's idle interval; closing appends it to the records.
+pub async fn set_address_idle(
+    c: &mut SqliteConnection,
+    allocation: &str,
+    idle: bool,
+    catalogue: &Catalogue,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let Some(row) = sqlx::query("SELECT account_id, idle_since FROM addresses WHERE id = ?")
+        .bind(allocation)
+        .fetch_optional(&mut *c)
+        .await?
+    else {
+        return Ok(());
+    };
+    let account: String = row.try_get("account_id")?;
+    let since: Option<String> = row.try_get("idle_since")?;
+    match (since, idle) {
+        (None, true) => {
+            sqlx::query("UPDATE addresses SET idle_since = ? WHERE id = ?")
+                .bind(ts(&now))
+                .bind(allocation)
+                .execute(&mut *c)
+                .await?;
+        }
+        (Some(start), false) => {
+            record(c, &Interval::idle_address(&account, allocation, catalogue, parse_ts(&start), now)).await?;
+            sqlx::query("UPDATE addresses SET idle_since = NULL WHERE id = ?")
+                .bind(allocation)
+                .execute(&mut *c)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Idle intervals of elastic IPs still open at `now`.
+pub async fn open_address_intervals(
+    c: &mut SqliteConnection,
+    account: Option<&AccountId>,
+    catalogue: &Catalogue,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Interval>> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT account_id, id, idle_since FROM addresses WHERE idle_since IS NOT NULL AND (? IS NULL OR account_id = ?)",
+    )
+    .bind(account.map(|a| a.as_str().to_owned()))
+    .bind(account.map(|a| a.as_str().to_owned()))
+    .fetch_all(c)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(acct, id, since)| Interval::idle_address(&acct, &id, catalogue, parse_ts(&since), now))
+        .collect())
 }
 
 /// Finished intervals that overlap `[from, to)`, of one account or all.
@@ -289,6 +376,19 @@ mod tests {
         assert_eq!(b.len(), 2);
         let total: f64 = b.iter().map(|l| l.cost).sum();
         assert!((total - (0.0104 + 0.0832)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn idle_elastic_ips_bill_hours() {
+        let c = Catalogue::parse(crate::catalog::DEFAULT_CATALOGUE).unwrap();
+        let v = Interval::idle_address("111111111111", "eipalloc-1", &c, t(0, 0, 0), t(2, 30, 0));
+        let (q, cost) = v.charge(t(0, 0, 0), t(24, 0, 0));
+        assert!((q - 2.5).abs() < 1e-9);
+        assert!((cost - 2.5 * 0.005).abs() < 1e-9);
+        assert_eq!(v.unit(), "Hrs");
+        // No minimum: ten idle seconds bill ten seconds.
+        let short = Interval::idle_address("111111111111", "eipalloc-1", &c, t(0, 0, 0), t(0, 0, 10));
+        assert!((short.charge(t(0, 0, 0), t(24, 0, 0)).0 - 10.0 / 3600.0).abs() < 1e-9);
     }
 
     #[test]

@@ -813,6 +813,7 @@ impl Control {
         let live: Vec<Instance> =
             db::live(&mut c).await?.into_iter().filter(|i| account.is_none_or(|a| &i.owner == a)).collect();
         intervals.extend(billing::open_intervals(&live, &self.catalogue, now));
+        intervals.extend(billing::open_address_intervals(&mut c, account, &self.catalogue, now).await?);
         Ok(intervals)
     }
 
