@@ -151,6 +151,7 @@ fn ssh_security_groups_metadata_and_user_data() {
     )
     .unwrap_or_default();
     assert_eq!(v2.trim(), a, "IMDSv2 with a token");
+    cloud.aws(&["ec2", "modify-instance-metadata-options", "--instance-id", &a, "--http-tokens", "optional"]);
 
     // B's group has no rules: closed to the host and to A.
     assert!(!port22_open(&pb));
