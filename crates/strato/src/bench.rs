@@ -447,6 +447,8 @@ pub async fn launch(
                     "02:00:00:00:00:01".into(),
                 )),
                 netns: None,
+                hotplug_ports: 0,
+                volumes: Vec::new(),
             };
             let (accel, _) = crate::hypervisor::detect_accel();
             let t0 = Instant::now();

@@ -57,6 +57,8 @@ async fn launch_adopt_and_power_off() {
         uuid: strato::hypervisor::ec2_uuid("i-0123456789abcdef0"),
         netdev: None,
         netns: None,
+        hotplug_ports: 0,
+        volumes: Vec::new(),
     };
     let vm = Vm::launch(&spec, accel).expect("launch");
     let mut guard = Guard(Some(vm.clone()));

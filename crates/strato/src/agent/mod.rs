@@ -10,6 +10,13 @@
 //!   report `VmGone` when QEMU has exited.
 //! - `shutting-down`: end QEMU, delete the root disk if DeleteOnTermination, report.
 //!
+//! Volumes (after the instances): `creating` -> make the qcow2 file, report available;
+//! `deleting` -> remove it, report gone; an attachment `attaching` -> hot-plug it into the
+//! instance's VM (`blockdev-add` + `device_add` into a free PCIe root port), or, with no VM,
+//! report it attached (it is on the command line at the next boot); `detaching` -> `device_del`
+//! (the guest lets go), then `blockdev-del`, report detached. Once per agent start, every
+//! attached volume of a running VM is checked to be in it, and plugged in if not.
+//!
 //! VMs are daemonized QEMUs found again from their run directories
 //! (`DATA_DIR/instances/<id>/`), so restarting `strato serve` leaves them running and the
 //! agent picks them up. Every report carries the generation the agent acted on; the control
@@ -31,8 +38,9 @@ use anyhow::Context;
 
 use crate::control::instance_state::{Event, InstanceState};
 use crate::control::instances::Instance;
+use crate::control::volumes::{Volume, MAX_ATTACHED};
 use crate::control::Control;
-use crate::hypervisor::{detect_accel, ec2_uuid, Accel, Vm, VmSpec};
+use crate::hypervisor::{detect_accel, ec2_uuid, Accel, Vm, VmSpec, VolumeDisk};
 use crate::metadata::{InstanceMetadata, StdioConfig};
 use crate::net::{self, Network, Site};
 
@@ -49,6 +57,11 @@ pub struct Agent {
     net: Network,
     /// VPCs whose network failed to sync on the last pass.
     net_failed: std::collections::BTreeSet<String>,
+    volumes_dir: PathBuf,
+    /// Attached volumes checked to be in their VM since this agent started.
+    volumes_checked: std::collections::HashSet<String>,
+    /// When `device_del` was sent, per volume being detached.
+    unplug_sent: HashMap<String, Instant>,
     token_key: String,
     /// When the power button was pressed, per instance (stopping).
     powerdown_sent: HashMap<String, Instant>,
@@ -73,6 +86,9 @@ impl Agent {
             accel,
             net: Network::new(Site::new(data_dir), net::imds::Imds::default()),
             net_failed: Default::default(),
+            volumes_dir: data_dir.join("volumes"),
+            volumes_checked: Default::default(),
+            unplug_sent: HashMap::new(),
             token_key,
             powerdown_sent: HashMap::new(),
         })
@@ -118,10 +134,101 @@ impl Agent {
             })
             .collect();
         self.net.imds.set_table(table);
-        for i in live {
-            if let Err(e) = self.reconcile(&i).await {
+        for i in &live {
+            if let Err(e) = self.reconcile(i).await {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
             }
+        }
+        for v in self.control.all_volumes().await? {
+            if let Err(e) = self.reconcile_volume(&v, &live).await {
+                tracing::warn!(volume_id = %v.id, error = format!("{e:#}"), "volume reconcile failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn volume_disk(&self, v: &Volume) -> VolumeDisk {
+        VolumeDisk { path: self.volumes_dir.join(format!("{}.qcow2", v.id)), volume_id: v.id.to_string() }
+    }
+
+    async fn reconcile_volume(&mut self, v: &Volume, live: &[Instance]) -> anyhow::Result<()> {
+        let disk = self.volume_disk(v);
+        match v.state.as_str() {
+            "creating" => {
+                std::fs::create_dir_all(&self.volumes_dir)?;
+                let tmp = disk.path.with_extension("tmp");
+                let out = tokio::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&tmp)
+                    .arg(format!("{}G", v.size_gb))
+                    .output()
+                    .await
+                    .context("running qemu-img")?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "qemu-img create: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                std::fs::rename(&tmp, &disk.path)?;
+                self.control.volume_created(&v.id).await?;
+                return Ok(());
+            }
+            "deleting" => {
+                match std::fs::remove_file(&disk.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.control.volume_deleted(&v.id).await?;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some(instance_id) = &v.instance_id else { return Ok(()) };
+        let vm = live
+            .iter()
+            .find(|i| i.id.as_str() == instance_id)
+            .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running | InstanceState::Stopping))
+            .and_then(|i| Vm::adopt(&self.run_dir(i.id.as_str())));
+        match (v.attach_state.as_deref(), vm) {
+            (Some("attaching"), Some(vm)) => {
+                hotplug(&vm, &disk).await?;
+                self.volumes_checked.insert(v.id.to_string());
+                self.control.volume_attached(&v.id).await?;
+                tracing::info!(volume_id = %v.id, instance_id, "volume hot-plugged");
+            }
+            (Some("attaching"), None) => self.control.volume_attached(&v.id).await?,
+            (Some("attached"), Some(vm)) if !self.volumes_checked.contains(v.id.as_str()) => {
+                let mut q = vm.qmp().await?;
+                if !device_present(&mut q, &disk.device_id()).await? {
+                    drop(q);
+                    hotplug(&vm, &disk).await?;
+                    tracing::info!(volume_id = %v.id, instance_id, "attached volume was missing from its VM: plugged in");
+                }
+                self.volumes_checked.insert(v.id.to_string());
+            }
+            (Some("detaching"), Some(vm)) => {
+                let mut q = vm.qmp().await?;
+                if device_present(&mut q, &disk.device_id()).await? {
+                    // The guest must let go of the device (PCIe hot-unplug takes seconds).
+                    let sent = self.unplug_sent.get(v.id.as_str()).copied();
+                    if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        let _ = q.execute("device_del", Some(serde_json::json!({"id": disk.device_id()}))).await;
+                        self.unplug_sent.insert(v.id.to_string(), Instant::now());
+                    }
+                    return Ok(());
+                }
+                let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": disk.node()}))).await;
+                self.unplug_sent.remove(v.id.as_str());
+                self.volumes_checked.remove(v.id.as_str());
+                self.control.volume_detached(&v.id).await?;
+                tracing::info!(volume_id = %v.id, instance_id, "volume unplugged");
+            }
+            (Some("detaching"), None) => {
+                self.unplug_sent.remove(v.id.as_str());
+                self.control.volume_detached(&v.id).await?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -266,7 +373,7 @@ impl Agent {
         StdioConfig { metadata: md, token_key: self.token_key.clone(), log: Some(dir.join("metadata.log")) }
     }
 
-    async fn launch(&self, i: &Instance, dir: &Path) -> anyhow::Result<Vm> {
+    async fn launch(&mut self, i: &Instance, dir: &Path) -> anyhow::Result<Vm> {
         let image = self
             .control
             .image_for_launch(&i.image_id)
@@ -292,6 +399,19 @@ impl Agent {
             std::fs::rename(&tmp, &disk)?;
         }
         anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
+        // Attached volumes are there from the start (those being detached are let go).
+        let volumes: Vec<VolumeDisk> = self
+            .control
+            .all_volumes()
+            .await?
+            .iter()
+            .filter(|v| v.instance_id.as_deref() == Some(i.id.as_str()))
+            .filter(|v| matches!(v.attach_state.as_deref(), Some("attaching" | "attached")))
+            .map(|v| self.volume_disk(v))
+            .collect();
+        for v in &volumes {
+            self.volumes_checked.insert(v.volume_id.clone());
+        }
         let _ = std::fs::remove_file(dir.join("metadata.log"));
         let tap = net::tap_name(i.id.as_str());
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
@@ -306,6 +426,8 @@ impl Agent {
             uuid: ec2_uuid(i.id.as_str()),
             netdev: Some((netdev, mac_of(i.id.as_str()))),
             netns: Some(self.net.site.netns(&i.vpc_id)),
+            hotplug_ports: MAX_ATTACHED as u32,
+            volumes,
         };
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
         let _ = std::fs::remove_file(spec.console_path());
@@ -316,6 +438,33 @@ impl Agent {
         tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
         Ok(vm)
     }
+}
+
+/// Whether the VM has a device with this id.
+async fn device_present(q: &mut crate::hypervisor::qmp::Qmp, id: &str) -> anyhow::Result<bool> {
+    let list = q.execute("qom-list", Some(serde_json::json!({"path": "/machine/peripheral"}))).await?;
+    Ok(list.as_array().into_iter().flatten().any(|p| p["name"] == id))
+}
+
+/// Hot-plugs a volume into the first free root port of a VM.
+async fn hotplug(vm: &Vm, disk: &VolumeDisk) -> anyhow::Result<()> {
+    let mut q = vm.qmp().await?;
+    if device_present(&mut q, &disk.device_id()).await? {
+        return Ok(());
+    }
+    if let Err(e) = q.execute("blockdev-add", Some(disk.blockdev())).await {
+        // Left from an earlier try: the node may exist already.
+        tracing::debug!(error = %e, "blockdev-add");
+    }
+    let mut last = None;
+    for port in 0..MAX_ATTACHED as u32 {
+        match q.execute("device_add", Some(disk.device(port))).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": disk.node()}))).await;
+    anyhow::bail!("no free hot-plug port took the volume: {}", last.map(|e| e.to_string()).unwrap_or_default())
 }
 
 /// A stable locally administered MAC for an instance.

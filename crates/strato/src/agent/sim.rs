@@ -1,6 +1,6 @@
 //! A simulated agent: the test double of the control-plane tests. It moves instances through
 //! the same reports the real agent sends (`Booted`, `VmGone`, ...) at once and without any
-//! VM, so that many control-plane tests (quotas, filters, pagination, state rules) run in
+//! VM (and does the same for volumes), so that many control-plane tests (quotas, filters, pagination, state rules) run in
 //! milliseconds. `strato serve` never runs it; it exists for tests only.
 
 use std::sync::Arc;
@@ -40,6 +40,16 @@ impl SimAgent {
                     self.control.apply(&i.id, i.generation, Event::VmGone, reason).await?;
                 }
                 InstanceState::Stopped | InstanceState::Terminated => {}
+            }
+        }
+        // Volumes: every wanted change is done at once (no files, no VMs).
+        for v in self.control.all_volumes().await? {
+            match (v.state.as_str(), v.attach_state.as_deref()) {
+                ("creating", _) => self.control.volume_created(&v.id).await?,
+                ("deleting", _) => self.control.volume_deleted(&v.id).await?,
+                (_, Some("attaching")) => self.control.volume_attached(&v.id).await?,
+                (_, Some("detaching")) => self.control.volume_detached(&v.id).await?,
+                _ => {}
             }
         }
         Ok(())

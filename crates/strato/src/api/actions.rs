@@ -10,6 +10,7 @@ use base64::Engine;
 use super::error::{ApiError, ApiResult};
 pub use super::net_actions::*;
 use super::query::{Filter, Params, TagSpec};
+pub use super::volume_actions::*;
 use super::xml::Xml;
 use super::Ctx;
 use crate::control::filter::check_max_results;

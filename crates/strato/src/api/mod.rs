@@ -13,6 +13,7 @@ pub mod error;
 mod net_actions;
 pub mod query;
 pub mod sigv4;
+mod volume_actions;
 pub mod xml;
 
 use std::net::SocketAddr;
@@ -132,6 +133,11 @@ dispatch_table!(
     ModifySubnetAttribute,
     DescribeVpcAttribute,
     ModifyVpcAttribute,
+    CreateVolume,
+    DescribeVolumes,
+    DeleteVolume,
+    AttachVolume,
+    DetachVolume,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

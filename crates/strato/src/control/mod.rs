@@ -21,6 +21,7 @@ pub mod model;
 pub mod network;
 pub mod security_groups;
 pub mod tags;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::sync::RwLock;

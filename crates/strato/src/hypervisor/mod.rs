@@ -108,6 +108,58 @@ pub struct VmSpec {
     pub netdev: Option<(String, String)>,
     /// The network namespace QEMU runs in (its tap lives there).
     pub netns: Option<String>,
+    /// Empty PCIe root ports (`hp0`, `hp1`, ...) that volumes are hot-plugged into.
+    pub hotplug_ports: u32,
+    /// Volumes present from the start, each in the next free port.
+    pub volumes: Vec<VolumeDisk>,
+}
+
+/// An EBS volume as a VM sees it.
+#[derive(Debug, Clone)]
+pub struct VolumeDisk {
+    pub path: PathBuf,
+    /// The volume id (`vol-...`): names the block node, the device and its serial.
+    pub volume_id: String,
+}
+
+impl VolumeDisk {
+    fn hex(&self) -> &str {
+        self.volume_id.trim_start_matches("vol-")
+    }
+
+    /// The block node's name.
+    pub fn node(&self) -> String {
+        format!("bd{}", self.hex())
+    }
+
+    /// The PCI device's id.
+    pub fn device_id(&self) -> String {
+        format!("vd-{}", self.hex())
+    }
+
+    /// The disk serial the guest sees (`vol0123...`, as EC2's NVMe volumes show it).
+    pub fn serial(&self) -> String {
+        format!("vol{}", self.hex())
+    }
+
+    pub fn blockdev(&self) -> serde_json::Value {
+        serde_json::json!({
+            "driver": "qcow2",
+            "node-name": self.node(),
+            "discard": "unmap",
+            "file": {"driver": "file", "filename": self.path.display().to_string()}
+        })
+    }
+
+    pub fn device(&self, port: u32) -> serde_json::Value {
+        serde_json::json!({
+            "driver": "virtio-blk-pci",
+            "id": self.device_id(),
+            "drive": self.node(),
+            "bus": format!("hp{port}"),
+            "serial": self.serial()
+        })
+    }
 }
 
 impl VmSpec {
@@ -162,6 +214,16 @@ impl VmSpec {
         ]);
         if let Some(i) = &self.initrd {
             a.extend(["-initrd".into(), i.display().to_string()]);
+        }
+        for n in 0..self.hotplug_ports {
+            a.extend(["-device".into(), format!("pcie-root-port,id=hp{n},chassis={}", n + 1)]);
+        }
+        for (n, v) in self.volumes.iter().enumerate() {
+            a.extend(["-blockdev".into(), v.blockdev().to_string()]);
+            a.extend([
+                "-device".into(),
+                format!("virtio-blk-pci,id={},drive={},bus=hp{n},serial={}", v.device_id(), v.node(), v.serial()),
+            ]);
         }
         if let Some((netdev, mac)) = &self.netdev {
             a.extend([
@@ -271,6 +333,8 @@ mod tests {
             uuid: "ec2aaaaa-0000-4000-8000-000000000000".into(),
             netdev: None,
             netns: None,
+            hotplug_ports: 0,
+            volumes: Vec::new(),
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");

@@ -146,8 +146,17 @@ pub async fn set_state(
         // A terminated instance lets go of its elastic IP (the allocation stays).
         sqlx::query("UPDATE addresses SET instance_id = NULL, association_id = NULL WHERE instance_id = ?")
             .bind(id.as_str())
-            .execute(c)
+            .execute(&mut *c)
             .await?;
+        // Its volumes: DeleteOnTermination ones go, the others are detached.
+        sqlx::query(
+            "UPDATE volumes SET state = CASE WHEN delete_on_termination = 1 THEN 'deleting' ELSE 'available' END,
+             instance_id = NULL, device = NULL, attach_state = NULL, attach_time = NULL, force_detach = 0
+             WHERE instance_id = ?",
+        )
+        .bind(id.as_str())
+        .execute(c)
+        .await?;
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/0004_quotas.sql")),
     (5, include_str!("../../migrations/0005_usage.sql")),
     (6, include_str!("../../migrations/0006_public_addresses.sql")),
+    (7, include_str!("../../migrations/0007_volumes.sql")),
 ];
 
 #[derive(Clone)]
@@ -601,6 +602,7 @@ pub async fn owns(
         "security-group-rule" => "security_group_rules",
         "instance" => "instances",
         "elastic-ip" => "addresses",
+        "volume" => "volumes",
         "internet-gateway" => "internet_gateways",
         "image" => {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = ? AND owner_id = ?")

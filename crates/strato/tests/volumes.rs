@@ -1,0 +1,289 @@
+//! EBS volumes: the API rules with the simulated agent, and with real VMs a volume
+//! hot-plugged into a running guest, written, kept across stop/start, detached, attached to
+//! a second instance and read there.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Cloud;
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn ami(cloud: &Cloud) -> String {
+    let d =
+        cloud.aws(&["ec2", "describe-images", "--owners", "strato", "--filters", "Name=name,Values=strato-minimal-*"]);
+    s(&d["Images"][0]["ImageId"])
+}
+
+fn volume(cloud: &Cloud, id: &str) -> Value {
+    cloud.aws(&["ec2", "describe-volumes", "--volume-ids", id])["Volumes"][0].clone()
+}
+
+fn wait_volume(cloud: &Cloud, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = volume(cloud, id);
+        if ok(&v) {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{id} never {what}: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn instance(cloud: &Cloud, id: &str) -> Value {
+    cloud.aws(&["ec2", "describe-instances", "--instance-ids", id])["Reservations"][0]["Instances"][0].clone()
+}
+
+fn wait_state(cloud: &Cloud, id: &str, state: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let i = instance(cloud, id);
+        if s(&i["State"]["Name"]) == state {
+            return i;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "{id} never {state}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn volume_api_rules() {
+    let cloud = Cloud::start_simulated();
+    cloud.create_account("other", false);
+    let create = |args: &[&str]| {
+        let mut a = vec!["ec2", "create-volume"];
+        a.extend_from_slice(args);
+        cloud.aws_err(&a)
+    };
+    assert_eq!(create(&["--size", "1"]), "MissingParameter");
+    assert_eq!(create(&["--size", "1", "--availability-zone", "mars-1a"]), "InvalidParameterValue");
+    assert_eq!(create(&["--size", "20000", "--availability-zone", "local-1a"]), "InvalidParameterValue");
+    assert_eq!(
+        create(&["--size", "10", "--availability-zone", "local-1a", "--volume-type", "io1"]),
+        "MissingParameter"
+    );
+    assert_eq!(
+        create(&["--size", "10", "--availability-zone", "local-1a", "--volume-type", "gp2", "--iops", "3000"]),
+        "InvalidParameterCombination"
+    );
+    assert_eq!(
+        create(&["--availability-zone", "local-1a", "--snapshot-id", "snap-0123456789abcdef0"]),
+        "InvalidSnapshot.NotFound"
+    );
+
+    let v = cloud.aws(&[
+        "ec2",
+        "create-volume",
+        "--availability-zone",
+        "local-1a",
+        "--size",
+        "8",
+        "--volume-type",
+        "gp3",
+        "--tag-specifications",
+        "ResourceType=volume,Tags=[{Key=Name,Value=data}]",
+    ]);
+    let id = s(&v["VolumeId"]);
+    assert_eq!(s(&v["State"]), "creating");
+    assert_eq!(v["Iops"], 3000);
+    assert_eq!(v["Throughput"], 125);
+    wait_volume(&cloud, &id, "available", |v| v["State"] == "available");
+    let d = cloud.aws(&["ec2", "describe-volumes", "--filters", "Name=tag:Name,Values=data", "Name=size,Values=8"]);
+    assert_eq!(s(&d["Volumes"][0]["VolumeId"]), id);
+    assert_eq!(cloud.aws_err_as("other", &["ec2", "describe-volumes", "--volume-ids", &id]), "InvalidVolume.NotFound");
+    assert_eq!(cloud.aws_err(&["ec2", "describe-volumes", "--volume-ids", "vol-nope"]), "InvalidVolumeID.Malformed");
+
+    let ami = ami(&cloud);
+    let run = |zone: &str| {
+        let r = cloud.aws(&[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.nano",
+            "--placement",
+            &format!("AvailabilityZone={zone}"),
+        ]);
+        s(&r["Instances"][0]["InstanceId"])
+    };
+    let (a, b, far) = (run("local-1a"), run("local-1a"), run("local-1b"));
+    let attach = |vol: &str, inst: &str, dev: &str| {
+        cloud.aws_err(&["ec2", "attach-volume", "--volume-id", vol, "--instance-id", inst, "--device", dev])
+    };
+    assert_eq!(attach(&id, &far, "/dev/sdf"), "InvalidVolume.ZoneMismatch");
+    assert_eq!(attach(&id, &a, "/dev/hda"), "InvalidParameterValue");
+    let att = cloud.aws(&["ec2", "attach-volume", "--volume-id", &id, "--instance-id", &a, "--device", "/dev/sdf"]);
+    assert_eq!(s(&att["State"]), "attaching");
+    let v = wait_volume(&cloud, &id, "attached", |v| v["Attachments"][0]["State"] == "attached");
+    assert_eq!(s(&v["State"]), "in-use");
+    assert_eq!(s(&v["Attachments"][0]["Device"]), "/dev/sdf");
+    let f = cloud.aws(&["ec2", "describe-volumes", "--filters", &format!("Name=attachment.instance-id,Values={a}")]);
+    assert_eq!(s(&f["Volumes"][0]["VolumeId"]), id);
+    assert_eq!(attach(&id, &b, "/dev/sdg"), "VolumeInUse");
+    let v2 = s(&cloud.aws(&["ec2", "create-volume", "--availability-zone", "local-1a", "--size", "1"])["VolumeId"]);
+    wait_volume(&cloud, &v2, "available", |v| v["State"] == "available");
+    assert_eq!(s(&volume(&cloud, &v2)["VolumeType"]), "gp2");
+    assert_eq!(attach(&v2, &a, "/dev/xvdf"), "InvalidParameterValue", "the same slot as /dev/sdf");
+    assert_eq!(cloud.aws_err(&["ec2", "delete-volume", "--volume-id", &id]), "VolumeInUse");
+    assert_eq!(
+        cloud.aws_err(&["ec2", "detach-volume", "--volume-id", &id, "--instance-id", &b]),
+        "InvalidAttachment.NotFound"
+    );
+    assert_eq!(cloud.aws_err(&["ec2", "detach-volume", "--volume-id", &v2]), "IncorrectState");
+    cloud.aws(&["ec2", "detach-volume", "--volume-id", &id]);
+    wait_volume(&cloud, &id, "detached", |v| v["State"] == "available");
+
+    // Terminating an instance detaches its volumes (DeleteOnTermination is false for
+    // attached volumes).
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &v2, "--instance-id", &b, "--device", "/dev/sdh"]);
+    wait_volume(&cloud, &v2, "attached", |v| v["Attachments"][0]["State"] == "attached");
+    cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &b]);
+    wait_volume(&cloud, &v2, "detached by the termination", |v| v["State"] == "available");
+
+    // Deleting: gone, and billed for the GB-months it held.
+    cloud.aws(&["ec2", "delete-volume", "--volume-id", &id]);
+    let start = Instant::now();
+    while cloud.aws_as("strato", &["ec2", "describe-volumes", "--volume-ids", &id]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the volume was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cloud.aws_err(&["ec2", "describe-volumes", "--volume-ids", &id]), "InvalidVolume.NotFound");
+    let bill = cloud.bill("admin");
+    let line = bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id.as_str()).unwrap().clone();
+    assert_eq!(line["usage_type"], "EBS:VolumeUsage.gp3");
+    assert_eq!(line["unit"], "GB-Mo");
+    assert!(line["quantity"].as_f64().unwrap() > 0.0);
+}
+
+fn key_file(cloud: &Cloud) -> PathBuf {
+    let k = cloud.aws(&["ec2", "create-key-pair", "--key-name", "vol"]);
+    let path = cloud.dir.path().join("vol.pem");
+    std::fs::write(&path, s(&k["KeyMaterial"])).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn ssh(key: &Path, ip: &str, command: &str) -> Option<String> {
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", &format!("root@{ip}"), command])
+        .output()
+        .expect("ssh (openssh-client)");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command over SSH at the instance's public address, retrying while the guest boots.
+#[track_caller]
+fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let ip = s(&instance(cloud, id)["PublicIpAddress"]);
+        if !ip.is_empty() {
+            if let Some(out) = ssh(key, &ip, command) {
+                return out;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no SSH to {id}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_volume_is_hot_plugged_kept_and_moved() {
+    let cloud = Cloud::start();
+    let ami = ami(&cloud);
+    let key = key_file(&cloud);
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-name",
+        "default",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "127.0.0.0/8",
+    ]);
+    let r = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--instance-type",
+        "t3.nano",
+        "--key-name",
+        "vol",
+        "--count",
+        "2",
+        "--placement",
+        "AvailabilityZone=local-1a",
+    ]);
+    let a = s(&r["Instances"][0]["InstanceId"]);
+    let b = s(&r["Instances"][1]["InstanceId"]);
+    let v =
+        cloud.aws(&["ec2", "create-volume", "--availability-zone", "local-1a", "--size", "1", "--volume-type", "gp3"]);
+    let vol = s(&v["VolumeId"]);
+    let serial = vol.replace('-', "");
+    wait_volume(&cloud, &vol, "available", |v| v["State"] == "available");
+    assert_eq!(ssh_retry(&cloud, &key, &a, "ls /sys/block").split_whitespace().collect::<Vec<_>>(), ["vda"]);
+
+    // Hot-plugged into the running guest: it appears as a new disk with the volume's serial.
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &vol, "--instance-id", &a, "--device", "/dev/sdf"]);
+    wait_volume(&cloud, &vol, "attached", |v| v["Attachments"][0]["State"] == "attached");
+    let probe =
+        "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = SERIAL ] && echo ${d##*/}; done; true"
+            .replace("SERIAL", &serial);
+    let start = Instant::now();
+    let dev = loop {
+        let d = ssh_retry(&cloud, &key, &a, &probe).trim().to_owned();
+        if !d.is_empty() {
+            break d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the guest never saw the volume");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let size = ssh_retry(&cloud, &key, &a, &format!("cat /sys/block/{dev}/size"));
+    assert_eq!(size.trim(), (1u64 << 30 >> 9).to_string(), "1 GiB in 512-byte sectors");
+    ssh_retry(
+        &cloud,
+        &key,
+        &a,
+        &format!("echo strato-volume-bytes | dd of=/dev/{dev} bs=512 conv=sync count=1 2>/dev/null; sync"),
+    );
+
+    // Stop and start: still attached (now from the VM's start), the bytes are there.
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &a]);
+    wait_state(&cloud, &a, "stopped");
+    assert_eq!(s(&volume(&cloud, &vol)["Attachments"][0]["State"]), "attached");
+    cloud.aws(&["ec2", "start-instances", "--instance-ids", &a]);
+    wait_state(&cloud, &a, "running");
+    let read = format!("for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = {serial} ] && dd if=/dev/${{d##*/}} bs=512 count=1 2>/dev/null | head -c 19; done; true");
+    assert_eq!(ssh_retry(&cloud, &key, &a, &read), "strato-volume-bytes");
+
+    // Detached: gone from the guest; attached to B: the bytes are there.
+    cloud.aws(&["ec2", "detach-volume", "--volume-id", &vol]);
+    wait_volume(&cloud, &vol, "detached", |v| v["State"] == "available");
+    assert!(ssh_retry(&cloud, &key, &a, &probe).trim().is_empty(), "the guest still has the volume");
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &vol, "--instance-id", &b, "--device", "/dev/sdg"]);
+    wait_volume(&cloud, &vol, "attached to B", |v| v["Attachments"][0]["State"] == "attached");
+    let start = Instant::now();
+    loop {
+        if ssh_retry(&cloud, &key, &b, &read) == "strato-volume-bytes" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "B never read the volume");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
