@@ -164,6 +164,110 @@ fn volume_api_rules() {
     assert!(line["quantity"].as_f64().unwrap() > 0.0);
 }
 
+#[test]
+fn snapshots_are_shared_copied_and_restored() {
+    let cloud = Cloud::start_simulated();
+    cloud.create_account("other", false);
+    let other_id = s(&cloud.aws_json_as("other", &["ec2", "describe-vpcs"])["Vpcs"][0]["OwnerId"]);
+    let vol = s(&cloud.aws(&["ec2", "create-volume", "--availability-zone", "local-1a", "--size", "4"])["VolumeId"]);
+    wait_volume(&cloud, &vol, "available", |v| v["State"] == "available");
+    let snap = cloud.aws(&[
+        "ec2",
+        "create-snapshot",
+        "--volume-id",
+        &vol,
+        "--description",
+        "nightly",
+        "--tag-specifications",
+        "ResourceType=snapshot,Tags=[{Key=k,Value=v}]",
+    ]);
+    let id = s(&snap["SnapshotId"]);
+    assert_eq!(snap["VolumeSize"], 4);
+    let wait_done = |id: &str| {
+        let start = Instant::now();
+        loop {
+            let d = cloud.aws(&["ec2", "describe-snapshots", "--snapshot-ids", id]);
+            if d["Snapshots"][0]["State"] == "completed" {
+                return d["Snapshots"][0].clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let done = wait_done(&id);
+    assert_eq!(s(&done["Description"]), "nightly");
+    let mine = cloud.aws(&["ec2", "describe-snapshots", "--owner-ids", "self", "--filters", "Name=tag:k,Values=v"]);
+    assert_eq!(s(&mine["Snapshots"][0]["SnapshotId"]), id);
+
+    // Not visible to another account until shared; then it can restore but not delete.
+    assert_eq!(
+        cloud.aws_err_as("other", &["ec2", "describe-snapshots", "--snapshot-ids", &id]),
+        "InvalidSnapshot.NotFound"
+    );
+    cloud.aws(&[
+        "ec2",
+        "modify-snapshot-attribute",
+        "--snapshot-id",
+        &id,
+        "--attribute",
+        "createVolumePermission",
+        "--operation-type",
+        "add",
+        "--user-ids",
+        &other_id,
+    ]);
+    let attr = cloud.aws(&[
+        "ec2",
+        "describe-snapshot-attribute",
+        "--snapshot-id",
+        &id,
+        "--attribute",
+        "createVolumePermission",
+    ]);
+    assert_eq!(s(&attr["CreateVolumePermissions"][0]["UserId"]), other_id);
+    let theirs = cloud.aws_json_as("other", &["ec2", "describe-snapshots", "--restorable-by-user-ids", "self"]);
+    assert_eq!(s(&theirs["Snapshots"][0]["SnapshotId"]), id);
+    let restored =
+        cloud.aws_json_as("other", &["ec2", "create-volume", "--availability-zone", "local-1b", "--snapshot-id", &id]);
+    assert_eq!(restored["Size"], 4, "the snapshot's size by default");
+    assert_eq!(
+        cloud.aws_err_as("other", &["ec2", "delete-snapshot", "--snapshot-id", &id]),
+        "InvalidSnapshot.NotFound"
+    );
+    assert_eq!(
+        cloud.aws_err(&[
+            "ec2",
+            "create-volume",
+            "--availability-zone",
+            "local-1a",
+            "--snapshot-id",
+            &id,
+            "--size",
+            "2"
+        ]),
+        "InvalidParameterValue"
+    );
+
+    // A copy is independent of its source.
+    let copy =
+        s(&cloud.aws(&["ec2", "copy-snapshot", "--source-snapshot-id", &id, "--source-region", "local-1"])
+            ["SnapshotId"]);
+    wait_done(&copy);
+    assert_eq!(
+        cloud.aws_err(&["ec2", "copy-snapshot", "--source-snapshot-id", &id, "--source-region", "us-east-1"]),
+        "InvalidParameterValue"
+    );
+    cloud.aws(&["ec2", "delete-snapshot", "--snapshot-id", &id]);
+    assert_eq!(cloud.aws_err(&["ec2", "describe-snapshots", "--snapshot-ids", &id]), "InvalidSnapshot.NotFound");
+    let d = cloud.aws(&["ec2", "describe-snapshots", "--snapshot-ids", &copy]);
+    assert_eq!(d["Snapshots"][0]["State"], "completed");
+    // Snapshots are billed per GB-month.
+    let bill = cloud.bill("admin");
+    let line = bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == id.as_str()).unwrap().clone();
+    assert_eq!(line["usage_type"], "EBS:SnapshotUsage");
+    assert_eq!(line["unit"], "GB-Mo");
+}
+
 fn key_file(cloud: &Cloud) -> PathBuf {
     let k = cloud.aws(&["ec2", "create-key-pair", "--key-name", "vol"]);
     let path = cloud.dir.path().join("vol.pem");
@@ -263,6 +367,19 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
         &format!("echo strato-volume-bytes | dd of=/dev/{dev} bs=512 conv=sync count=1 2>/dev/null; sync"),
     );
 
+    // A snapshot while it is attached to the running guest (QEMU's backup job).
+    let snap = s(&cloud.aws(&["ec2", "create-snapshot", "--volume-id", &vol, "--description", "hot"])["SnapshotId"]);
+    let start = Instant::now();
+    loop {
+        let d = cloud.aws(&["ec2", "describe-snapshots", "--snapshot-ids", &snap]);
+        if d["Snapshots"][0]["State"] == "completed" {
+            assert_eq!(d["Snapshots"][0]["Progress"], "100%");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the snapshot never completed: {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Stop and start: still attached (now from the VM's start), the bytes are there.
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", &a]);
     wait_state(&cloud, &a, "stopped");
@@ -286,4 +403,25 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
         assert!(start.elapsed() < Duration::from_secs(20), "B never read the volume");
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // A new volume from the snapshot (bigger), in A: the bytes written before it was taken.
+    let from_snap =
+        cloud.aws(&["ec2", "create-volume", "--availability-zone", "local-1a", "--snapshot-id", &snap, "--size", "2"]);
+    let copy = s(&from_snap["VolumeId"]);
+    assert_eq!(s(&from_snap["SnapshotId"]), snap);
+    wait_volume(&cloud, &copy, "available", |v| v["State"] == "available");
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &copy, "--instance-id", &a, "--device", "/dev/sdh"]);
+    wait_volume(&cloud, &copy, "attached", |v| v["Attachments"][0]["State"] == "attached");
+    let read_copy = read.replace(&serial, &copy.replace('-', ""));
+    let start = Instant::now();
+    loop {
+        if ssh_retry(&cloud, &key, &a, &read_copy) == "strato-volume-bytes" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the volume from the snapshot lacks the bytes");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let size = ssh_retry(&cloud, &key, &a, &probe.replace(&serial, &copy.replace('-', "")));
+    let size = ssh_retry(&cloud, &key, &a, &format!("cat /sys/block/{}/size", size.trim()));
+    assert_eq!(size.trim(), (2u64 << 30 >> 9).to_string(), "grown to 2 GiB");
 }

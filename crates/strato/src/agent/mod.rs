@@ -17,6 +17,11 @@
 //! (the guest lets go), then `blockdev-del`, report detached. Once per agent start, every
 //! attached volume of a running VM is checked to be in it, and plugged in if not.
 //!
+//! Snapshots: `pending` -> a point-in-time copy of the volume into
+//! `DATA_DIR/snapshots/<id>.qcow2`: QEMU's `blockdev-backup` (sync=full) when the volume is
+//! in a running VM (crash-consistent while the guest writes), `qemu-img convert` otherwise;
+//! a copy of the source file for CopySnapshot. Files no snapshot names are removed.
+//!
 //! VMs are daemonized QEMUs found again from their run directories
 //! (`DATA_DIR/instances/<id>/`), so restarting `strato serve` leaves them running and the
 //! agent picks them up. Every report carries the generation the agent acted on; the control
@@ -58,6 +63,7 @@ pub struct Agent {
     /// VPCs whose network failed to sync on the last pass.
     net_failed: std::collections::BTreeSet<String>,
     volumes_dir: PathBuf,
+    snapshots_dir: PathBuf,
     /// Attached volumes checked to be in their VM since this agent started.
     volumes_checked: std::collections::HashSet<String>,
     /// When `device_del` was sent, per volume being detached.
@@ -87,6 +93,7 @@ impl Agent {
             net: Network::new(Site::new(data_dir), net::imds::Imds::default()),
             net_failed: Default::default(),
             volumes_dir: data_dir.join("volumes"),
+            snapshots_dir: data_dir.join("snapshots"),
             volumes_checked: Default::default(),
             unplug_sent: HashMap::new(),
             token_key,
@@ -139,9 +146,67 @@ impl Agent {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
             }
         }
-        for v in self.control.all_volumes().await? {
-            if let Err(e) = self.reconcile_volume(&v, &live).await {
+        let volumes = self.control.all_volumes().await?;
+        for v in &volumes {
+            if let Err(e) = self.reconcile_volume(v, &live).await {
                 tracing::warn!(volume_id = %v.id, error = format!("{e:#}"), "volume reconcile failed");
+            }
+        }
+        self.reconcile_snapshots(&volumes, &live).await?;
+        Ok(())
+    }
+
+    fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.snapshots_dir.join(format!("{id}.qcow2"))
+    }
+
+    async fn reconcile_snapshots(&mut self, volumes: &[Volume], live: &[Instance]) -> anyhow::Result<()> {
+        let snapshots = self.control.all_snapshots().await?;
+        for s in snapshots.iter().filter(|s| s.state == "pending") {
+            std::fs::create_dir_all(&self.snapshots_dir)?;
+            let target = self.snapshot_path(s.id.as_str());
+            let tmp = target.with_extension("tmp");
+            let _ = std::fs::remove_file(&tmp);
+            let result = match &s.source_snapshot {
+                Some(src) => qemu_img_convert(&self.snapshot_path(src), &tmp).await,
+                None => match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
+                    None => Err(anyhow::anyhow!("the volume {} is gone", s.volume_id)),
+                    Some(v) => {
+                        let disk = self.volume_disk(v);
+                        let vm = v
+                            .instance_id
+                            .as_ref()
+                            .filter(|_| v.attach_state.as_deref() == Some("attached"))
+                            .and_then(|i| live.iter().find(|x| x.id.as_str() == i))
+                            .and_then(|i| Vm::adopt(&self.run_dir(i.id.as_str())));
+                        match vm {
+                            Some(vm) => backup(&vm, &disk, s.id.as_str(), v.size_gb, &tmp).await,
+                            None => qemu_img_convert(&disk.path, &tmp).await,
+                        }
+                    }
+                },
+            };
+            match result {
+                Ok(()) => {
+                    std::fs::rename(&tmp, &target)?;
+                    self.control.snapshot_done(&s.id, true).await?;
+                    tracing::info!(snapshot_id = %s.id, volume_id = %s.volume_id, "snapshot completed");
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::error!(snapshot_id = %s.id, error = format!("{e:#}"), "snapshot failed");
+                    self.control.snapshot_done(&s.id, false).await?;
+                }
+            }
+        }
+        // Files of deleted snapshots.
+        if let Ok(entries) = std::fs::read_dir(&self.snapshots_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_suffix(".qcow2") else { continue };
+                if !snapshots.iter().any(|s| s.id.as_str() == id) {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         Ok(())
@@ -157,18 +222,27 @@ impl Agent {
             "creating" => {
                 std::fs::create_dir_all(&self.volumes_dir)?;
                 let tmp = disk.path.with_extension("tmp");
-                let out = tokio::process::Command::new("qemu-img")
-                    .args(["create", "-q", "-f", "qcow2"])
-                    .arg(&tmp)
-                    .arg(format!("{}G", v.size_gb))
-                    .output()
-                    .await
-                    .context("running qemu-img")?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "qemu-img create: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+                let out = match &v.snapshot_id {
+                    // A copy of the snapshot (never a file that depends on it), grown to size.
+                    Some(snap) => {
+                        qemu_img_convert(&self.snapshot_path(snap), &tmp).await?;
+                        tokio::process::Command::new("qemu-img")
+                            .args(["resize", "-q", "-f", "qcow2"])
+                            .arg(&tmp)
+                            .arg(format!("{}G", v.size_gb))
+                            .output()
+                            .await
+                            .context("running qemu-img")?
+                    }
+                    None => tokio::process::Command::new("qemu-img")
+                        .args(["create", "-q", "-f", "qcow2"])
+                        .arg(&tmp)
+                        .arg(format!("{}G", v.size_gb))
+                        .output()
+                        .await
+                        .context("running qemu-img")?,
+                };
+                anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr).trim());
                 std::fs::rename(&tmp, &disk.path)?;
                 self.control.volume_created(&v.id).await?;
                 return Ok(());
@@ -438,6 +512,71 @@ impl Agent {
         tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
         Ok(vm)
     }
+}
+
+/// `qemu-img convert` to a new standalone qcow2 file.
+async fn qemu_img_convert(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .context("running qemu-img")?;
+    anyhow::ensure!(out.status.success(), "qemu-img convert: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// A point-in-time copy of a volume in a running VM: `blockdev-backup` (sync=full) into a
+/// new qcow2 file, waiting for the job to end.
+async fn backup(vm: &Vm, disk: &VolumeDisk, snapshot: &str, size_gb: i64, target: &Path) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(target)
+        .arg(format!("{size_gb}G"))
+        .output()
+        .await
+        .context("running qemu-img")?;
+    anyhow::ensure!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let node = format!("sn{}", snapshot.trim_start_matches("snap-"));
+    let job = format!("job-{snapshot}");
+    let mut q = vm.qmp().await?;
+    q.execute(
+        "blockdev-add",
+        Some(serde_json::json!({
+            "driver": "qcow2", "node-name": node,
+            "file": {"driver": "file", "filename": target.display().to_string()}
+        })),
+    )
+    .await?;
+    let result = async {
+        q.execute(
+            "blockdev-backup",
+            Some(serde_json::json!({"job-id": job, "device": disk.node(), "target": node, "sync": "full", "auto-dismiss": false})),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let jobs = q.execute("query-jobs", None).await?;
+            let mine = jobs.as_array().into_iter().flatten().find(|j| j["id"] == job.as_str()).cloned();
+            match mine {
+                Some(j) if j["status"] == "concluded" => {
+                    let _ = q.execute("job-dismiss", Some(serde_json::json!({"id": job}))).await;
+                    if let Some(e) = j.get("error") {
+                        anyhow::bail!("backup job failed: {e}");
+                    }
+                    return Ok(());
+                }
+                Some(_) => {}
+                None => anyhow::bail!("the backup job disappeared"),
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the backup job took too long");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": node}))).await;
+    result
 }
 
 /// Whether the VM has a device with this id.

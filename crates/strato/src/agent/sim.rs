@@ -52,6 +52,11 @@ impl SimAgent {
                 _ => {}
             }
         }
+        for s in self.control.all_snapshots().await? {
+            if s.state == "pending" {
+                self.control.snapshot_done(&s.id, true).await?;
+            }
+        }
         Ok(())
     }
 

@@ -138,6 +138,12 @@ dispatch_table!(
     DeleteVolume,
     AttachVolume,
     DetachVolume,
+    CreateSnapshot,
+    DescribeSnapshots,
+    DeleteSnapshot,
+    CopySnapshot,
+    ModifySnapshotAttribute,
+    DescribeSnapshotAttribute,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

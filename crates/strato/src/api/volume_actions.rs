@@ -1,11 +1,12 @@
-//! EBS volume actions: CreateVolume, DescribeVolumes, DeleteVolume, AttachVolume,
-//! DetachVolume.
+//! EBS volume and snapshot actions: Create/Describe/Delete/Attach/DetachVolume,
+//! Create/Describe/Delete/CopySnapshot, Modify/DescribeSnapshotAttribute.
 
 use super::actions::{write_next_token, Action, Page};
 use super::error::{ApiError, ApiResult};
-use super::query::{Filter, Params};
+use super::query::{Filter, Params, TagSpec};
 use super::xml::Xml;
 use super::Ctx;
+use crate::control::snapshots::{progress, PermissionChange, Snapshot, SnapshotQuery};
 use crate::control::volumes::{CreateVolumeRequest, Volume};
 
 fn write_volume(x: &mut Xml, v: &Volume) {
@@ -148,6 +149,205 @@ impl Action for DetachVolume {
         let v = ctx.control.detach_volume(&ctx.caller, &self.id, self.instance.as_deref(), self.force).await?;
         let instance = v.instance_id.clone().unwrap_or_default();
         write_attachment(x, &v, &instance);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- snapshots
+
+fn write_snapshot(x: &mut Xml, s: &Snapshot) {
+    x.field("snapshotId", &s.id)
+        .field("volumeId", &s.volume_id)
+        .field("status", &s.state)
+        .field("startTime", super::timestamp(&s.started_at))
+        .field("progress", progress(&s.state))
+        .field("ownerId", &s.owner)
+        .field("volumeSize", s.volume_size_gb)
+        .field("description", &s.description)
+        .field("encrypted", false)
+        .field("storageTier", "standard")
+        .tags(&s.tags);
+}
+
+pub struct CreateSnapshot {
+    volume: String,
+    description: Option<String>,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CreateSnapshot {
+    const NAME: &'static str = "CreateSnapshot";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.str("OutpostArn").is_some() {
+            return Err(ApiError::invalid_value("Outposts are not offered"));
+        }
+        Ok(CreateSnapshot {
+            volume: p.required("VolumeId")?,
+            description: p.str_max("Description", 255)?,
+            tags: p.tag_specs()?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let s = ctx.control.create_snapshot(&ctx.caller, &self.volume, self.description, &self.tags).await?;
+        write_snapshot(x, &s);
+        Ok(())
+    }
+}
+
+pub struct DescribeSnapshots {
+    query: SnapshotQuery,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeSnapshots {
+    const NAME: &'static str = "DescribeSnapshots";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeSnapshots {
+            query: SnapshotQuery {
+                ids: p.list("SnapshotId")?,
+                owners: p.list("Owner")?,
+                restorable_by: p.list("RestorableBy")?,
+            },
+            filters: p.filters()?,
+            page: Page::decode(p, 5, 1000)?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (list, next) = ctx
+            .control
+            .describe_snapshots(&ctx.caller, &self.query, &self.filters, self.page.max, self.page.token.as_deref())
+            .await?;
+        x.list("snapshotSet", list, |x, s| write_snapshot(x, &s));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+pub struct DeleteSnapshot {
+    id: String,
+}
+
+impl Action for DeleteSnapshot {
+    const NAME: &'static str = "DeleteSnapshot";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DeleteSnapshot { id: p.required("SnapshotId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.delete_snapshot(&ctx.caller, &self.id).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct CopySnapshot {
+    source: String,
+    source_region: String,
+    description: Option<String>,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CopySnapshot {
+    const NAME: &'static str = "CopySnapshot";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.bool("Encrypted")? == Some(true) || p.str("KmsKeyId").is_some() {
+            return Err(ApiError::invalid_value("Encrypted snapshots are not offered yet"));
+        }
+        p.str("PresignedUrl");
+        p.str("DestinationRegion");
+        Ok(CopySnapshot {
+            source: p.required("SourceSnapshotId")?,
+            source_region: p.required("SourceRegion")?,
+            description: p.str_max("Description", 255)?,
+            tags: p.tag_specs()?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let s = ctx
+            .control
+            .copy_snapshot(&ctx.caller, &self.source, &self.source_region, self.description, &self.tags)
+            .await?;
+        x.field("snapshotId", &s.id).tags(&s.tags);
+        Ok(())
+    }
+}
+
+fn check_attribute(a: &str) -> ApiResult<()> {
+    match a {
+        "createVolumePermission" => Ok(()),
+        "productCodes" => Err(ApiError::invalid_value("productCodes cannot be changed here")),
+        other => Err(ApiError::invalid_value(format!(
+            "Value ({other}) for parameter attribute is invalid. Valid values: createVolumePermission, productCodes"
+        ))),
+    }
+}
+
+pub struct ModifySnapshotAttribute {
+    id: String,
+    change: PermissionChange,
+}
+
+impl Action for ModifySnapshotAttribute {
+    const NAME: &'static str = "ModifySnapshotAttribute";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let id = p.required("SnapshotId")?;
+        if let Some(a) = p.str("Attribute") {
+            check_attribute(&a)?;
+        }
+        let mut change = PermissionChange::default();
+        let users = p.list("UserId")?;
+        let groups = p.list("UserGroup")?;
+        match p.str("OperationType").as_deref() {
+            Some("add") => change.add.extend(users.into_iter().chain(groups)),
+            Some("remove") => change.remove.extend(users.into_iter().chain(groups)),
+            None if users.is_empty() && groups.is_empty() => {}
+            None => return Err(ApiError::MissingParameter("OperationType".into())),
+            Some(o) => return Err(ApiError::invalid_value(format!("Invalid OperationType '{o}': add or remove"))),
+        }
+        for (prefix, into) in
+            [("CreateVolumePermission.Add", &mut change.add), ("CreateVolumePermission.Remove", &mut change.remove)]
+        {
+            for n in p.indices(prefix)? {
+                if let Some(u) = p.str(&format!("{prefix}.{n}.UserId")) {
+                    into.push(u);
+                }
+                if let Some(g) = p.str(&format!("{prefix}.{n}.Group")) {
+                    into.push(g);
+                }
+            }
+        }
+        if change.add.is_empty() && change.remove.is_empty() {
+            return Err(ApiError::MissingParameter("CreateVolumePermission".into()));
+        }
+        Ok(ModifySnapshotAttribute { id, change })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.modify_snapshot_permissions(&ctx.caller, &self.id, &self.change).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct DescribeSnapshotAttribute {
+    id: String,
+}
+
+impl Action for DescribeSnapshotAttribute {
+    const NAME: &'static str = "DescribeSnapshotAttribute";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let id = p.required("SnapshotId")?;
+        check_attribute(&p.required("Attribute")?)?;
+        Ok(DescribeSnapshotAttribute { id })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let perms = ctx.control.snapshot_permissions(&ctx.caller, &self.id).await?;
+        x.field("snapshotId", &self.id).list("createVolumePermission", perms, |x, p| {
+            if p == "all" {
+                x.field("group", "all");
+            } else {
+                x.field("userId", p);
+            }
+        });
         Ok(())
     }
 }

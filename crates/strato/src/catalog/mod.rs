@@ -40,11 +40,18 @@ pub struct InstanceType {
 pub struct StoragePrices {
     /// General purpose SSD (gp3) volumes, root volumes included.
     pub gp3_gb_month: f64,
+    /// Snapshots (EC2's standard tier).
+    #[serde(default = "default_snapshot_price")]
+    pub snapshot_gb_month: f64,
+}
+
+fn default_snapshot_price() -> f64 {
+    0.05
 }
 
 impl Default for StoragePrices {
     fn default() -> Self {
-        StoragePrices { gp3_gb_month: 0.08 }
+        StoragePrices { gp3_gb_month: 0.08, snapshot_gb_month: default_snapshot_price() }
     }
 }
 

@@ -99,11 +99,15 @@ impl Interval {
     }
 
     pub fn unit(&self) -> &'static str {
-        if self.resource_type == "volume" {
+        if self.per_gb_month() {
             "GB-Mo"
         } else {
             "Hrs"
         }
+    }
+
+    fn per_gb_month(&self) -> bool {
+        matches!(self.resource_type.as_str(), "volume" | "snapshot")
     }
 
     /// What the part of this interval inside `[from, to)` bills: (quantity, cost). An
@@ -119,8 +123,7 @@ impl Interval {
             }
         }
         let hours = seconds / 3600.0;
-        let quantity =
-            if self.resource_type == "volume" { self.size_gb as f64 * hours / HOURS_PER_MONTH } else { hours };
+        let quantity = if self.per_gb_month() { self.size_gb as f64 * hours / HOURS_PER_MONTH } else { hours };
         (quantity, quantity * self.unit_price)
     }
 }

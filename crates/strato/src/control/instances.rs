@@ -814,6 +814,11 @@ impl Control {
             db::live(&mut c).await?.into_iter().filter(|i| account.is_none_or(|a| &i.owner == a)).collect();
         intervals.extend(billing::open_intervals(&live, &self.catalogue, now));
         intervals.extend(billing::open_address_intervals(&mut c, account, &self.catalogue, now).await?);
+        for s in super::snapshots::all(&mut c).await? {
+            if account.is_none_or(|a| &s.owner == a) {
+                intervals.push(super::snapshots::interval(&s, &self.catalogue, now));
+            }
+        }
         for v in super::volumes::all(&mut c).await? {
             if account.is_none_or(|a| &v.owner == a) {
                 intervals.push(super::volumes::interval(&v, &self.catalogue, now));

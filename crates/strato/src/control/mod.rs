@@ -20,6 +20,7 @@ pub mod keypairs;
 pub mod model;
 pub mod network;
 pub mod security_groups;
+pub mod snapshots;
 pub mod tags;
 pub mod volumes;
 

@@ -4,8 +4,9 @@
 //! wanted (`creating`, `deleting`, attachment `attaching`/`detaching`); the agent makes it
 //! true and reports (`available`, gone, `attached`, detached), as for instances.
 //!
-//! Not here yet: snapshots (so no volume from a snapshot), ModifyVolume, the root volume as
-//! one of these (it is still the instance's own overlay file), instance store.
+//! A volume made from a snapshot is a copy of the snapshot's file (grown to its size).
+//! Not here yet: ModifyVolume, the root volume as one of these (it is still the instance's
+//! own overlay file), instance store.
 
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqliteConnection};
@@ -184,18 +185,36 @@ impl Control {
         if !self.region.zones.contains(&r.availability_zone) {
             return Err(ApiError::invalid_value(format!("Invalid availability zone: [{}]", r.availability_zone)));
         }
-        if let Some(s) = &r.snapshot_id {
-            crate::ids::SnapshotId::parse(s)?;
-            // Snapshots do not exist yet, so no id names one.
-            return Err(not_found_for("snapshot", s));
-        }
+        let snapshot = match &r.snapshot_id {
+            Some(s) => {
+                let mut c = self.store().read().await?;
+                let snap = self.visible_snapshot(&mut c, caller, s).await?;
+                if snap.state != "completed" {
+                    return Err(ApiError::Conflict {
+                        code: "IncorrectState",
+                        message: format!("Snapshot {s} is not completed"),
+                    });
+                }
+                Some(snap)
+            }
+            None => None,
+        };
         let volume_type = r.volume_type.clone().unwrap_or_else(|| "gp2".into());
         if !matches!(volume_type.as_str(), "gp2" | "gp3" | "io1" | "io2" | "standard" | "st1" | "sc1") {
             return Err(ApiError::invalid_value(format!(
                 "Value ({volume_type}) for parameter volumeType is invalid. Valid values: standard, io1, io2, gp2, gp3, sc1, st1"
             )));
         }
-        let size = r.size_gb.ok_or_else(|| ApiError::MissingParameter("size".into()))?;
+        let size = r
+            .size_gb
+            .or(snapshot.as_ref().map(|s| s.volume_size_gb))
+            .ok_or_else(|| ApiError::MissingParameter("size".into()))?;
+        if let Some(s) = snapshot.as_ref().filter(|s| size < s.volume_size_gb) {
+            return Err(ApiError::invalid_value(format!(
+                "Volume of {size}GiB is too small; minimum is {}GiB (the snapshot's size).",
+                s.volume_size_gb
+            )));
+        }
         let (lo, hi) = size_range(&volume_type);
         if !(lo..=hi).contains(&size) {
             return Err(ApiError::invalid_value(format!(
@@ -238,7 +257,7 @@ impl Control {
             iops: r.iops.or((volume_type == "gp3").then_some(3000)),
             throughput: r.throughput.or((volume_type == "gp3").then_some(125)),
             volume_type,
-            snapshot_id: None,
+            snapshot_id: snapshot.map(|s| s.id.to_string()),
             state: "creating".into(),
             created_at: Utc::now(),
             instance_id: None,
@@ -251,8 +270,8 @@ impl Control {
         };
         let mut tx = self.store().begin_write().await?;
         sqlx::query(
-            "INSERT INTO volumes (id, account_id, availability_zone, size_gb, volume_type, iops, throughput, state, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO volumes (id, account_id, availability_zone, size_gb, volume_type, iops, throughput, state, created_at, snapshot_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(v.id.as_str())
         .bind(v.owner.as_str())
@@ -263,6 +282,7 @@ impl Control {
         .bind(v.throughput)
         .bind(&v.state)
         .bind(ts(&v.created_at))
+        .bind(&v.snapshot_id)
         .execute(tx.conn())
         .await?;
         put_tags(tx.conn(), &caller.account_id, v.id.as_str(), "volume", &tags).await?;

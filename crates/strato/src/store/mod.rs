@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_usage.sql")),
     (6, include_str!("../../migrations/0006_public_addresses.sql")),
     (7, include_str!("../../migrations/0007_volumes.sql")),
+    (8, include_str!("../../migrations/0008_snapshots.sql")),
 ];
 
 #[derive(Clone)]
@@ -603,6 +604,7 @@ pub async fn owns(
         "instance" => "instances",
         "elastic-ip" => "addresses",
         "volume" => "volumes",
+        "snapshot" => "snapshots",
         "internet-gateway" => "internet_gateways",
         "image" => {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = ? AND owner_id = ?")
