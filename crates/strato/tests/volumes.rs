@@ -142,6 +142,33 @@ fn volume_api_rules() {
     cloud.aws(&["ec2", "detach-volume", "--volume-id", &id]);
     wait_volume(&cloud, &id, "detached", |v| v["State"] == "available");
 
+    // Grow only.
+    assert_eq!(cloud.aws_err(&["ec2", "modify-volume", "--volume-id", &id, "--size", "4"]), "InvalidParameterValue");
+    let m = cloud.aws(&["ec2", "modify-volume", "--volume-id", &id, "--size", "10", "--iops", "4000"]);
+    assert_eq!(m["VolumeModification"]["OriginalSize"], 8);
+    assert_eq!(m["VolumeModification"]["TargetSize"], 10);
+    let start = Instant::now();
+    loop {
+        let d = cloud.aws(&[
+            "ec2",
+            "describe-volumes-modifications",
+            "--filters",
+            "Name=modification-state,Values=completed",
+        ]);
+        if d["VolumesModifications"].as_array().is_some_and(|l| !l.is_empty()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = volume(&cloud, &id);
+    assert_eq!(v["Size"], 10);
+    assert_eq!(v["Iops"], 4000);
+    assert_eq!(
+        cloud.aws_err(&["ec2", "describe-volumes-modifications", "--volume-ids", &v2]),
+        "InvalidVolumeModification.NotFound"
+    );
+
     // Terminating an instance detaches its volumes (DeleteOnTermination is false for
     // attached volumes).
     cloud.aws(&["ec2", "attach-volume", "--volume-id", &v2, "--instance-id", &b, "--device", "/dev/sdh"]);
@@ -424,4 +451,26 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
     let size = ssh_retry(&cloud, &key, &a, &probe.replace(&serial, &copy.replace('-', "")));
     let size = ssh_retry(&cloud, &key, &a, &format!("cat /sys/block/{}/size", size.trim()));
     assert_eq!(size.trim(), (2u64 << 30 >> 9).to_string(), "grown to 2 GiB");
+
+    // ModifyVolume grows it in the running guest, no reboot, no rescan by hand.
+    cloud.aws(&["ec2", "modify-volume", "--volume-id", &copy, "--size", "3"]);
+    let start = Instant::now();
+    loop {
+        let m = cloud.aws(&["ec2", "describe-volumes-modifications", "--volume-ids", &copy]);
+        if m["VolumesModifications"][0]["ModificationState"] == "completed" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the modification never completed: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dev = ssh_retry(&cloud, &key, &a, &probe.replace(&serial, &copy.replace('-', "")));
+    let start = Instant::now();
+    loop {
+        let size = ssh_retry(&cloud, &key, &a, &format!("cat /sys/block/{}/size", dev.trim()));
+        if size.trim() == (3u64 << 30 >> 9).to_string() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the guest still sees {size}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -17,6 +17,9 @@
 //! (the guest lets go), then `blockdev-del`, report detached. Once per agent start, every
 //! attached volume of a running VM is checked to be in it, and plugged in if not.
 //!
+//! Modifications: a volume being modified is grown to its new size (`block_resize` in a
+//! running VM, `qemu-img resize` otherwise), then the modification completes.
+//!
 //! Snapshots: `pending` -> a point-in-time copy of the volume into
 //! `DATA_DIR/snapshots/<id>.qcow2`: QEMU's `blockdev-backup` (sync=full) when the volume is
 //! in a running VM (crash-consistent while the guest writes), `qemu-img convert` otherwise;
@@ -153,6 +156,54 @@ impl Agent {
             }
         }
         self.reconcile_snapshots(&volumes, &live).await?;
+        for m in self.control.modifying_volumes().await? {
+            let Some(v) = volumes.iter().find(|v| v.id.as_str() == m.volume_id) else { continue };
+            if v.state == "creating" {
+                continue;
+            }
+            let disk = self.volume_disk(v);
+            let vm = v
+                .instance_id
+                .as_ref()
+                .filter(|_| v.attach_state.as_deref() == Some("attached"))
+                .and_then(|i| live.iter().find(|x| x.id.as_str() == i))
+                .and_then(|i| Vm::adopt(&self.run_dir(i.id.as_str())));
+            let bytes = m.target_size << 30;
+            let result = match vm {
+                // The running guest sees the new capacity at once (virtio config change).
+                Some(vm) => {
+                    async {
+                        let mut q = vm.qmp().await?;
+                        q.execute("block_resize", Some(serde_json::json!({"node-name": disk.node(), "size": bytes})))
+                            .await?;
+                        anyhow::Ok(())
+                    }
+                    .await
+                }
+                None => {
+                    async {
+                        let out = tokio::process::Command::new("qemu-img")
+                            .args(["resize", "-q", "-f", "qcow2"])
+                            .arg(&disk.path)
+                            .arg(bytes.to_string())
+                            .output()
+                            .await
+                            .context("running qemu-img")?;
+                        anyhow::ensure!(
+                            out.status.success(),
+                            "qemu-img resize: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                        Ok(())
+                    }
+                    .await
+                }
+            };
+            if let Err(e) = &result {
+                tracing::error!(volume_id = %v.id, error = format!("{e:#}"), "volume modification failed");
+            }
+            self.control.volume_modified(&m.volume_id, result.is_ok()).await?;
+        }
         Ok(())
     }
 

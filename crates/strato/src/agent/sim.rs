@@ -52,6 +52,9 @@ impl SimAgent {
                 _ => {}
             }
         }
+        for m in self.control.modifying_volumes().await? {
+            self.control.volume_modified(&m.volume_id, true).await?;
+        }
         for s in self.control.all_snapshots().await? {
             if s.state == "pending" {
                 self.control.snapshot_done(&s.id, true).await?;

@@ -144,6 +144,8 @@ dispatch_table!(
     CopySnapshot,
     ModifySnapshotAttribute,
     DescribeSnapshotAttribute,
+    ModifyVolume,
+    DescribeVolumesModifications,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

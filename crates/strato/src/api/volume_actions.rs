@@ -7,7 +7,7 @@ use super::query::{Filter, Params, TagSpec};
 use super::xml::Xml;
 use super::Ctx;
 use crate::control::snapshots::{progress, PermissionChange, Snapshot, SnapshotQuery};
-use crate::control::volumes::{CreateVolumeRequest, Volume};
+use crate::control::volumes::{CreateVolumeRequest, Modification, ModifyVolumeRequest, Volume};
 
 fn write_volume(x: &mut Xml, v: &Volume) {
     x.field("volumeId", &v.id)
@@ -348,6 +348,73 @@ impl Action for DescribeSnapshotAttribute {
                 x.field("userId", p);
             }
         });
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- modifications
+
+fn write_modification(x: &mut Xml, m: &Modification) {
+    x.field("volumeId", &m.volume_id)
+        .field("modificationState", &m.state)
+        .field("targetSize", m.target_size)
+        .opt_field("targetIops", m.target_iops)
+        .field("targetVolumeType", &m.target_type)
+        .opt_field("targetThroughput", m.target_throughput)
+        .field("originalSize", m.original_size)
+        .opt_field("originalIops", m.original_iops)
+        .field("originalVolumeType", &m.original_type)
+        .opt_field("originalThroughput", m.original_throughput)
+        .field("progress", if m.state == "modifying" { 0 } else { 100 })
+        .field("startTime", super::timestamp(&m.start_time))
+        .opt_field("endTime", m.end_time.as_ref().map(super::timestamp));
+}
+
+pub struct ModifyVolume {
+    id: String,
+    req: ModifyVolumeRequest,
+}
+
+impl Action for ModifyVolume {
+    const NAME: &'static str = "ModifyVolume";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.bool("MultiAttachEnabled")? == Some(true) {
+            return Err(ApiError::invalid_value("Multi-Attach is not offered"));
+        }
+        Ok(ModifyVolume {
+            id: p.required("VolumeId")?,
+            req: ModifyVolumeRequest {
+                size_gb: p.int("Size")?,
+                volume_type: p.str("VolumeType"),
+                iops: p.int("Iops")?,
+                throughput: p.int("Throughput")?,
+            },
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let m = ctx.control.modify_volume(&ctx.caller, &self.id, self.req).await?;
+        x.open("volumeModification");
+        write_modification(x, &m);
+        x.close("volumeModification");
+        Ok(())
+    }
+}
+
+pub struct DescribeVolumesModifications {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+}
+
+impl Action for DescribeVolumesModifications {
+    const NAME: &'static str = "DescribeVolumesModifications";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        p.int("MaxResults")?;
+        p.str("NextToken");
+        Ok(DescribeVolumesModifications { ids: p.list("VolumeId")?, filters: p.filters()? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let list = ctx.control.describe_volume_modifications(&ctx.caller, &self.ids, &self.filters).await?;
+        x.list("volumeModificationSet", list, |x, m| write_modification(x, &m));
         Ok(())
     }
 }

@@ -5,7 +5,9 @@
 //! true and reports (`available`, gone, `attached`, detached), as for instances.
 //!
 //! A volume made from a snapshot is a copy of the snapshot's file (grown to its size).
-//! Not here yet: ModifyVolume, the root volume as one of these (it is still the instance's
+//! ModifyVolume grows a volume (the file, or the device of a running VM with QMP
+//! `block_resize`: the guest sees the new size at once) and changes its type's figures.
+//! Not here yet: the root volume as one of these (it is still the instance's
 //! own overlay file), instance store.
 
 use chrono::{DateTime, Utc};
@@ -45,7 +47,85 @@ pub struct Volume {
     pub attach_time: Option<DateTime<Utc>>,
     pub delete_on_termination: bool,
     pub force_detach: bool,
+    /// Where the current size and type started to be metered (creation, or the last
+    /// ModifyVolume).
+    pub metered_since: DateTime<Utc>,
     pub tags: Tags,
+}
+
+/// One ModifyVolume and how far it got.
+#[derive(Debug, Clone)]
+pub struct Modification {
+    pub volume_id: String,
+    /// modifying | completed | failed
+    pub state: String,
+    pub original_size: i64,
+    pub target_size: i64,
+    pub original_type: String,
+    pub target_type: String,
+    pub original_iops: Option<i64>,
+    pub target_iops: Option<i64>,
+    pub original_throughput: Option<i64>,
+    pub target_throughput: Option<i64>,
+    pub start_time: DateTime<Utc>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+impl Filterable for Modification {
+    const FILTERS: &'static [&'static str] = &[
+        "modification-state",
+        "original-size",
+        "original-volume-type",
+        "target-size",
+        "target-volume-type",
+        "volume-id",
+        "start-time",
+    ];
+    fn filter_values(&self, name: &str) -> Vec<String> {
+        match name {
+            "modification-state" => vec![self.state.clone()],
+            "original-size" => vec![self.original_size.to_string()],
+            "original-volume-type" => vec![self.original_type.clone()],
+            "target-size" => vec![self.target_size.to_string()],
+            "target-volume-type" => vec![self.target_type.clone()],
+            "volume-id" => vec![self.volume_id.clone()],
+            "start-time" => vec![crate::api::timestamp(&self.start_time)],
+            _ => vec![],
+        }
+    }
+    fn tags(&self) -> &Tags {
+        const NONE: &Tags = &Vec::new();
+        NONE
+    }
+    fn sort_key(&self) -> &str {
+        &self.volume_id
+    }
+}
+
+fn modification_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Modification> {
+    Ok(Modification {
+        volume_id: r.try_get("volume_id")?,
+        state: r.try_get("state")?,
+        original_size: r.try_get("original_size")?,
+        target_size: r.try_get("target_size")?,
+        original_type: r.try_get("original_type")?,
+        target_type: r.try_get("target_type")?,
+        original_iops: r.try_get("original_iops")?,
+        target_iops: r.try_get("target_iops")?,
+        original_throughput: r.try_get("original_throughput")?,
+        target_throughput: r.try_get("target_throughput")?,
+        start_time: parse_ts(&r.try_get::<String, _>("start_time")?),
+        end_time: r.try_get::<Option<String>, _>("end_time")?.map(|t| parse_ts(&t)),
+    })
+}
+
+/// ModifyVolume, decoded.
+#[derive(Debug, Clone, Default)]
+pub struct ModifyVolumeRequest {
+    pub size_gb: Option<i64>,
+    pub volume_type: Option<String>,
+    pub iops: Option<i64>,
+    pub throughput: Option<i64>,
 }
 
 impl Filterable for Volume {
@@ -111,6 +191,9 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Volume> {
         attach_time: r.try_get::<Option<String>, _>("attach_time")?.map(|t| parse_ts(&t)),
         delete_on_termination: r.try_get::<i64, _>("delete_on_termination")? != 0,
         force_detach: r.try_get::<i64, _>("force_detach")? != 0,
+        metered_since: parse_ts(
+            &r.try_get::<Option<String>, _>("metered_since")?.unwrap_or(r.try_get::<String, _>("created_at")?),
+        ),
         tags: Vec::new(),
     })
 }
@@ -128,6 +211,11 @@ pub async fn all(c: &mut SqliteConnection) -> sqlx::Result<Vec<Volume>> {
     rows.iter().map(from_row).collect()
 }
 
+pub async fn modification_of(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Modification>> {
+    let row = sqlx::query("SELECT * FROM volume_modifications WHERE volume_id = ?").bind(id).fetch_optional(c).await?;
+    row.as_ref().map(modification_from_row).transpose()
+}
+
 pub async fn by_id(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Volume>> {
     let row = sqlx::query("SELECT * FROM volumes WHERE id = ?").bind(id).fetch_optional(c).await?;
     row.as_ref().map(from_row).transpose()
@@ -141,7 +229,7 @@ pub fn interval(v: &Volume, catalogue: &crate::catalog::Catalogue, end: DateTime
         resource_type: "volume".into(),
         usage_type: format!("EBS:VolumeUsage.{}", v.volume_type),
         service: billing::STORAGE_SERVICE.into(),
-        start: v.created_at,
+        start: v.metered_since,
         end,
         unit_price: catalogue.storage.gp3_gb_month,
         size_gb: v.size_gb,
@@ -266,6 +354,7 @@ impl Control {
             attach_time: None,
             delete_on_termination: false,
             force_detach: false,
+            metered_since: Utc::now(),
             tags: tags.clone(),
         };
         let mut tx = self.store().begin_write().await?;
@@ -442,6 +531,162 @@ impl Control {
         Ok(v)
     }
 
+    pub async fn modify_volume(&self, caller: &Caller, id: &str, r: ModifyVolumeRequest) -> ApiResult<Modification> {
+        let mut tx = self.store().begin_write().await?;
+        let c = tx.conn();
+        let v = self.my_volume(c, caller, id).await?;
+        if !matches!(v.state.as_str(), "available" | "in-use") {
+            return Err(ApiError::Conflict {
+                code: "IncorrectState",
+                message: format!("The volume '{id}' is in the '{}' state.", v.state),
+            });
+        }
+        if let Some(m) = modification_of(c, id).await?.filter(|m| m.state == "modifying") {
+            return Err(ApiError::Conflict {
+                code: "IncorrectModificationState",
+                message: format!(
+                    "Volume {id} is already being modified (since {})",
+                    crate::api::timestamp(&m.start_time)
+                ),
+            });
+        }
+        let size = r.size_gb.unwrap_or(v.size_gb);
+        if size < v.size_gb {
+            return Err(ApiError::invalid_value(format!(
+                "New size cannot be smaller than existing size: {size} < {}",
+                v.size_gb
+            )));
+        }
+        let volume_type = r.volume_type.clone().unwrap_or_else(|| v.volume_type.clone());
+        if volume_type != v.volume_type
+            && !matches!(volume_type.as_str(), "gp2" | "gp3" | "io1" | "io2" | "standard" | "st1" | "sc1")
+        {
+            return Err(ApiError::invalid_value(format!("Value ({volume_type}) for parameter volumeType is invalid.")));
+        }
+        let (lo, hi) = size_range(&volume_type);
+        if !(lo..=hi).contains(&size) {
+            return Err(ApiError::invalid_value(format!(
+                "Volume of {size}GiB is out of range for {volume_type} ({lo}-{hi} GiB)."
+            )));
+        }
+        if size == v.size_gb && volume_type == v.volume_type && r.iops.is_none() && r.throughput.is_none() {
+            return Err(ApiError::Conflict {
+                code: "InvalidParameterCombination",
+                message: "New size, type, IOPS or throughput must differ from the volume's".into(),
+            });
+        }
+        let iops =
+            r.iops.or(if volume_type == v.volume_type { v.iops } else { (volume_type == "gp3").then_some(3000) });
+        let throughput = r.throughput.or(if volume_type == v.volume_type {
+            v.throughput
+        } else {
+            (volume_type == "gp3").then_some(125)
+        });
+        let now = Utc::now();
+        // The old size's usage ends now; the new one starts.
+        billing::record(c, &interval(&v, &self.catalogue, now)).await?;
+        sqlx::query(
+            "UPDATE volumes SET size_gb = ?, volume_type = ?, iops = ?, throughput = ?, metered_since = ? WHERE id = ?",
+        )
+        .bind(size)
+        .bind(&volume_type)
+        .bind(iops)
+        .bind(throughput)
+        .bind(ts(&now))
+        .bind(id)
+        .execute(&mut *c)
+        .await?;
+        let m = Modification {
+            volume_id: id.to_owned(),
+            state: "modifying".into(),
+            original_size: v.size_gb,
+            target_size: size,
+            original_type: v.volume_type.clone(),
+            target_type: volume_type,
+            original_iops: v.iops,
+            target_iops: iops,
+            original_throughput: v.throughput,
+            target_throughput: throughput,
+            start_time: now,
+            end_time: None,
+        };
+        sqlx::query(
+            "INSERT OR REPLACE INTO volume_modifications (volume_id, account_id, state, original_size, target_size,
+             original_type, target_type, original_iops, target_iops, original_throughput, target_throughput, start_time)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(caller.account_id.as_str())
+        .bind(&m.state)
+        .bind(m.original_size)
+        .bind(m.target_size)
+        .bind(&m.original_type)
+        .bind(&m.target_type)
+        .bind(m.original_iops)
+        .bind(m.target_iops)
+        .bind(m.original_throughput)
+        .bind(m.target_throughput)
+        .bind(ts(&now))
+        .execute(&mut *c)
+        .await?;
+        tx.commit().await?;
+        self.agent_wake.notify_one();
+        Ok(m)
+    }
+
+    pub async fn describe_volume_modifications(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        filters: &[Filter],
+    ) -> ApiResult<Vec<Modification>> {
+        for id in ids {
+            VolumeId::parse(id)?;
+        }
+        filter::check_filters::<Modification>(filters)?;
+        let mut c = self.store().read().await?;
+        let rows = sqlx::query("SELECT * FROM volume_modifications WHERE account_id = ? ORDER BY start_time")
+            .bind(caller.account_id.as_str())
+            .fetch_all(&mut *c)
+            .await?;
+        let list: Vec<Modification> = rows.iter().map(modification_from_row).collect::<sqlx::Result<_>>()?;
+        for id in ids {
+            if !list.iter().any(|m| &m.volume_id == id) {
+                // A volume never modified has no modification to show.
+                return Err(ApiError::not_found(
+                    "InvalidVolumeModification.NotFound",
+                    format!("Modification for volume '{id}' does not exist."),
+                ));
+            }
+        }
+        Ok(list
+            .into_iter()
+            .filter(|m| ids.is_empty() || ids.contains(&m.volume_id))
+            .filter(|m| filter::matches(m, filters))
+            .collect())
+    }
+
+    pub async fn modifying_volumes(&self) -> anyhow::Result<Vec<Modification>> {
+        let mut c = self.store().read().await?;
+        let rows =
+            sqlx::query("SELECT * FROM volume_modifications WHERE state = 'modifying'").fetch_all(&mut *c).await?;
+        Ok(rows.iter().map(modification_from_row).collect::<sqlx::Result<_>>()?)
+    }
+
+    pub async fn volume_modified(&self, id: &str, ok: bool) -> anyhow::Result<()> {
+        let mut tx = self.store().begin_write().await?;
+        sqlx::query(
+            "UPDATE volume_modifications SET state = ?, end_time = ? WHERE volume_id = ? AND state = 'modifying'",
+        )
+        .bind(if ok { "completed" } else { "failed" })
+        .bind(ts(&Utc::now()))
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     // ---- what the agent reports
 
     pub async fn all_volumes(&self) -> anyhow::Result<Vec<Volume>> {
@@ -466,6 +711,10 @@ impl Control {
         if let Some(v) = by_id(tx.conn(), id.as_str()).await?.filter(|v| v.state == "deleting") {
             billing::record(tx.conn(), &interval(&v, &self.catalogue, Utc::now())).await?;
             sqlx::query("DELETE FROM volumes WHERE id = ?").bind(id.as_str()).execute(tx.conn()).await?;
+            sqlx::query("DELETE FROM volume_modifications WHERE volume_id = ?")
+                .bind(id.as_str())
+                .execute(tx.conn())
+                .await?;
             store::delete_all_tags(tx.conn(), id.as_str()).await?;
         }
         tx.commit().await?;

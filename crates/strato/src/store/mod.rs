@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/0006_public_addresses.sql")),
     (7, include_str!("../../migrations/0007_volumes.sql")),
     (8, include_str!("../../migrations/0008_snapshots.sql")),
+    (9, include_str!("../../migrations/0009_volume_modifications.sql")),
 ];
 
 #[derive(Clone)]
