@@ -10,7 +10,9 @@ CREATE TABLE snapshots (
     volume_size_gb  INTEGER NOT NULL,
     description     TEXT NOT NULL DEFAULT '',
     state           TEXT NOT NULL,         -- pending | completed | error
-    started_at      TEXT NOT NULL
+    started_at      TEXT NOT NULL,
+    instance_id     TEXT,                  -- CreateImage: the instance whose root disk it copies
+    pause_vm        INTEGER NOT NULL DEFAULT 0  -- CreateImage without NoReboot: pause while copying
 );
 CREATE INDEX snapshots_account ON snapshots(account_id);
 

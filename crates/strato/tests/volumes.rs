@@ -473,4 +473,46 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
         assert!(start.elapsed() < Duration::from_secs(20), "the guest still sees {size}");
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // CreateImage from the running instance: a new instance of that image has what the first
+    // one had written.
+    ssh_retry(&cloud, &key, &a, "echo written-before-the-image > /root/marker; sync");
+    let image =
+        s(&cloud.aws(&["ec2", "create-image", "--instance-id", &a, "--name", "from-a", "--no-reboot"])["ImageId"]);
+    let start = Instant::now();
+    let described = loop {
+        let d = cloud.aws(&["ec2", "describe-images", "--image-ids", &image]);
+        if d["Images"][0]["State"] == "available" {
+            break d["Images"][0].clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the image never became available: {d}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let root_snap = s(&described["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]);
+    let snap = cloud.aws(&["ec2", "describe-snapshots", "--snapshot-ids", &root_snap]);
+    assert_eq!(snap["Snapshots"][0]["State"], "completed");
+    assert_eq!(cloud.aws_err(&["ec2", "delete-snapshot", "--snapshot-id", &root_snap]), "InvalidSnapshot.InUse");
+    let r = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &image,
+        "--instance-type",
+        "t3.nano",
+        "--key-name",
+        "vol",
+        "--placement",
+        "AvailabilityZone=local-1a",
+    ]);
+    let c = s(&r["Instances"][0]["InstanceId"]);
+    assert_eq!(ssh_retry(&cloud, &key, &c, "cat /root/marker").trim(), "written-before-the-image");
+
+    // Without NoReboot the VM is paused for the copy and runs on afterwards.
+    let paused = s(&cloud.aws(&["ec2", "create-image", "--instance-id", &c, "--name", "from-c"])["ImageId"]);
+    let start = Instant::now();
+    while cloud.aws(&["ec2", "describe-images", "--image-ids", &paused])["Images"][0]["State"] != "available" {
+        assert!(start.elapsed() < Duration::from_secs(120), "the paused copy never finished");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ssh_retry(&cloud, &key, &c, "cat /root/marker").trim(), "written-before-the-image");
 }

@@ -218,9 +218,19 @@ impl Agent {
             let target = self.snapshot_path(s.id.as_str());
             let tmp = target.with_extension("tmp");
             let _ = std::fs::remove_file(&tmp);
-            let result = match &s.source_snapshot {
-                Some(src) => qemu_img_convert(&self.snapshot_path(src), &tmp).await,
-                None => match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
+            let root_of = s.instance_id.as_ref().map(|i| {
+                let vm = live
+                    .iter()
+                    .find(|x| x.id.as_str() == i && x.state == InstanceState::Running)
+                    .and_then(|x| Vm::adopt(&self.run_dir(x.id.as_str())));
+                (self.run_dir(i).join("root.qcow2"), vm)
+            });
+            let result = match (&s.source_snapshot, root_of) {
+                // CreateImage: the instance's root disk, flattened.
+                (_, Some((_, Some(vm)))) => root_backup(&vm, s.id.as_str(), s.pause_vm, &tmp).await,
+                (_, Some((disk, None))) => qemu_img_convert(&disk, &tmp).await,
+                (Some(src), None) => qemu_img_convert(&self.snapshot_path(src), &tmp).await,
+                (None, None) => match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
                     None => Err(anyhow::anyhow!("the volume {} is gone", s.volume_id)),
                     Some(v) => {
                         let disk = self.volume_disk(v);
@@ -241,12 +251,14 @@ impl Agent {
                 Ok(()) => {
                     std::fs::rename(&tmp, &target)?;
                     self.control.snapshot_done(&s.id, true).await?;
+                    self.control.image_snapshot_done(&s.id, Some(&target)).await?;
                     tracing::info!(snapshot_id = %s.id, volume_id = %s.volume_id, "snapshot completed");
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
                     tracing::error!(snapshot_id = %s.id, error = format!("{e:#}"), "snapshot failed");
                     self.control.snapshot_done(&s.id, false).await?;
+                    self.control.image_snapshot_done(&s.id, None).await?;
                 }
             }
         }
@@ -606,27 +618,58 @@ async fn backup(vm: &Vm, disk: &VolumeDisk, snapshot: &str, size_gb: i64, target
             Some(serde_json::json!({"job-id": job, "device": disk.node(), "target": node, "sync": "full", "auto-dismiss": false})),
         )
         .await?;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let jobs = q.execute("query-jobs", None).await?;
-            let mine = jobs.as_array().into_iter().flatten().find(|j| j["id"] == job.as_str()).cloned();
-            match mine {
-                Some(j) if j["status"] == "concluded" => {
-                    let _ = q.execute("job-dismiss", Some(serde_json::json!({"id": job}))).await;
-                    if let Some(e) = j.get("error") {
-                        anyhow::bail!("backup job failed: {e}");
-                    }
-                    return Ok(());
-                }
-                Some(_) => {}
-                None => anyhow::bail!("the backup job disappeared"),
-            }
-            anyhow::ensure!(Instant::now() < deadline, "the backup job took too long");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_job(&mut q, &job).await
     }
     .await;
     let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": node}))).await;
+    result
+}
+
+/// Waits for a block job to conclude, then dismisses it.
+async fn wait_job(q: &mut crate::hypervisor::qmp::Qmp, job: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let jobs = q.execute("query-jobs", None).await?;
+        let mine = jobs.as_array().into_iter().flatten().find(|j| j["id"] == job).cloned();
+        match mine {
+            Some(j) if j["status"] == "concluded" => {
+                let _ = q.execute("job-dismiss", Some(serde_json::json!({"id": job}))).await;
+                if let Some(e) = j.get("error") {
+                    anyhow::bail!("backup job failed: {e}");
+                }
+                return Ok(());
+            }
+            Some(_) => {}
+            None => anyhow::bail!("the backup job disappeared"),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the backup job took too long");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// CreateImage of a running instance: a full, standalone copy of its root drive (`virtio0`,
+/// backing file included) by `drive-backup`, the VM paused meanwhile when asked.
+async fn root_backup(vm: &Vm, snapshot: &str, pause: bool, target: &Path) -> anyhow::Result<()> {
+    let mut q = vm.qmp().await?;
+    let job = format!("job-{snapshot}");
+    if pause {
+        q.execute("stop", None).await?;
+    }
+    let result = async {
+        q.execute(
+            "drive-backup",
+            Some(serde_json::json!({
+                "job-id": job, "device": "virtio0", "target": target.display().to_string(),
+                "format": "qcow2", "sync": "full", "mode": "absolute-paths", "auto-dismiss": false
+            })),
+        )
+        .await?;
+        wait_job(&mut q, &job).await
+    }
+    .await;
+    if pause {
+        q.execute("cont", None).await?;
+    }
     result
 }
 

@@ -146,6 +146,7 @@ dispatch_table!(
     DescribeSnapshotAttribute,
     ModifyVolume,
     DescribeVolumesModifications,
+    CreateImage,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

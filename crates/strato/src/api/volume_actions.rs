@@ -418,3 +418,46 @@ impl Action for DescribeVolumesModifications {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------- images from instances
+
+pub struct CreateImage {
+    instance: String,
+    name: String,
+    description: Option<String>,
+    no_reboot: bool,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CreateImage {
+    const NAME: &'static str = "CreateImage";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if !p.indices("BlockDeviceMapping")?.is_empty() {
+            return Err(ApiError::invalid_value(
+                "BlockDeviceMappings are not offered on CreateImage yet: the image gets the root volume only",
+            ));
+        }
+        Ok(CreateImage {
+            instance: p.required("InstanceId")?,
+            name: p.required("Name")?,
+            description: p.str_max("Description", 255)?,
+            no_reboot: p.bool("NoReboot")?.unwrap_or(false),
+            tags: p.tag_specs()?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let id = ctx
+            .control
+            .create_image(
+                &ctx.caller,
+                &self.instance,
+                &self.name,
+                self.description.as_deref(),
+                self.no_reboot,
+                &self.tags,
+            )
+            .await?;
+        x.field("imageId", id);
+        Ok(())
+    }
+}

@@ -572,4 +572,144 @@ impl Control {
         self.insert_image(&image, None, &dir).await?;
         Ok(id)
     }
+
+    /// CreateImage: a new private AMI whose root disk is a copy of the instance's, taken by
+    /// the agent as the image's root snapshot (`pending` until then). A stopped instance's
+    /// disk is copied as it is; a running one's is copied by QEMU's backup job, with the VM
+    /// paused for the copy unless NoReboot (Strato does not reboot the guest, so the copy is
+    /// crash-consistent: what the guest had written to disk, not its unwritten cache).
+    pub async fn create_image(
+        &self,
+        caller: &Caller,
+        instance_id: &str,
+        name: &str,
+        description: Option<&str>,
+        no_reboot: bool,
+        specs: &[TagSpec],
+    ) -> ApiResult<ImageId> {
+        check_name(name)?;
+        let tags = tags_for(specs, "image")?;
+        let i = self.instance(caller, instance_id).await?;
+        if !matches!(
+            i.state,
+            super::instance_state::InstanceState::Running | super::instance_state::InstanceState::Stopped
+        ) {
+            return Err(ApiError::IncorrectInstanceState(format!(
+                "The instance '{}' is not in the 'running' or 'stopped' state.",
+                i.id
+            )));
+        }
+        let src = self
+            .image_for_launch(&i.image_id)
+            .await?
+            .ok_or_else(|| ApiError::invalid_value(format!("The image {} of the instance is gone", i.image_id)))?;
+        {
+            let mut c = self.store().read().await?;
+            if store::images(&mut c).await?.iter().any(|x| x.owner == caller.account_id && x.name == name) {
+                return Err(ApiError::duplicate(
+                    "InvalidAMIName.Duplicate",
+                    format!("AMI name {name} is already in use by AMI"),
+                ));
+            }
+        }
+        let id = ImageId::generate();
+        let dir = self.image_dir(&id);
+        // The kernel and initramfs are the source image's; the disk comes from the snapshot.
+        let r = (|| -> anyhow::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            link_or_copy(Path::new(&src.kernel_path), &dir.join("vmlinux"))?;
+            if let Some(initrd) = &src.initrd_path {
+                link_or_copy(Path::new(initrd), &dir.join("initrd.img"))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+        let snapshot = super::snapshots::Snapshot {
+            id: SnapshotId::generate(),
+            owner: caller.account_id.clone(),
+            volume_id: i.root_volume_id.clone(),
+            source_snapshot: None,
+            volume_size_gb: i.root_size_gb,
+            description: format!("Created by CreateImage({}) for {id}", i.id),
+            state: "pending".into(),
+            started_at: Utc::now(),
+            instance_id: Some(i.id.to_string()),
+            pause_vm: !no_reboot,
+            permissions: Vec::new(),
+            tags: Vec::new(),
+        };
+        let image = Image {
+            id: id.clone(),
+            owner: caller.account_id.clone(),
+            owner_alias: None,
+            name: name.into(),
+            description: description.map(str::to_owned).unwrap_or_default(),
+            root_snapshot_id: snapshot.id.clone(),
+            root_size_gb: i.root_size_gb,
+            disk_path: dir.join("disk.qcow2").display().to_string(),
+            disk_format: "qcow2".into(),
+            kernel_path: dir.join("vmlinux").display().to_string(),
+            initrd_path: src.initrd_path.as_ref().map(|_| dir.join("initrd.img").display().to_string()),
+            public: false,
+            state: "pending".into(),
+            source_image_id: Some(src.id.to_string()),
+            build_key: None,
+            client_token: None,
+            created_at: Utc::now(),
+            launch_permissions: vec![],
+            tags,
+            ..src
+        };
+        let result: ApiResult<()> = async {
+            let mut tx = self.store().begin_write().await?;
+            super::snapshots::insert(tx.conn(), &snapshot).await?;
+            store::insert_image(tx.conn(), &image).await?;
+            put_tags(tx.conn(), &image.owner, image.id.as_str(), "image", &image.tags).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        self.agent_wake.notify_one();
+        Ok(id)
+    }
+
+    /// The agent finished (or failed) an image's root snapshot: the image gets the disk and
+    /// becomes available (or failed).
+    pub async fn image_snapshot_done(&self, snapshot: &SnapshotId, file: Option<&Path>) -> anyhow::Result<()> {
+        let mut c = self.store().read().await?;
+        let pending: Vec<Image> = store::images(&mut c)
+            .await?
+            .into_iter()
+            .filter(|i| i.state == "pending" && &i.root_snapshot_id == snapshot)
+            .collect();
+        drop(c);
+        for image in pending {
+            let state = match file {
+                Some(f) => match link_or_copy(f, Path::new(&image.disk_path)) {
+                    Ok(()) => "available",
+                    Err(e) => {
+                        tracing::error!(image_id = %image.id, error = format!("{e:#}"), "image disk");
+                        "failed"
+                    }
+                },
+                None => "failed",
+            };
+            let mut tx = self.store().begin_write().await?;
+            sqlx::query("UPDATE images SET state = ? WHERE id = ?")
+                .bind(state)
+                .bind(image.id.as_str())
+                .execute(tx.conn())
+                .await?;
+            tx.commit().await?;
+            tracing::info!(image_id = %image.id, state, "image from instance");
+        }
+        Ok(())
+    }
 }

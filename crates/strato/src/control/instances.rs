@@ -278,6 +278,12 @@ impl Control {
             ApiError::NotFound { .. } => image_not_found(&r.image_id),
             e => e,
         })?;
+        if image.state != "available" {
+            return Err(ApiError::Conflict {
+                code: "InvalidAMIID.Unavailable",
+                message: format!("The image {} is {}, not available", image.id, image.state),
+            });
+        }
         let user_data = match &r.user_data {
             Some(u) => {
                 let decoded = base64::engine::general_purpose::STANDARD

@@ -27,6 +27,10 @@ pub struct Snapshot {
     /// pending | completed | error
     pub state: String,
     pub started_at: DateTime<Utc>,
+    /// CreateImage: the instance whose root disk this copies, and whether its VM is paused
+    /// while it does (without NoReboot).
+    pub instance_id: Option<String>,
+    pub pause_vm: bool,
     /// Accounts that may create volumes from it (`all`: everyone).
     pub permissions: Vec<String>,
     pub tags: Tags,
@@ -93,6 +97,8 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Snapshot> {
         description: r.try_get("description")?,
         state: r.try_get("state")?,
         started_at: parse_ts(&r.try_get::<String, _>("started_at")?),
+        instance_id: r.try_get("instance_id")?,
+        pause_vm: r.try_get::<i64, _>("pause_vm")? != 0,
         permissions: Vec::new(),
         tags: Vec::new(),
     })
@@ -125,10 +131,10 @@ pub fn interval(s: &Snapshot, catalogue: &crate::catalog::Catalogue, end: DateTi
     }
 }
 
-async fn insert(c: &mut SqliteConnection, s: &Snapshot) -> sqlx::Result<()> {
+pub(crate) async fn insert(c: &mut SqliteConnection, s: &Snapshot) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO snapshots (id, account_id, volume_id, source_snapshot, volume_size_gb, description, state, started_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO snapshots (id, account_id, volume_id, source_snapshot, volume_size_gb, description, state, started_at,
+         instance_id, pause_vm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(s.id.as_str())
     .bind(s.owner.as_str())
@@ -138,6 +144,8 @@ async fn insert(c: &mut SqliteConnection, s: &Snapshot) -> sqlx::Result<()> {
     .bind(&s.description)
     .bind(&s.state)
     .bind(ts(&s.started_at))
+    .bind(&s.instance_id)
+    .bind(s.pause_vm as i64)
     .execute(c)
     .await?;
     Ok(())
@@ -190,6 +198,8 @@ impl Control {
             description: description.unwrap_or_default(),
             state: "pending".into(),
             started_at: Utc::now(),
+            instance_id: None,
+            pause_vm: false,
             permissions: Vec::new(),
             tags: tags.clone(),
         };
@@ -326,6 +336,8 @@ impl Control {
             description: description.unwrap_or_else(|| format!("Copied for DestinationSnapshot from {source}")),
             state: "pending".into(),
             started_at: Utc::now(),
+            instance_id: None,
+            pause_vm: false,
             permissions: Vec::new(),
             tags: tags.clone(),
         };
