@@ -449,6 +449,7 @@ pub async fn launch(
                 netns: None,
                 hotplug_ports: 0,
                 volumes: Vec::new(),
+                ephemeral: None,
             };
             let (accel, _) = crate::hypervisor::detect_accel();
             let t0 = Instant::now();

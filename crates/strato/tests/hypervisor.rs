@@ -59,6 +59,7 @@ async fn launch_adopt_and_power_off() {
         netns: None,
         hotplug_ports: 0,
         volumes: Vec::new(),
+        ephemeral: None,
     };
     let vm = Vm::launch(&spec, accel).expect("launch");
     let mut guard = Guard(Some(vm.clone()));

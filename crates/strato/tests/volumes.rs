@@ -516,3 +516,49 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
     }
     assert_eq!(ssh_retry(&cloud, &key, &c, "cat /root/marker").trim(), "written-before-the-image");
 }
+
+#[test]
+fn the_instance_store_is_lost_on_stop() {
+    let cloud = Cloud::start();
+    let ami = ami(&cloud);
+    let key = key_file(&cloud);
+    let t = cloud.aws(&["ec2", "describe-instance-types", "--instance-types", "c5d.large"]);
+    assert_eq!(t["InstanceTypes"][0]["InstanceStorageInfo"]["TotalSizeInGB"], 50);
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-name",
+        "default",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "127.0.0.0/8",
+    ]);
+    let r =
+        cloud.aws(&["ec2", "run-instances", "--image-id", &ami, "--instance-type", "c5d.large", "--key-name", "vol"]);
+    let id = s(&r["Instances"][0]["InstanceId"]);
+    let find =
+        "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = ephemeral0 ] && echo ${d##*/}; done; true";
+    let dev = ssh_retry(&cloud, &key, &id, find).trim().to_owned();
+    assert!(!dev.is_empty(), "no instance-store disk");
+    let size = ssh_retry(&cloud, &key, &id, &format!("cat /sys/block/{dev}/size"));
+    assert_eq!(size.trim(), (50u64 << 30 >> 9).to_string());
+    ssh_retry(
+        &cloud,
+        &key,
+        &id,
+        &format!("echo scratch-bytes | dd of=/dev/{dev} bs=512 conv=sync count=1 2>/dev/null; sync"),
+    );
+    let read = format!("dd if=/dev/{dev} bs=512 count=1 2>/dev/null | head -c 13 | od -An -c | tr -d ' \\n'");
+    assert_eq!(ssh_retry(&cloud, &key, &id, &read), "scratch-bytes");
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &id]);
+    wait_state(&cloud, &id, "stopped");
+    cloud.aws(&["ec2", "start-instances", "--instance-ids", &id]);
+    wait_state(&cloud, &id, "running");
+    let dev = ssh_retry(&cloud, &key, &id, find).trim().to_owned();
+    let read = format!("dd if=/dev/{dev} bs=512 count=1 2>/dev/null | head -c 13 | od -An -c | tr -d ' \\n'");
+    let after = ssh_retry(&cloud, &key, &id, &read);
+    assert!(!after.contains("scratch"), "the instance store kept its data across stop/start: {after}");
+}

@@ -9,6 +9,8 @@
 //! - `stopping`: press the ACPI power button once; force after `STOP_TIMEOUT` or when asked;
 //!   report `VmGone` when QEMU has exited.
 //! - `shutting-down`: end QEMU, delete the root disk if DeleteOnTermination, report.
+//! - Instance store: types with local storage get a scratch disk (`ephemeral0.qcow2`, serial
+//!   `ephemeral0`) made new at every start and removed at stop and termination.
 //!
 //! Volumes (after the instances): `creating` -> make the qcow2 file, report available;
 //! `deleting` -> remove it, report gone; an attachment `attaching` -> hot-plug it into the
@@ -458,6 +460,8 @@ impl Agent {
             }
             (InstanceState::Stopping, None) => {
                 self.powerdown_sent.remove(i.id.as_str());
+                // The instance store does not outlive the run.
+                let _ = std::fs::remove_file(dir.join("ephemeral0.qcow2"));
                 let reason = if i.state_reason_code.is_some() {
                     None
                 } else {
@@ -470,6 +474,7 @@ impl Agent {
                     vm.kill().await;
                 }
                 self.powerdown_sent.remove(i.id.as_str());
+                let _ = std::fs::remove_file(dir.join("ephemeral0.qcow2"));
                 if i.delete_on_termination {
                     let _ = std::fs::remove_file(dir.join("root.qcow2"));
                 }
@@ -549,6 +554,27 @@ impl Agent {
         for v in &volumes {
             self.volumes_checked.insert(v.volume_id.clone());
         }
+        // The instance store is new at every start: what a previous run wrote is gone.
+        let ephemeral = match itype.instance_storage_gb {
+            Some(gb) => {
+                let path = dir.join("ephemeral0.qcow2");
+                let _ = std::fs::remove_file(&path);
+                let out = tokio::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&path)
+                    .arg(format!("{gb}G"))
+                    .output()
+                    .await
+                    .context("running qemu-img")?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "qemu-img create: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Some(path)
+            }
+            None => None,
+        };
         let _ = std::fs::remove_file(dir.join("metadata.log"));
         let tap = net::tap_name(i.id.as_str());
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
@@ -565,6 +591,7 @@ impl Agent {
             netns: Some(self.net.site.netns(&i.vpc_id)),
             hotplug_ports: MAX_ATTACHED as u32,
             volumes,
+            ephemeral,
         };
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
         let _ = std::fs::remove_file(spec.console_path());

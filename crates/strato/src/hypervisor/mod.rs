@@ -112,6 +112,8 @@ pub struct VmSpec {
     pub hotplug_ports: u32,
     /// Volumes present from the start, each in the next free port.
     pub volumes: Vec<VolumeDisk>,
+    /// The instance store: a scratch disk (serial `ephemeral0`) made fresh for each start.
+    pub ephemeral: Option<PathBuf>,
 }
 
 /// An EBS volume as a VM sees it.
@@ -214,6 +216,17 @@ impl VmSpec {
         ]);
         if let Some(i) = &self.initrd {
             a.extend(["-initrd".into(), i.display().to_string()]);
+        }
+        // Behind its own root port, so that it enumerates after the root disk (vda).
+        if let Some(e) = &self.ephemeral {
+            a.extend([
+                "-drive".into(),
+                format!("file={},format=qcow2,if=none,id=eph0,cache=writeback,discard=unmap", e.display()),
+                "-device".into(),
+                "pcie-root-port,id=ephp,chassis=64".into(),
+                "-device".into(),
+                "virtio-blk-pci,drive=eph0,serial=ephemeral0,bus=ephp".into(),
+            ]);
         }
         for n in 0..self.hotplug_ports {
             a.extend(["-device".into(), format!("pcie-root-port,id=hp{n},chassis={}", n + 1)]);
@@ -335,6 +348,7 @@ mod tests {
             netns: None,
             hotplug_ports: 0,
             volumes: Vec::new(),
+            ephemeral: None,
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");
