@@ -518,3 +518,142 @@ pub async fn launch(
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// Runs a command in a guest over SSH; its stdout.
+async fn ssh_run(key: &std::path::Path, ip: &str, command: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", &format!("root@{ip}"), command])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("running ssh")?;
+    anyhow::ensure!(out.status.success(), "ssh {command}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The dd runs of `bench volume`: (name, dd arguments, bytes moved). Direct I/O on both sides.
+const DD_RUNS: &[(&str, &str, u64)] = &[
+    ("sequential write 1 MiB blocks", "if=/dev/zero of=TARGET bs=1M count=256 oflag=direct", 256 << 20),
+    ("sequential read 1 MiB blocks", "if=TARGET of=/dev/null bs=1M count=256 iflag=direct", 256 << 20),
+    ("4 KiB writes", "if=/dev/zero of=TARGET bs=4k count=8192 oflag=direct", 8192 * 4096),
+    ("4 KiB reads", "if=TARGET of=/dev/null bs=4k count=8192 iflag=direct", 8192 * 4096),
+];
+
+/// `strato bench volume`: an instance (real agent, VM and network) with a 1 GiB gp3 volume
+/// hot-plugged; `dd` with direct I/O on the volume inside the guest, and the same `dd` on a
+/// file on the host's disk, in MB/s, with the ratio. busybox dd: the 4 KiB runs are
+/// sequential, not random (there is no fio in the minimal image).
+pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("strato-bench-volume-{}", std::process::id()));
+    let result = async {
+        let mut control = server::open_control(&dir, "local-1").await?;
+        control.public_pool =
+            crate::control::cidr::Ipv4Cidr::parse("127.97.0.0/16", true).context("the bench's public pool")?;
+        let control = Arc::new(control);
+        let creds = server::ensure_admin(&control).await?;
+        let (_, image_id, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let state = Arc::new(ApiState { control: control.clone() });
+        let server_task = tokio::spawn(crate::api::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        let agent = crate::agent::Agent::new(control.clone(), &dir)?;
+        let agent_task = tokio::spawn(agent.run());
+        let region = control.region.name.clone();
+        let mut stream = TcpStream::connect(&addr).await?;
+        macro_rules! call {
+            ($body:expr) => {{
+                let body: String = $body;
+                let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &body).await?;
+                anyhow::ensure!(status == 200, "{body}: {xml}");
+                anyhow::Ok(xml)
+            }};
+        }
+        let xml = call!("Action=CreateKeyPair&Version=2016-11-15&KeyName=bench&KeyType=ed25519".into())?;
+        let key_path = dir.join("bench.pem");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let material = xml_field(&xml, "keyMaterial").context("no keyMaterial")?;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&key_path)?;
+            std::io::Write::write_all(&mut f, crate::api::xml::unescape(material).as_bytes())?;
+        }
+        call!("Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupName=default&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=127.0.0.1/32".into())?;
+        let xml = call!(format!(
+            "Action=RunInstances&Version=2016-11-15&ImageId={image_id}&InstanceType=t3.small&MinCount=1&MaxCount=1&KeyName=bench&Placement.AvailabilityZone=local-1a"
+        ))?;
+        let instance = xml_field(&xml, "instanceId").context("no instanceId")?.to_owned();
+        let ip = xml_field(&xml, "ipAddress").context("no public address")?.to_owned();
+        ssh_login(&key_path, &ip, Instant::now(), Duration::from_secs(120)).await.context("SSH never worked")?;
+        let xml =
+            call!("Action=CreateVolume&Version=2016-11-15&AvailabilityZone=local-1a&Size=1&VolumeType=gp3".into())?;
+        let volume = xml_field(&xml, "volumeId").context("no volumeId")?.to_owned();
+        let t0 = Instant::now();
+        loop {
+            let d = call!(format!("Action=DescribeVolumes&Version=2016-11-15&VolumeId.1={volume}"))?;
+            if d.contains("<status>available</status>") {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "the volume was never available");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        call!(format!(
+            "Action=AttachVolume&Version=2016-11-15&VolumeId={volume}&InstanceId={instance}&Device=/dev/sdf"
+        ))?;
+        let serial = volume.replace('-', "");
+        let probe = format!(
+            "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = {serial} ] && echo ${{d##*/}}; done; true"
+        );
+        let t0 = Instant::now();
+        let dev = loop {
+            let d = ssh_run(&key_path, &ip, &probe).await?.trim().to_owned();
+            if !d.is_empty() {
+                break d;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "the guest never saw the volume");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let host_file = dir.join("host-target.raw");
+        std::fs::write(&host_file, b"")?;
+        println!("volume I/O: dd with direct I/O, t3.small guest (TCG) on a hot-plugged 1 GiB gp3 volume vs the host's disk:");
+        for (name, args, bytes) in DD_RUNS {
+            // In the guest: seconds from /proc/uptime around the run.
+            let guest_args = args.replace("TARGET", &format!("/dev/{dev}"));
+            let out = ssh_run(
+                &key_path,
+                &ip,
+                &format!("a=$(cut -d' ' -f1 /proc/uptime); dd {guest_args} 2>/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo $a $b"),
+            )
+            .await?;
+            let mut it = out.split_whitespace().filter_map(|v| v.parse::<f64>().ok());
+            let (a, b) = (it.next().context("uptime")?, it.next().context("uptime")?);
+            let guest = *bytes as f64 / (b - a).max(0.01) / 1e6;
+            let host_args: Vec<String> =
+                args.replace("TARGET", &host_file.display().to_string()).split(' ').map(str::to_owned).collect();
+            let t = Instant::now();
+            let st = tokio::process::Command::new("dd").args(&host_args).stderr(std::process::Stdio::null()).status().await?;
+            anyhow::ensure!(st.success(), "dd on the host failed");
+            let host = *bytes as f64 / t.elapsed().as_secs_f64() / 1e6;
+            println!("  {name:32} guest {guest:8.1} MB/s   host {host:8.1} MB/s   ratio {:5.2}", guest / host);
+        }
+        agent_task.abort();
+        let _ = tx.send(());
+        let _ = server_task.await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Ok(entries) = std::fs::read_dir(dir.join("instances")) {
+        for e in entries.flatten() {
+            if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
+                vm.kill().await;
+            }
+        }
+    }
+    crate::net::Site::new(&dir).teardown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

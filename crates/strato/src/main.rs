@@ -154,6 +154,9 @@ enum AccountCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// dd with direct I/O on a hot-plugged EBS volume inside a guest, beside the same dd on
+    /// the host's disk (MB/s and ratio).
+    Volume,
     /// Signed requests per second and p50/p99 latency of DescribeRegions and
     /// DescribeSecurityGroups over loopback.
     Api {
@@ -336,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             strato::metadata::serve_stdio(&cfg, &mut stdin.lock(), &mut std::io::stdout().lock())?;
             Ok(())
         }
+        Command::Bench { command: BenchCommand::Volume } => strato::bench::volume(&cli.cache_dir).await,
         Command::Bench { command: BenchCommand::Launch { runs, image, instance_type } } => {
             let kind = strato::image::Kind::parse(&image).context("the image kinds are minimal and debian-12")?;
             strato::bench::launch(&cli.cache_dir, runs, kind, &instance_type).await
