@@ -545,6 +545,13 @@ fn the_instance_store_is_lost_on_stop() {
     assert!(!dev.is_empty(), "no instance-store disk");
     let size = ssh_retry(&cloud, &key, &id, &format!("cat /sys/block/{dev}/size"));
     assert_eq!(size.trim(), (50u64 << 30 >> 9).to_string());
+    let md = ssh_retry(
+        &cloud,
+        &key,
+        &id,
+        "printf 'GET /latest/meta-data/block-device-mapping/ephemeral0 HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80 | tail -n 1",
+    );
+    assert_eq!(md.trim(), "sdb", "the metadata lists the instance store");
     ssh_retry(
         &cloud,
         &key,

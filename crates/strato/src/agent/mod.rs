@@ -138,11 +138,12 @@ impl Agent {
         if t.elapsed() > Duration::from_millis(200) {
             tracing::info!(ms = t.elapsed().as_millis() as u64, vpcs = views.len(), "network sync was slow");
         }
+        let volumes = self.control.all_volumes().await?;
         let table = on_host
             .iter()
             .filter_map(|i| {
                 let ip = i.private_ip.parse().ok()?;
-                Some(((i.vpc_id.clone(), ip), self.metadata_config(i, &self.run_dir(i.id.as_str()))))
+                Some(((i.vpc_id.clone(), ip), self.metadata_config(i, &self.run_dir(i.id.as_str()), &volumes)))
             })
             .collect();
         self.net.imds.set_table(table);
@@ -493,7 +494,23 @@ impl Agent {
 
     /// What the instance's metadata service serves (re-read for every request, so changes
     /// such as HttpTokens apply to a running guest).
-    fn metadata_config(&self, i: &Instance, dir: &Path) -> StdioConfig {
+    fn metadata_config(&self, i: &Instance, dir: &Path, volumes: &[Volume]) -> StdioConfig {
+        // The instance store, then the attached volumes in device order, as EC2 lists them.
+        let mut block_devices = Vec::new();
+        if self.control.catalogue.get(&i.instance_type).is_some_and(|t| t.instance_storage_gb.is_some()) {
+            block_devices.push(("ephemeral0".to_owned(), "sdb".to_owned()));
+        }
+        let mut devices: Vec<&str> = volumes
+            .iter()
+            .filter(|v| {
+                v.instance_id.as_deref() == Some(i.id.as_str()) && v.attach_state.as_deref() == Some("attached")
+            })
+            .filter_map(|v| v.device.as_deref())
+            .collect();
+        devices.sort();
+        for (n, d) in devices.iter().enumerate() {
+            block_devices.push((format!("ebs{}", n + 1), d.trim_start_matches("/dev/").to_owned()));
+        }
         let md = InstanceMetadata {
             instance_id: i.id.to_string(),
             ami_id: i.image_id.clone(),
@@ -511,6 +528,7 @@ impl Agent {
                 .as_deref()
                 .and_then(|u| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, u).ok()),
             tokens_required: i.tokens_required,
+            block_devices,
         };
         StdioConfig { metadata: md, token_key: self.token_key.clone(), log: Some(dir.join("metadata.log")) }
     }

@@ -39,6 +39,10 @@ pub struct InstanceMetadata {
     pub user_data: Option<Vec<u8>>,
     /// `HttpTokens=required`: IMDSv1 requests get 401.
     pub tokens_required: bool,
+    /// `block-device-mapping/` entries besides `ami` and `root`: (`ephemeral0`, `sdb`),
+    /// (`ebs1`, `sdf`), ...
+    #[serde(default)]
+    pub block_devices: Vec<(String, String)>,
 }
 
 /// An HTTP answer.
@@ -103,7 +107,11 @@ impl InstanceMetadata {
                     ("region", leaf(self.region.clone())),
                 ]),
             ),
-            ("block-device-mapping", dir(vec![("ami", leaf("/dev/xvda")), ("root", leaf("/dev/xvda"))])),
+            ("block-device-mapping", {
+                let mut m = vec![("ami", leaf("/dev/xvda")), ("root", leaf("/dev/xvda"))];
+                m.extend(self.block_devices.iter().map(|(k, v)| (k.as_str(), leaf(v.clone()))));
+                dir(m)
+            }),
             ("services", dir(vec![("domain", leaf("amazonaws.com")), ("partition", leaf("aws"))])),
         ];
         let mut iface = vec![
@@ -359,6 +367,11 @@ mod tests {
         assert_eq!(get(&m, "/2009-04-04/meta-data/public-keys/0/openssh-key", None).body, b"ssh-ed25519 AAAA test\n");
         assert_eq!(get(&m, "/latest/user-data", None).body, b"#!/bin/sh\necho hi\n");
         assert_eq!(get(&m, "/latest/meta-data/nope", None).status, 404);
+        let mut with_disks = md();
+        with_disks.block_devices = vec![("ephemeral0".into(), "sdb".into()), ("ebs1".into(), "sdf".into())];
+        let l = String::from_utf8(get(&with_disks, "/latest/meta-data/block-device-mapping/", None).body).unwrap();
+        assert_eq!(l, "ami\nebs1\nephemeral0\nroot");
+        assert_eq!(get(&with_disks, "/latest/meta-data/block-device-mapping/ebs1", None).body, b"sdf");
         assert_eq!(get(&m, "/1999/meta-data/", None).status, 404);
         let doc: serde_json::Value =
             serde_json::from_slice(&get(&m, "/latest/dynamic/instance-identity/document", None).body).unwrap();
