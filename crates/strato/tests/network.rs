@@ -7,12 +7,11 @@ mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Cloud;
+use common::{key_file, ssh, Cloud};
 use serde_json::Value;
 
 fn s(v: &Value) -> String {
@@ -42,26 +41,6 @@ fn wait_ready(cloud: &Cloud, profile: &str, id: &str) -> Value {
         assert!(start.elapsed() < Duration::from_secs(120), "{id} never got ready:\n{out}");
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn key_file(cloud: &Cloud, profile: &str, name: &str) -> PathBuf {
-    let k = cloud.aws_json_as(profile, &["ec2", "create-key-pair", "--key-name", name]);
-    let path = cloud.dir.path().join(format!("{name}.pem"));
-    std::fs::write(&path, s(&k["KeyMaterial"])).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-/// Runs a command in a guest over SSH at its public address; `None` if SSH fails.
-fn ssh(key: &Path, ip: &str, command: &str) -> Option<String> {
-    let out = Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", &format!("root@{ip}"), command])
-        .output()
-        .expect("ssh (openssh-client)");
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Whether a TCP connection to ip:22 from the host gets the SSH banner.

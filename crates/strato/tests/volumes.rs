@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Cloud;
+use common::{key_file, ssh, Cloud};
 use serde_json::Value;
 
 fn s(v: &Value) -> String {
@@ -295,25 +293,6 @@ fn snapshots_are_shared_copied_and_restored() {
     assert_eq!(line["unit"], "GB-Mo");
 }
 
-fn key_file(cloud: &Cloud) -> PathBuf {
-    let k = cloud.aws(&["ec2", "create-key-pair", "--key-name", "vol"]);
-    let path = cloud.dir.path().join("vol.pem");
-    std::fs::write(&path, s(&k["KeyMaterial"])).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-fn ssh(key: &Path, ip: &str, command: &str) -> Option<String> {
-    let out = Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", &format!("root@{ip}"), command])
-        .output()
-        .expect("ssh (openssh-client)");
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Runs a command over SSH at the instance's public address, retrying while the guest boots.
 #[track_caller]
 fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
@@ -334,7 +313,7 @@ fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
 fn a_volume_is_hot_plugged_kept_and_moved() {
     let cloud = Cloud::start();
     let ami = ami(&cloud);
-    let key = key_file(&cloud);
+    let key = key_file(&cloud, "strato", "vol");
     cloud.aws(&[
         "ec2",
         "authorize-security-group-ingress",
@@ -521,7 +500,7 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
 fn the_instance_store_is_lost_on_stop() {
     let cloud = Cloud::start();
     let ami = ami(&cloud);
-    let key = key_file(&cloud);
+    let key = key_file(&cloud, "strato", "vol");
     let t = cloud.aws(&["ec2", "describe-instance-types", "--instance-types", "c5d.large"]);
     assert_eq!(t["InstanceTypes"][0]["InstanceStorageInfo"]["TotalSizeInGB"], 50);
     cloud.aws(&[

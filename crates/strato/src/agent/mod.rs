@@ -183,24 +183,7 @@ impl Agent {
                     }
                     .await
                 }
-                None => {
-                    async {
-                        let out = tokio::process::Command::new("qemu-img")
-                            .args(["resize", "-q", "-f", "qcow2"])
-                            .arg(&disk.path)
-                            .arg(bytes.to_string())
-                            .output()
-                            .await
-                            .context("running qemu-img")?;
-                        anyhow::ensure!(
-                            out.status.success(),
-                            "qemu-img resize: {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                        Ok(())
-                    }
-                    .await
-                }
+                None => async { qemu_img_resize(&disk.path, &bytes.to_string()).await }.await,
             };
             if let Err(e) = &result {
                 tracing::error!(volume_id = %v.id, error = format!("{e:#}"), "volume modification failed");
@@ -288,27 +271,14 @@ impl Agent {
             "creating" => {
                 std::fs::create_dir_all(&self.volumes_dir)?;
                 let tmp = disk.path.with_extension("tmp");
-                let out = match &v.snapshot_id {
+                match &v.snapshot_id {
                     // A copy of the snapshot (never a file that depends on it), grown to size.
                     Some(snap) => {
                         qemu_img_convert(&self.snapshot_path(snap), &tmp).await?;
-                        tokio::process::Command::new("qemu-img")
-                            .args(["resize", "-q", "-f", "qcow2"])
-                            .arg(&tmp)
-                            .arg(format!("{}G", v.size_gb))
-                            .output()
-                            .await
-                            .context("running qemu-img")?
+                        qemu_img_resize(&tmp, &format!("{}G", v.size_gb)).await?;
                     }
-                    None => tokio::process::Command::new("qemu-img")
-                        .args(["create", "-q", "-f", "qcow2"])
-                        .arg(&tmp)
-                        .arg(format!("{}G", v.size_gb))
-                        .output()
-                        .await
-                        .context("running qemu-img")?,
-                };
-                anyhow::ensure!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr).trim());
+                    None => qemu_img_create(&tmp, v.size_gb, None).await?,
+                }
                 std::fs::rename(&tmp, &disk.path)?;
                 self.control.volume_created(&v.id).await?;
                 return Ok(());
@@ -548,14 +518,7 @@ impl Agent {
         let disk = dir.join("root.qcow2");
         if !disk.exists() {
             let tmp = dir.join("root.qcow2.tmp");
-            let out = tokio::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", &image.disk_format, "-b", &image.disk_path])
-                .arg(&tmp)
-                .arg(format!("{}G", i.root_size_gb))
-                .output()
-                .await
-                .context("running qemu-img")?;
-            anyhow::ensure!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim());
+            qemu_img_create(&tmp, i.root_size_gb, Some((&image.disk_format, Path::new(&image.disk_path)))).await?;
             std::fs::rename(&tmp, &disk)?;
         }
         anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
@@ -577,18 +540,7 @@ impl Agent {
             Some(gb) => {
                 let path = dir.join("ephemeral0.qcow2");
                 let _ = std::fs::remove_file(&path);
-                let out = tokio::process::Command::new("qemu-img")
-                    .args(["create", "-q", "-f", "qcow2"])
-                    .arg(&path)
-                    .arg(format!("{gb}G"))
-                    .output()
-                    .await
-                    .context("running qemu-img")?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "qemu-img create: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+                qemu_img_create(&path, gb as i64, None).await?;
                 Some(path)
             }
             None => None,
@@ -622,30 +574,50 @@ impl Agent {
     }
 }
 
+/// Runs `qemu-img` with an argument vector.
+async fn qemu_img(args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("qemu-img").args(args).output().await.context("running qemu-img")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "qemu-img {}: {}",
+        args.first().map(|a| a.to_string_lossy()).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A new qcow2 file of `size_gb` GiB, optionally an overlay on (format, backing file).
+async fn qemu_img_create(path: &Path, size_gb: i64, backing: Option<(&str, &Path)>) -> anyhow::Result<()> {
+    let size = format!("{size_gb}G");
+    let mut args: Vec<&std::ffi::OsStr> = ["create", "-q", "-f", "qcow2"].iter().map(std::ffi::OsStr::new).collect();
+    if let Some((format, file)) = backing {
+        args.extend([
+            std::ffi::OsStr::new("-F"),
+            std::ffi::OsStr::new(format),
+            std::ffi::OsStr::new("-b"),
+            file.as_os_str(),
+        ]);
+    }
+    args.extend([path.as_os_str(), std::ffi::OsStr::new(&size)]);
+    qemu_img(&args).await
+}
+
+/// Grows a qcow2 file to `size` (`3G`, or bytes).
+async fn qemu_img_resize(path: &Path, size: &str) -> anyhow::Result<()> {
+    let args = ["resize", "-q", "-f", "qcow2"].map(std::ffi::OsStr::new);
+    qemu_img(&[&args[..], &[path.as_os_str(), std::ffi::OsStr::new(size)]].concat()).await
+}
+
 /// `qemu-img convert` to a new standalone qcow2 file.
 async fn qemu_img_convert(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(from)
-        .arg(to)
-        .output()
-        .await
-        .context("running qemu-img")?;
-    anyhow::ensure!(out.status.success(), "qemu-img convert: {}", String::from_utf8_lossy(&out.stderr).trim());
-    Ok(())
+    let args = ["convert", "-q", "-O", "qcow2"].map(std::ffi::OsStr::new);
+    qemu_img(&[&args[..], &[from.as_os_str(), to.as_os_str()]].concat()).await
 }
 
 /// A point-in-time copy of a volume in a running VM: `blockdev-backup` (sync=full) into a
 /// new qcow2 file, waiting for the job to end.
 async fn backup(vm: &Vm, disk: &VolumeDisk, snapshot: &str, size_gb: i64, target: &Path) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(target)
-        .arg(format!("{size_gb}G"))
-        .output()
-        .await
-        .context("running qemu-img")?;
-    anyhow::ensure!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim());
+    qemu_img_create(target, size_gb, None).await?;
     let node = format!("sn{}", snapshot.trim_start_matches("snap-"));
     let job = format!("job-{snapshot}");
     let mut q = vm.qmp().await?;

@@ -340,3 +340,25 @@ impl Drop for Cloud {
 pub fn error_code(body: &str) -> &str {
     body.split_once("<Code>").and_then(|(_, r)| r.split_once("</Code>")).map(|(c, _)| c).unwrap_or("")
 }
+
+/// Creates a key pair for `profile` and writes its private key (mode 0600) into the data dir.
+pub fn key_file(cloud: &Cloud, profile: &str, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let k = cloud.aws_json_as(profile, &["ec2", "create-key-pair", "--key-name", name]);
+    let path = cloud.dir.path().join(format!("{name}.pem"));
+    std::fs::write(&path, k["KeyMaterial"].as_str().unwrap_or_default()).expect("writing the key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
+    path
+}
+
+/// Runs a command in a guest over SSH as root at `ip`; `None` if SSH or the command fails.
+pub fn ssh(key: &Path, ip: &str, command: &str) -> Option<String> {
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", &format!("root@{ip}"), command])
+        .output()
+        .expect("ssh (openssh-client)");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
