@@ -35,7 +35,14 @@ fn wait_console(cloud: &Cloud, id: &str, marker: &str, count: usize) -> String {
     let start = Instant::now();
     loop {
         let out = console(cloud, id);
-        if out.matches(marker).count() >= count || start.elapsed() > Duration::from_secs(90) {
+        // Generous: under TCG with every test's VMs booting at once on two cores, a boot can
+        // take many times its usual 3-4 s.
+        if out.matches(marker).count() >= count {
+            return out;
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            let i = instance(cloud, id);
+            eprintln!("{id}: no {marker:?} on the console after 180 s; the instance: {i}");
             return out;
         }
         std::thread::sleep(Duration::from_millis(500));
