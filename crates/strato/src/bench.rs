@@ -270,6 +270,89 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// An in-process cloud for the VM benchmarks: a data dir's control plane with its own public
+/// pool, the image registered, the API on a loopback port, the real agent, a signed
+/// connection, and a key pair whose port 22 is open to 127.0.0.1.
+struct BenchCloud {
+    control: Arc<crate::control::Control>,
+    creds: Credentials,
+    addr: String,
+    region: String,
+    stream: TcpStream,
+    built: crate::image::Built,
+    image_id: crate::ids::ImageId,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    agent_task: tokio::task::JoinHandle<()>,
+    key_path: std::path::PathBuf,
+}
+
+impl BenchCloud {
+    async fn start(
+        dir: &std::path::Path,
+        cache: &std::path::Path,
+        kind: crate::image::Kind,
+        pool: &str,
+    ) -> anyhow::Result<BenchCloud> {
+        let mut control = server::open_control(dir, "local-1").await?;
+        control.public_pool = crate::control::cidr::Ipv4Cidr::parse(pool, true).context("the bench's public pool")?;
+        let control = Arc::new(control);
+        let creds = server::ensure_admin(&control).await?;
+        let (built, image_id, _) = server::build_and_register(&control, cache, kind, false).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let state = Arc::new(ApiState { control: control.clone() });
+        let server_task = tokio::spawn(crate::api::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        let agent = crate::agent::Agent::new(control.clone(), dir)?;
+        let agent_task = tokio::spawn(agent.run());
+        let region = control.region.name.clone();
+        let mut stream = TcpStream::connect(&addr).await?;
+        stream.set_nodelay(true)?;
+        let (status, xml) = signed_call(
+            &mut stream,
+            &addr,
+            &creds,
+            &region,
+            "Action=CreateKeyPair&Version=2016-11-15&KeyName=bench&KeyType=ed25519",
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "CreateKeyPair: {xml}");
+        let key_path = dir.join("bench.pem");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let material = xml_field(&xml, "keyMaterial").context("no keyMaterial")?;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&key_path)?;
+            std::io::Write::write_all(&mut f, crate::api::xml::unescape(material).as_bytes())?;
+        }
+        let (status, xml) = signed_call(
+            &mut stream,
+            &addr,
+            &creds,
+            &region,
+            "Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupName=default&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=127.0.0.1/32",
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "AuthorizeSecurityGroupIngress: {xml}");
+        Ok(BenchCloud {
+            control,
+            creds,
+            addr,
+            region,
+            stream,
+            built,
+            image_id,
+            stop,
+            server_task,
+            agent_task,
+            key_path,
+        })
+    }
+}
+
 /// Tries `ssh root@ip true` with the key until it works; the time it took.
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
@@ -304,51 +387,9 @@ pub async fn launch(
     use crate::image::bare::sample_metadata;
     let dir = std::env::temp_dir().join(format!("strato-bench-launch-{}", std::process::id()));
     let result = async {
-        let mut control = server::open_control(&dir, "local-1").await?;
         // Its own public pool, beside a `strato serve` on the default one.
-        control.public_pool =
-            crate::control::cidr::Ipv4Cidr::parse("127.98.0.0/16", true).context("the bench's public pool")?;
-        let control = Arc::new(control);
-        let creds = server::ensure_admin(&control).await?;
-        let (built, image_id, _) = server::build_and_register(&control, cache, kind, false).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = Arc::new(ApiState { control: control.clone() });
-        let server_task = tokio::spawn(crate::api::serve(listener, state, async {
-            let _ = rx.await;
-        }));
-        let agent = crate::agent::Agent::new(control.clone(), &dir)?;
-        let agent_task = tokio::spawn(agent.run());
-        let region = control.region.name.clone();
-        let mut stream = TcpStream::connect(&addr).await?;
-        stream.set_nodelay(true)?;
-        // A key pair and port 22 open to the host.
-        let (status, xml) = signed_call(
-            &mut stream,
-            &addr,
-            &creds,
-            &region,
-            "Action=CreateKeyPair&Version=2016-11-15&KeyName=bench&KeyType=ed25519",
-        )
-        .await?;
-        anyhow::ensure!(status == 200, "CreateKeyPair: {xml}");
-        let key_path = dir.join("bench.pem");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let material = xml_field(&xml, "keyMaterial").context("no keyMaterial")?;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&key_path)?;
-            std::io::Write::write_all(&mut f, crate::api::xml::unescape(material).as_bytes())?;
-        }
-        let (status, xml) = signed_call(
-            &mut stream,
-            &addr,
-            &creds,
-            &region,
-            "Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupName=default&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=127.0.0.1/32",
-        )
-        .await?;
-        anyhow::ensure!(status == 200, "AuthorizeSecurityGroupIngress: {xml}");
+        let BenchCloud { control, creds, addr, region, mut stream, built, image_id, stop: tx, server_task, agent_task, key_path } =
+            BenchCloud::start(&dir, cache, kind, "127.98.0.0/16").await?;
         let (mut api, mut to_running, mut to_metadata, mut to_ssh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let t0 = Instant::now();
@@ -549,23 +590,8 @@ const DD_RUNS: &[(&str, &str, u64)] = &[
 pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("strato-bench-volume-{}", std::process::id()));
     let result = async {
-        let mut control = server::open_control(&dir, "local-1").await?;
-        control.public_pool =
-            crate::control::cidr::Ipv4Cidr::parse("127.97.0.0/16", true).context("the bench's public pool")?;
-        let control = Arc::new(control);
-        let creds = server::ensure_admin(&control).await?;
-        let (_, image_id, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = Arc::new(ApiState { control: control.clone() });
-        let server_task = tokio::spawn(crate::api::serve(listener, state, async {
-            let _ = rx.await;
-        }));
-        let agent = crate::agent::Agent::new(control.clone(), &dir)?;
-        let agent_task = tokio::spawn(agent.run());
-        let region = control.region.name.clone();
-        let mut stream = TcpStream::connect(&addr).await?;
+        let BenchCloud { creds, addr, region, mut stream, image_id, stop: tx, server_task, agent_task, key_path, .. } =
+            BenchCloud::start(&dir, cache, crate::image::Kind::Minimal, "127.97.0.0/16").await?;
         macro_rules! call {
             ($body:expr) => {{
                 let body: String = $body;
@@ -574,15 +600,6 @@ pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
                 anyhow::Ok(xml)
             }};
         }
-        let xml = call!("Action=CreateKeyPair&Version=2016-11-15&KeyName=bench&KeyType=ed25519".into())?;
-        let key_path = dir.join("bench.pem");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let material = xml_field(&xml, "keyMaterial").context("no keyMaterial")?;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&key_path)?;
-            std::io::Write::write_all(&mut f, crate::api::xml::unescape(material).as_bytes())?;
-        }
-        call!("Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupName=default&IpProtocol=tcp&FromPort=22&ToPort=22&CidrIp=127.0.0.1/32".into())?;
         let xml = call!(format!(
             "Action=RunInstances&Version=2016-11-15&ImageId={image_id}&InstanceType=t3.small&MinCount=1&MaxCount=1&KeyName=bench&Placement.AvailabilityZone=local-1a"
         ))?;

@@ -152,6 +152,8 @@ impl Agent {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
             }
         }
+        // Read again: the instances' passes may have changed volumes (a termination
+        // detaches them), and this pass should act on that at once.
         let volumes = self.control.all_volumes().await?;
         for v in &volumes {
             if let Err(e) = self.reconcile_volume(v, &live).await {

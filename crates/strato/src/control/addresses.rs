@@ -249,14 +249,11 @@ impl Control {
             // The instance it leaves gets what it would have without it.
             self.public_address_after_release(c, &InstanceId::from_db(other.to_owned()), &a.public_ip).await?;
         }
-        // An elastic IP the instance already had goes back to the account.
-        if let Some(prev) = list.iter().find(|x| x.instance_id.as_deref() == Some(instance_id.as_str()) && x.id != a.id)
-        {
-            set_association(c, &prev.id, None, None).await?;
-        }
+        // An elastic IP the instance already had goes back to the account, idle.
         let now = chrono::Utc::now();
         if let Some(prev) = list.iter().find(|x| x.instance_id.as_deref() == Some(instance_id.as_str()) && x.id != a.id)
         {
+            set_association(c, &prev.id, None, None).await?;
             billing::set_address_idle(c, prev.id.as_str(), true, &self.catalogue, now).await?;
         }
         let assoc = AssociationId::generate();

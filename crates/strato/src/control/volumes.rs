@@ -694,15 +694,18 @@ impl Control {
         Ok(all(&mut c).await?)
     }
 
-    /// The file exists: `creating` becomes `available`.
-    pub async fn volume_created(&self, id: &VolumeId) -> anyhow::Result<()> {
+    /// Applies one of the agent's reports: `sql` updates the volume `?` if it is still in the
+    /// state the report answers (a stale report changes nothing).
+    async fn volume_report(&self, sql: &str, id: &VolumeId) -> anyhow::Result<()> {
         let mut tx = self.store().begin_write().await?;
-        sqlx::query("UPDATE volumes SET state = 'available' WHERE id = ? AND state = 'creating'")
-            .bind(id.as_str())
-            .execute(tx.conn())
-            .await?;
+        sqlx::query(sql).bind(id.as_str()).execute(tx.conn()).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The file exists: `creating` becomes `available`.
+    pub async fn volume_created(&self, id: &VolumeId) -> anyhow::Result<()> {
+        self.volume_report("UPDATE volumes SET state = 'available' WHERE id = ? AND state = 'creating'", id).await
     }
 
     /// The file is gone: the volume ends, its storage interval is recorded.
@@ -723,26 +726,20 @@ impl Control {
 
     /// The VM has the volume (or the instance is not running: it gets it at boot).
     pub async fn volume_attached(&self, id: &VolumeId) -> anyhow::Result<()> {
-        let mut tx = self.store().begin_write().await?;
-        sqlx::query("UPDATE volumes SET attach_state = 'attached' WHERE id = ? AND attach_state = 'attaching'")
-            .bind(id.as_str())
-            .execute(tx.conn())
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.volume_report(
+            "UPDATE volumes SET attach_state = 'attached' WHERE id = ? AND attach_state = 'attaching'",
+            id,
+        )
+        .await
     }
 
     /// The VM let the volume go.
     pub async fn volume_detached(&self, id: &VolumeId) -> anyhow::Result<()> {
-        let mut tx = self.store().begin_write().await?;
-        sqlx::query(
+        self.volume_report(
             "UPDATE volumes SET state = 'available', instance_id = NULL, device = NULL, attach_state = NULL,
              attach_time = NULL, force_detach = 0 WHERE id = ? AND attach_state = 'detaching'",
+            id,
         )
-        .bind(id.as_str())
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 }
