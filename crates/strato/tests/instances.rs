@@ -65,6 +65,17 @@ fn ran_until_stop(i: &Value) -> f64 {
     (stopped - launch).num_milliseconds() as f64 / 1000.0
 }
 
+/// Waits until the root volume is gone: from the API and its file from the data dir.
+fn wait_root_deleted(cloud: &Cloud, volume: &str) {
+    assert!(volume.starts_with("vol-"), "{volume}");
+    let start = Instant::now();
+    while cloud.aws_as("strato", &["ec2", "describe-volumes", "--volume-ids", volume]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the root volume {volume} was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!cloud.dir.path().join("volumes").join(format!("{volume}.qcow2")).exists(), "{volume}'s file is left");
+}
+
 fn wait_state(cloud: &Cloud, id: &str, state: &str) -> Value {
     let start = Instant::now();
     loop {
@@ -208,15 +219,14 @@ fn lifecycle_console_and_status() {
     let out = wait_console(&cloud, &id, "STRATO-BOOT: ready", 1);
     assert!(out.contains("STRATO-BOOT: ready"), "{out}");
 
+    let root = s(&instance(&cloud, &id)["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]).to_owned();
+    assert!(cloud.dir.path().join("volumes").join(format!("{root}.qcow2")).exists(), "the root volume's file");
     let t = cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &id]);
     assert_eq!(t["TerminatingInstances"][0]["CurrentState"]["Name"], "shutting-down");
     cloud.aws(&["ec2", "wait", "instance-terminated", "--instance-ids", &id]);
     assert_eq!(instance(&cloud, &id)["State"]["Code"], 48, "terminated instances stay visible");
     assert!(strato::hypervisor::Vm::adopt(&cloud.dir.path().join("instances").join(&id)).is_none(), "no VM left");
-    assert!(
-        !cloud.dir.path().join("instances").join(&id).join("root.qcow2").exists(),
-        "root disk deleted on termination"
-    );
+    wait_root_deleted(&cloud, &root);
     assert_eq!(cloud.aws_err(&["ec2", "start-instances", "--instance-ids", &id]), "IncorrectInstanceState");
 }
 
@@ -353,7 +363,7 @@ fn launch_errors_quota_and_isolation() {
     assert_eq!(i["State"]["Name"], "terminated", "{i}");
     assert_eq!(i["StateReason"]["Code"], "Server.InternalError");
     assert!(strato::hypervisor::Vm::adopt(&cloud.dir.path().join("instances").join(&bad)).is_none());
-    assert!(!cloud.dir.path().join("instances").join(&bad).join("root.qcow2").exists());
+    wait_root_deleted(&cloud, s(&run["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]));
 
     // The step before, making the root disk, failing (the image's disk file is gone): the same.
     let r = cloud.aws(&[
@@ -372,7 +382,7 @@ fn launch_errors_quota_and_isolation() {
     let bad = s(&run["Instances"][0]["InstanceId"]).to_owned();
     let i = wait_state(&cloud, &bad, "terminated");
     assert_eq!(i["StateReason"]["Code"], "Server.InternalError", "{i}");
-    assert!(!cloud.dir.path().join("instances").join(&bad).join("root.qcow2").exists());
+    wait_root_deleted(&cloud, s(&run["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]));
 }
 
 #[test]

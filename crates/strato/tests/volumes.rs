@@ -190,6 +190,90 @@ fn volume_api_rules() {
 }
 
 #[test]
+fn the_root_volume_is_a_volume() {
+    let cloud = Cloud::start_simulated();
+    let ami = ami(&cloud);
+    let image = cloud.aws(&["ec2", "describe-images", "--image-ids", &ami])["Images"][0].clone();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["ec2", "run-instances", "--image-id", &ami, "--instance-type", "t3.nano"];
+        a.extend_from_slice(&["--placement", "AvailabilityZone=local-1a"]);
+        a.extend_from_slice(extra);
+        let r = cloud.aws(&a);
+        s(&r["Instances"][0]["InstanceId"])
+    };
+    let a = run(&[]);
+    let i = wait_state(&cloud, &a, "running");
+    let root = s(&i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]);
+    assert_eq!(s(&i["BlockDeviceMappings"][0]["DeviceName"]), "/dev/xvda");
+    let v = volume(&cloud, &root);
+    assert_eq!(s(&v["State"]), "in-use");
+    assert_eq!(v["Size"], image["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"]);
+    assert_eq!(v["SnapshotId"], image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]);
+    assert_eq!(s(&v["Attachments"][0]["InstanceId"]), a);
+    assert_eq!(s(&v["Attachments"][0]["Device"]), "/dev/xvda");
+    assert_eq!(v["Attachments"][0]["DeleteOnTermination"], true);
+    let f = cloud.aws(&["ec2", "describe-volumes", "--filters", "Name=attachment.device,Values=/dev/xvda"]);
+    assert_eq!(f["Volumes"].as_array().map(Vec::len), Some(1));
+
+    // Not while it runs; a stopped instance lets it go, and cannot start without one.
+    assert_eq!(cloud.aws_err(&["ec2", "detach-volume", "--volume-id", &root]), "IncorrectState");
+    assert_eq!(cloud.aws_err(&["ec2", "delete-volume", "--volume-id", &root]), "VolumeInUse");
+    let spare = s(&cloud.aws(&["ec2", "create-volume", "--availability-zone", "local-1a", "--size", "2"])["VolumeId"]);
+    wait_volume(&cloud, &spare, "available", |v| v["State"] == "available");
+    let attach = |vol: &str, inst: &str, dev: &str| {
+        cloud.aws_err(&["ec2", "attach-volume", "--volume-id", vol, "--instance-id", inst, "--device", dev])
+    };
+    assert_eq!(attach(&spare, &a, "/dev/xvda"), "InvalidParameterValue", "in use by the root volume");
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &a]);
+    wait_state(&cloud, &a, "stopped");
+    cloud.aws(&["ec2", "detach-volume", "--volume-id", &root]);
+    wait_volume(&cloud, &root, "detached", |v| v["State"] == "available");
+    assert_eq!(instance(&cloud, &a)["BlockDeviceMappings"].as_array().map(Vec::len), Some(0));
+    assert_eq!(cloud.aws_err(&["ec2", "start-instances", "--instance-ids", &a]), "IncorrectInstanceState");
+    assert_eq!(
+        cloud.aws_err(&["ec2", "create-image", "--instance-id", &a, "--name", "no-root"]),
+        "IncorrectInstanceState"
+    );
+
+    // Another volume becomes its root; the old root is a data volume elsewhere.
+    let b = run(&[]);
+    wait_state(&cloud, &b, "running");
+    assert_eq!(attach(&spare, &b, "/dev/xvda"), "InvalidParameterValue", "b has its root");
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &spare, "--instance-id", &a, "--device", "/dev/xvda"]);
+    wait_volume(&cloud, &spare, "attached", |v| v["Attachments"][0]["State"] == "attached");
+    cloud.aws(&["ec2", "start-instances", "--instance-ids", &a]);
+    let i = wait_state(&cloud, &a, "running");
+    assert_eq!(s(&i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]), spare);
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &root, "--instance-id", &b, "--device", "/dev/sdf"]);
+    let i = wait_state(&cloud, &b, "running");
+    let devices: Vec<String> =
+        i["BlockDeviceMappings"].as_array().into_iter().flatten().map(|m| s(&m["DeviceName"])).collect();
+    assert_eq!(devices, ["/dev/xvda", "/dev/sdf"]);
+
+    // Terminate: a DeleteOnTermination root goes; one without it stays, available.
+    let b_root = s(&i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]);
+    let kept = run(&["--block-device-mappings", "DeviceName=/dev/xvda,Ebs={DeleteOnTermination=false}"]);
+    let k = wait_state(&cloud, &kept, "running");
+    let kept_root = s(&k["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]);
+    assert_eq!(k["BlockDeviceMappings"][0]["Ebs"]["DeleteOnTermination"], false);
+    cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &b, &kept]);
+    wait_state(&cloud, &b, "terminated");
+    wait_state(&cloud, &kept, "terminated");
+    wait_volume(&cloud, &kept_root, "kept", |v| v["State"] == "available");
+    wait_volume(&cloud, &root, "detached by the termination", |v| v["State"] == "available");
+    let start = Instant::now();
+    while cloud.aws_as("strato", &["ec2", "describe-volumes", "--volume-ids", &b_root]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the root volume was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Billed as a volume, from launch to deletion.
+    let bill = cloud.bill("admin");
+    let line = bill["lines"].as_array().unwrap().iter().find(|l| l["resource_id"] == b_root.as_str()).unwrap().clone();
+    assert_eq!(line["usage_type"], "EBS:VolumeUsage.gp3");
+    assert!(line["quantity"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn snapshots_are_shared_copied_and_restored() {
     let cloud = Cloud::start_simulated();
     cloud.create_account("other", false);
@@ -494,6 +578,55 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(ssh_retry(&cloud, &key, &c, "cat /root/marker").trim(), "written-before-the-image");
+
+    // C's root volume is a volume: grown while it runs (the guest's vda grows at once), and
+    // snapshotted while it runs; a volume made from that snapshot, in B, holds C's files.
+    let i = instance(&cloud, &c);
+    let root = s(&i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]);
+    assert_eq!(volume(&cloud, &root)["Size"], 1);
+    cloud.aws(&["ec2", "modify-volume", "--volume-id", &root, "--size", "2"]);
+    let start = Instant::now();
+    loop {
+        let size = ssh_retry(&cloud, &key, &c, "cat /sys/block/vda/size");
+        if size.trim() == (2u64 << 30 >> 9).to_string() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the guest's root disk is still {size}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let snap = s(&cloud.aws(&["ec2", "create-snapshot", "--volume-id", &root])["SnapshotId"]);
+    let start = Instant::now();
+    while cloud.aws(&["ec2", "describe-snapshots", "--snapshot-ids", &snap])["Snapshots"][0]["State"] != "completed" {
+        assert!(start.elapsed() < Duration::from_secs(60), "the root snapshot never completed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let copy =
+        s(&cloud.aws(&["ec2", "create-volume", "--availability-zone", "local-1a", "--snapshot-id", &snap])["VolumeId"]);
+    wait_volume(&cloud, &copy, "available", |v| v["State"] == "available");
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &copy, "--instance-id", &b, "--device", "/dev/sdi"]);
+    wait_volume(&cloud, &copy, "attached", |v| v["Attachments"][0]["State"] == "attached");
+    let mount = "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = SERIAL ] && mkdir -p /mnt/c && mount -o ro /dev/${d##*/} /mnt/c && cat /mnt/c/root/marker; done 2>&1; true"
+        .replace("SERIAL", &copy.replace('-', ""));
+    let start = Instant::now();
+    loop {
+        let out = ssh_retry(&cloud, &key, &b, &mount);
+        if out.trim() == "written-before-the-image" {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let disks = ssh_retry(&cloud, &key, &b, "for d in /sys/block/vd*; do echo $d $(cat $d/serial); done");
+            panic!("B never read C's root volume {copy}: {out}; B has {disks}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Terminated with DeleteOnTermination: the root volume goes with the instance.
+    cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &c]);
+    let start = Instant::now();
+    while cloud.aws_as("strato", &["ec2", "describe-volumes", "--volume-ids", &root]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(60), "C's root volume was not deleted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

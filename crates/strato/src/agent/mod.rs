@@ -1,14 +1,17 @@
 //! The host agent: makes the instances' desired state true on this host and reports what it
 //! sees. `strato serve` runs one in-process; it reconciles every `TICK`:
 //!
-//! - `pending` with no VM: create the root disk (a qcow2 overlay on the image, once), write
-//!   the metadata config, launch QEMU; report `Booted` (EC2's `running` means the VM runs).
+//! - `pending` with no VM: create the root volume's file (a qcow2 overlay on the image,
+//!   `DATA_DIR/volumes/<vol>.qcow2`, once), write the metadata config, launch QEMU with it
+//!   as `vda` and the attached data volumes; report `Booted` (EC2's `running` means the VM
+//!   runs).
 //! - `running`: a VM that is gone powered itself off (console says so: the instance's
 //!   shutdown behaviour applies) or died (stopped, with a server error as state reason);
 //!   a reboot request resets the VM; the guest reading its metadata marks it healthy.
 //! - `stopping`: press the ACPI power button once; force after `STOP_TIMEOUT` or when asked;
 //!   report `VmGone` when QEMU has exited.
-//! - `shutting-down`: end QEMU, delete the root disk if DeleteOnTermination, report.
+//! - `shutting-down`: end QEMU, report (the control plane then marks the DeleteOnTermination
+//!   volumes, the root volume among them, `deleting`, and the volumes' pass removes them).
 //! - Instance store: types with local storage get a scratch disk (`ephemeral0.qcow2`, serial
 //!   `ephemeral0`) made new at every start and removed at stop and termination.
 //!
@@ -24,8 +27,17 @@
 //!
 //! Snapshots: `pending` -> a point-in-time copy of the volume into
 //! `DATA_DIR/snapshots/<id>.qcow2`: QEMU's `blockdev-backup` (sync=full) when the volume is
-//! in a running VM (crash-consistent while the guest writes), `qemu-img convert` otherwise;
-//! a copy of the source file for CopySnapshot. Files no snapshot names are removed.
+//! in a running VM (crash-consistent while the guest writes; for a root volume
+//! `drive-backup` of `virtio0`, which flattens the image under it, the VM paused meanwhile
+//! for CreateImage without NoReboot), `qemu-img convert` otherwise; a copy of the source
+//! file for CopySnapshot. Files no snapshot names are removed.
+//!
+//! Crashes: every file is made under a `.tmp` name and renamed into place before the report,
+//! so a crash between the two leaves the work to be redone by the next pass (the row still
+//! says `creating`/`pending`/`modifying`), never a half-written file under a real name; a
+//! snapshot's backup job dies with a QEMU or is redone after a `strato serve` restart
+//! (its `.tmp` is replaced). A hot-plug the database does not know of yet is found by the
+//! check every agent start makes of every attached volume.
 //!
 //! VMs are daemonized QEMUs found again from their run directories
 //! (`DATA_DIR/instances/<id>/`), so restarting `strato serve` leaves them running and the
@@ -179,8 +191,12 @@ impl Agent {
                 Some(vm) => {
                     async {
                         let mut q = vm.qmp().await?;
-                        q.execute("block_resize", Some(serde_json::json!({"node-name": disk.node(), "size": bytes})))
-                            .await?;
+                        let target = if v.root {
+                            serde_json::json!({"device": "virtio0", "size": bytes})
+                        } else {
+                            serde_json::json!({"node-name": disk.node(), "size": bytes})
+                        };
+                        q.execute("block_resize", Some(target)).await?;
                         anyhow::Ok(())
                     }
                     .await
@@ -206,19 +222,9 @@ impl Agent {
             let target = self.snapshot_path(s.id.as_str());
             let tmp = target.with_extension("tmp");
             let _ = std::fs::remove_file(&tmp);
-            let root_of = s.instance_id.as_ref().map(|i| {
-                let vm = live
-                    .iter()
-                    .find(|x| x.id.as_str() == i && x.state == InstanceState::Running)
-                    .and_then(|x| Vm::adopt(&self.run_dir(x.id.as_str())));
-                (self.run_dir(i).join("root.qcow2"), vm)
-            });
-            let result = match (&s.source_snapshot, root_of) {
-                // CreateImage: the instance's root disk, flattened.
-                (_, Some((_, Some(vm)))) => root_backup(&vm, s.id.as_str(), s.pause_vm, &tmp).await,
-                (_, Some((disk, None))) => qemu_img_convert(&disk, &tmp).await,
-                (Some(src), None) => qemu_img_convert(&self.snapshot_path(src), &tmp).await,
-                (None, None) => match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
+            let result = match &s.source_snapshot {
+                Some(src) => qemu_img_convert(&self.snapshot_path(src), &tmp).await,
+                None => match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
                     None => Err(anyhow::anyhow!("the volume {} is gone", s.volume_id)),
                     Some(v) => {
                         let disk = self.volume_disk(v);
@@ -229,6 +235,8 @@ impl Agent {
                             .and_then(|i| live.iter().find(|x| x.id.as_str() == i))
                             .and_then(|i| Vm::adopt(&self.run_dir(i.id.as_str())));
                         match vm {
+                            // A root volume: flattened (the image under it included).
+                            Some(vm) if v.root => root_backup(&vm, s.id.as_str(), s.pause_vm, &tmp).await,
                             Some(vm) => backup(&vm, &disk, s.id.as_str(), v.size_gb, &tmp).await,
                             None => qemu_img_convert(&disk.path, &tmp).await,
                         }
@@ -261,6 +269,20 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// A root volume made before root volumes were volumes lived in its instance's run
+    /// directory: it moves to its place (a running VM keeps its open file).
+    fn adopt_legacy_root(&self, v: &Volume, instance_id: &str) {
+        let disk = self.volume_disk(v);
+        let legacy = self.run_dir(instance_id).join("root.qcow2");
+        if !disk.path.exists() && legacy.exists() {
+            let moved = std::fs::create_dir_all(&self.volumes_dir).and_then(|_| std::fs::rename(&legacy, &disk.path));
+            match moved {
+                Ok(()) => tracing::info!(volume_id = %v.id, instance_id, "root volume moved to the volumes directory"),
+                Err(e) => tracing::warn!(volume_id = %v.id, error = %e, "could not move the root volume"),
+            }
+        }
     }
 
     fn volume_disk(&self, v: &Volume) -> VolumeDisk {
@@ -297,6 +319,19 @@ impl Agent {
             _ => {}
         }
         let Some(instance_id) = &v.instance_id else { return Ok(()) };
+        if v.root {
+            // A root volume is the VM's `vda` from its start: never hot-plugged. It is
+            // attached or detached only while its instance is stopped.
+            self.adopt_legacy_root(v, instance_id);
+            match v.attach_state.as_deref() {
+                Some("attaching") => self.control.volume_attached(&v.id).await?,
+                Some("detaching") if Vm::adopt(&self.run_dir(instance_id)).is_none() => {
+                    self.control.volume_detached(&v.id).await?
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         let vm = live
             .iter()
             .find(|i| i.id.as_str() == instance_id)
@@ -350,7 +385,7 @@ impl Agent {
         let vm = Vm::adopt(&dir);
         match (i.state, vm) {
             (InstanceState::Pending, None) => {
-                let first_launch = !dir.join("root.qcow2").exists();
+                let first_launch = i.generation == 0;
                 let waited = (chrono::Utc::now() - i.state_changed_at).to_std().unwrap_or_default();
                 if self.net_failed.contains(&i.vpc_id) && waited < NETWORK_TIMEOUT {
                     return Ok(());
@@ -361,11 +396,8 @@ impl Agent {
                     }
                     Err(e) => {
                         tracing::error!(instance_id = %i.id, error = format!("{e:#}"), "launch failed");
-                        // A first launch undoes itself: the instance ends terminated and the
-                        // root disk it made goes (it never held anything).
-                        if first_launch {
-                            let _ = std::fs::remove_file(dir.join("root.qcow2"));
-                        }
+                        // A first launch ends terminated: its root volume then goes with it
+                        // (or stays, without DeleteOnTermination, as EC2 keeps it).
                         let reason = ("Server.InternalError", "Server.InternalError: Internal error on launch");
                         self.control
                             .apply(&i.id, i.generation, Event::LaunchFailed { first_launch }, Some(reason))
@@ -448,9 +480,6 @@ impl Agent {
                 }
                 self.powerdown_sent.remove(i.id.as_str());
                 let _ = std::fs::remove_file(dir.join("ephemeral0.qcow2"));
-                if i.delete_on_termination {
-                    let _ = std::fs::remove_file(dir.join("root.qcow2"));
-                }
                 let reason = if i.state_reason_code.is_some() {
                     None
                 } else {
@@ -475,7 +504,9 @@ impl Agent {
         let mut devices: Vec<&str> = volumes
             .iter()
             .filter(|v| {
-                v.instance_id.as_deref() == Some(i.id.as_str()) && v.attach_state.as_deref() == Some("attached")
+                !v.root
+                    && v.instance_id.as_deref() == Some(i.id.as_str())
+                    && v.attach_state.as_deref() == Some("attached")
             })
             .filter_map(|v| v.device.as_deref())
             .collect();
@@ -517,23 +548,27 @@ impl Agent {
             .get(&i.instance_type)
             .with_context(|| format!("instance type {} left the catalogue", i.instance_type))?;
         std::fs::create_dir_all(dir)?;
-        let disk = dir.join("root.qcow2");
-        if !disk.exists() {
-            let tmp = dir.join("root.qcow2.tmp");
-            qemu_img_create(&tmp, i.root_size_gb, Some((&image.disk_format, Path::new(&image.disk_path)))).await?;
-            std::fs::rename(&tmp, &disk)?;
-        }
-        anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
         // Attached volumes are there from the start (those being detached are let go).
-        let volumes: Vec<VolumeDisk> = self
-            .control
-            .all_volumes()
-            .await?
+        let all = self.control.all_volumes().await?;
+        let mine: Vec<&Volume> = all
             .iter()
             .filter(|v| v.instance_id.as_deref() == Some(i.id.as_str()))
             .filter(|v| matches!(v.attach_state.as_deref(), Some("attaching" | "attached")))
-            .map(|v| self.volume_disk(v))
             .collect();
+        let root = mine.iter().find(|v| v.root).context("no volume is attached at its root device")?;
+        self.adopt_legacy_root(root, i.id.as_str());
+        let disk = self.volume_disk(root).path;
+        if !disk.exists() {
+            // Made once, at the first launch; a root volume whose file went is an error,
+            // never silently a fresh disk.
+            anyhow::ensure!(i.generation == 0, "the root volume {} has no file", root.id);
+            std::fs::create_dir_all(&self.volumes_dir)?;
+            let tmp = disk.with_extension("tmp");
+            qemu_img_create(&tmp, root.size_gb, Some((&image.disk_format, Path::new(&image.disk_path)))).await?;
+            std::fs::rename(&tmp, &disk)?;
+        }
+        anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
+        let volumes: Vec<VolumeDisk> = mine.iter().filter(|v| !v.root).map(|v| self.volume_disk(v)).collect();
         for v in &volumes {
             self.volumes_checked.insert(v.volume_id.clone());
         }

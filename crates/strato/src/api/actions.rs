@@ -16,7 +16,7 @@ use super::Ctx;
 use crate::control::filter::check_max_results;
 use crate::control::images::{ImageAttribute, ImageChanges, RegisterFromHost};
 use crate::control::instance_state::InstanceState;
-use crate::control::instances::{AttributeChange, AttributeValue, Instance, RunRequest, StateChange};
+use crate::control::instances::{AttributeChange, AttributeValue, BlockDevice, Instance, RunRequest, StateChange};
 use crate::control::model::{Image, KeyPair, Peer, SecurityGroup, SgRule, Subnet, Vpc};
 use crate::control::security_groups::{permissions, GroupPair, GroupSelector, IpPermission};
 
@@ -908,14 +908,14 @@ fn write_image_root(x: &mut Xml, i: &Image) {
         .close("ebs");
 }
 
-/// An instance's root volume, as DescribeInstances and DescribeInstanceAttribute show it.
-fn write_instance_root(x: &mut Xml, i: &Instance) {
-    x.field("deviceName", "/dev/xvda")
+/// An instance's EBS volume, as DescribeInstances and DescribeInstanceAttribute show it.
+fn write_block_device(x: &mut Xml, b: &BlockDevice) {
+    x.field("deviceName", &b.device)
         .open("ebs")
-        .field("volumeId", &i.root_volume_id)
-        .field("status", if i.state == InstanceState::Terminated { "detached" } else { "attached" })
-        .field("attachTime", super::timestamp(&i.launch_time))
-        .field("deleteOnTermination", i.delete_on_termination)
+        .field("volumeId", &b.volume_id)
+        .field("status", &b.status)
+        .field("attachTime", super::timestamp(&b.attach_time))
+        .field("deleteOnTermination", b.delete_on_termination)
         .close("ebs");
 }
 
@@ -1286,7 +1286,7 @@ fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
     x.field("architecture", "x86_64")
         .field("rootDeviceType", "ebs")
         .field("rootDeviceName", "/dev/xvda")
-        .list("blockDeviceMapping", [i], write_instance_root)
+        .list("blockDeviceMapping", &i.block_devices, write_block_device)
         .field("virtualizationType", "hvm")
         .field("clientToken", i.client_token.as_deref().unwrap_or(""))
         .tags(&i.tags)
@@ -1737,7 +1737,7 @@ impl Action for DescribeInstanceAttribute {
             AttributeValue::ShutdownBehavior(b) => value(x, "instanceInitiatedShutdownBehavior", b),
             AttributeValue::RootDeviceName => value(x, "rootDeviceName", "/dev/xvda".into()),
             AttributeValue::BlockDeviceMapping(i) => {
-                x.list("blockDeviceMapping", [&*i], write_instance_root);
+                x.list("blockDeviceMapping", &i.block_devices, write_block_device);
             }
             AttributeValue::Groups(g) => {
                 x.list("groupSet", g, |x, (id, _)| {

@@ -1,8 +1,9 @@
 //! The meter and the bill. Pay for what runs: an instance is billed per second while it is
 //! `running` (from the agent's report that it runs to the request or event that ends it),
 //! with a one-minute minimum for each start, at the hourly price of its type when it started
-//! (a resize happens while stopped, so it bills from the next start). Root volumes are billed
-//! per GB-month from launch to termination, whatever the instance's state. Elastic IPs are
+//! (a resize happens while stopped, so it bills from the next start). Volumes (root volumes
+//! included) are billed per GB-month from creation to deletion, whatever the instance's
+//! state; snapshots likewise at their volume's size. Elastic IPs are
 //! billed per second at an hourly price while they are not on a running instance (from
 //! allocation, disassociation or the instance leaving `running`, to association with a
 //! running instance, its start, or release).
@@ -59,21 +60,6 @@ impl Interval {
             end: now,
             unit_price: catalogue.get(&i.instance_type).map(|t| t.price_per_hour).unwrap_or(0.0),
             size_gb: 0,
-        }
-    }
-
-    /// The root volume's interval from launch to `now`.
-    pub fn root_volume(i: &Instance, catalogue: &Catalogue, now: DateTime<Utc>) -> Interval {
-        Interval {
-            account_id: i.owner.to_string(),
-            resource_id: i.root_volume_id.clone(),
-            resource_type: "volume".into(),
-            usage_type: "EBS:VolumeUsage.gp3".into(),
-            service: STORAGE_SERVICE.into(),
-            start: i.launch_time,
-            end: now,
-            unit_price: catalogue.storage.gp3_gb_month,
-            size_gb: i.root_size_gb,
         }
     }
 
@@ -149,7 +135,8 @@ pub async fn record(c: &mut SqliteConnection, i: &Interval) -> sqlx::Result<()> 
 }
 
 /// Writes what a state change ends: the running interval when an instance leaves `running`,
-/// the root volume's when it becomes `terminated`.
+/// and opens or closes its elastic IP's idle interval. (Its root volume is a volume, metered
+/// from the launch until it is deleted.)
 pub async fn meter_transition(
     c: &mut SqliteConnection,
     i: &Instance,
@@ -159,9 +146,6 @@ pub async fn meter_transition(
 ) -> sqlx::Result<()> {
     if i.state == InstanceState::Running && next != InstanceState::Running {
         record(c, &Interval::running(i, catalogue, now)).await?;
-    }
-    if next == InstanceState::Terminated && i.state != InstanceState::Terminated {
-        record(c, &Interval::root_volume(i, catalogue, now)).await?;
     }
     // Its elastic IP is idle exactly while it does not run.
     let eips: Vec<(String,)> =
@@ -268,9 +252,6 @@ pub fn open_intervals(live: &[Instance], catalogue: &Catalogue, now: DateTime<Ut
     for i in live {
         if i.state == InstanceState::Running {
             out.push(Interval::running(i, catalogue, now));
-        }
-        if i.state != InstanceState::Terminated {
-            out.push(Interval::root_volume(i, catalogue, now));
         }
     }
     out

@@ -599,6 +599,12 @@ impl Control {
                 i.id
             )));
         }
+        if !i.block_devices.iter().any(|b| b.device == ROOT_DEVICE && b.volume_id == i.root_volume_id) {
+            return Err(ApiError::IncorrectInstanceState(format!(
+                "The instance '{}' does not have a volume attached at root ({ROOT_DEVICE})",
+                i.id
+            )));
+        }
         let src = self
             .image_for_launch(&i.image_id)
             .await?

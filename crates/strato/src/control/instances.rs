@@ -13,7 +13,7 @@ use sha2::Digest;
 
 use super::billing;
 use super::filter::{self, Filterable};
-use super::images::image_not_found;
+use super::images::{image_not_found, ROOT_DEVICE};
 use super::instance_state::{Event, InstanceState};
 use super::model::{Caller, Tags};
 use super::tags::{not_found_for, put_tags, tags_for};
@@ -32,6 +32,29 @@ pub const MEMORY_OVERCOMMIT: f64 = 1.5;
 pub const MAX_USER_DATA: usize = 16 * 1024;
 /// How long terminated instances stay visible.
 pub const TERMINATED_VISIBLE_HOURS: i64 = 1;
+
+/// An EBS volume attached to an instance, as its `blockDeviceMapping` shows it.
+#[derive(Debug, Clone)]
+pub struct BlockDevice {
+    pub device: String,
+    pub volume_id: String,
+    /// attaching | attached | detaching
+    pub status: String,
+    pub attach_time: DateTime<Utc>,
+    pub delete_on_termination: bool,
+}
+
+impl BlockDevice {
+    pub fn of(v: &super::volumes::Volume) -> Option<BlockDevice> {
+        Some(BlockDevice {
+            device: v.device.clone()?,
+            volume_id: v.id.to_string(),
+            status: v.attach_state.clone()?,
+            attach_time: v.attach_time?,
+            delete_on_termination: v.delete_on_termination,
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -73,6 +96,8 @@ pub struct Instance {
     pub tags: Tags,
     /// The public address it has now: from the pool while it runs, or an elastic IP.
     pub public_ip: Option<String>,
+    /// Its EBS volumes (the root volume first), from the volumes' records.
+    pub block_devices: Vec<BlockDevice>,
     /// It gets a public address from the pool at each start (AssociatePublicIpAddress, or
     /// the subnet's MapPublicIpOnLaunch at launch).
     pub wants_public_ip: bool,
@@ -251,8 +276,16 @@ impl Control {
     async fn load_instances(&self, c: &mut sqlx::SqliteConnection, account: &AccountId) -> ApiResult<Vec<Instance>> {
         let mut list = db::of_account(c, account).await?;
         let mut tags = store::tags_by_type(c, account, "instance").await?;
+        let volumes = super::volumes::of_account(c, account).await?;
         for i in &mut list {
             i.tags = tags.remove(i.id.as_str()).unwrap_or_default();
+            i.block_devices = volumes
+                .iter()
+                .filter(|v| v.instance_id.as_deref() == Some(i.id.as_str()))
+                .filter_map(BlockDevice::of)
+                .collect();
+            i.block_devices
+                .sort_by(|a, b| (a.device != ROOT_DEVICE, &a.device).cmp(&(b.device != ROOT_DEVICE, &b.device)));
         }
         Ok(self.visible_instances(list, Utc::now()))
     }
@@ -530,8 +563,18 @@ impl Control {
                 tags: tags.clone(),
                 public_ip,
                 wants_public_ip: wants_public,
+                block_devices: Vec::new(),
             };
             db::insert(c, &i).await?;
+            super::volumes::insert_root(c, &i, image.root_snapshot_id.as_str()).await?;
+            let mut i = i;
+            i.block_devices.push(BlockDevice {
+                device: ROOT_DEVICE.into(),
+                volume_id: i.root_volume_id.clone(),
+                status: "attached".into(),
+                attach_time: now,
+                delete_on_termination: i.delete_on_termination,
+            });
             put_tags(c, &caller.account_id, i.id.as_str(), "instance", &tags).await?;
             out.push(i);
         }
@@ -598,6 +641,12 @@ impl Control {
                 return Err(ApiError::OperationNotPermitted(format!("The instance '{}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.", i.id)));
             }
             let next = i.state.transition(event).map_err(|_| incorrect_state(i, what))?;
+            if event == Event::Start && next != i.state && !i.block_devices.iter().any(|b| b.device == ROOT_DEVICE) {
+                return Err(ApiError::IncorrectInstanceState(format!(
+                    "The instance '{}' does not have a volume attached at root ({ROOT_DEVICE})",
+                    i.id
+                )));
+            }
             plan.push((i, next));
         }
         let now = Utc::now();

@@ -7,14 +7,19 @@
 //! A volume made from a snapshot is a copy of the snapshot's file (grown to its size).
 //! ModifyVolume grows a volume (the file, or the device of a running VM with QMP
 //! `block_resize`: the guest sees the new size at once) and changes its type's figures.
-//! Not here yet: the root volume as one of these (it is still the instance's
-//! own overlay file), instance store.
+//!
+//! An instance's root volume is one of these too (`root`): made by RunInstances in the same
+//! transaction as the instance, attached at `/dev/xvda` from the start, its file an overlay
+//! on the image's disk that the agent makes at the first launch. It can be snapshotted and
+//! grown like any volume, and detached while its instance is stopped; a volume attached at
+//! `/dev/xvda` of a stopped instance becomes its root (the rescue workflow).
 
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqliteConnection};
 
 use super::billing::{self, Interval};
 use super::filter::{self, Filterable};
+use super::images::ROOT_DEVICE;
 use super::instance_state::InstanceState;
 use super::model::{Caller, Tags};
 use super::tags::{not_found_for, put_tags, tags_for};
@@ -47,6 +52,8 @@ pub struct Volume {
     pub attach_time: Option<DateTime<Utc>>,
     pub delete_on_termination: bool,
     pub force_detach: bool,
+    /// Attached at its instance's root device.
+    pub root: bool,
     /// Where the current size and type started to be metered (creation, or the last
     /// ModifyVolume).
     pub metered_since: DateTime<Utc>,
@@ -191,6 +198,7 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Volume> {
         attach_time: r.try_get::<Option<String>, _>("attach_time")?.map(|t| parse_ts(&t)),
         delete_on_termination: r.try_get::<i64, _>("delete_on_termination")? != 0,
         force_detach: r.try_get::<i64, _>("force_detach")? != 0,
+        root: r.try_get::<i64, _>("root")? != 0,
         metered_since: parse_ts(
             &r.try_get::<Option<String>, _>("metered_since")?.unwrap_or(r.try_get::<String, _>("created_at")?),
         ),
@@ -219,6 +227,34 @@ pub async fn modification_of(c: &mut SqliteConnection, id: &str) -> sqlx::Result
 pub async fn by_id(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Volume>> {
     let row = sqlx::query("SELECT * FROM volumes WHERE id = ?").bind(id).fetch_optional(c).await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// RunInstances: the instance's root volume, in use at its root device from the start (the
+/// agent makes its file at the first launch). Metered from the launch.
+pub async fn insert_root(
+    c: &mut SqliteConnection,
+    i: &super::instances::Instance,
+    snapshot_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO volumes (id, account_id, availability_zone, size_gb, volume_type, iops, throughput, snapshot_id,
+         state, created_at, instance_id, device, attach_state, attach_time, delete_on_termination, metered_since, root)
+         VALUES (?, ?, ?, ?, 'gp3', 3000, 125, ?, 'in-use', ?, ?, ?, 'attached', ?, ?, ?, 1)",
+    )
+    .bind(&i.root_volume_id)
+    .bind(i.owner.as_str())
+    .bind(&i.availability_zone)
+    .bind(i.root_size_gb)
+    .bind(snapshot_id)
+    .bind(ts(&i.launch_time))
+    .bind(i.id.as_str())
+    .bind(ROOT_DEVICE)
+    .bind(ts(&i.launch_time))
+    .bind(i.delete_on_termination as i64)
+    .bind(ts(&i.launch_time))
+    .execute(c)
+    .await?;
+    Ok(())
 }
 
 /// A volume's interval from creation to `end`.
@@ -354,6 +390,7 @@ impl Control {
             attach_time: None,
             delete_on_termination: false,
             force_detach: false,
+            root: false,
             metered_since: Utc::now(),
             tags: tags.clone(),
         };
@@ -429,7 +466,8 @@ impl Control {
 
     pub async fn attach_volume(&self, caller: &Caller, id: &str, instance_id: &str, device: &str) -> ApiResult<Volume> {
         let instance_id = InstanceId::parse(instance_id)?;
-        if !valid_device(device) {
+        let as_root = device == ROOT_DEVICE;
+        if !valid_device(device) && !as_root {
             return Err(ApiError::invalid_value(format!(
                 "Value ({device}) for parameter device is invalid. {device} is not a valid EBS device name."
             )));
@@ -467,12 +505,16 @@ impl Control {
         let attached: Vec<Volume> =
             all(c).await?.into_iter().filter(|x| x.instance_id.as_deref() == Some(instance_id.as_str())).collect();
         let same_slot = |d: &str| d.trim_start_matches("/dev/xvd").trim_start_matches("/dev/sd").to_owned();
-        if attached.iter().any(|x| x.device.as_deref().map(same_slot) == Some(same_slot(device)))
-            || matches!(device, "/dev/sda" | "/dev/xvda")
-        {
+        if attached.iter().any(|x| x.device.as_deref().map(same_slot) == Some(same_slot(device))) {
             return Err(ApiError::invalid_value(format!("Attachment point {device} is already in use")));
         }
-        if attached.len() >= MAX_ATTACHED {
+        // A new root device only for a stopped instance (whose root was detached).
+        if as_root && i.state != InstanceState::Stopped {
+            return Err(ApiError::IncorrectInstanceState(format!(
+                "The instance '{instance_id}' is not 'stopped': a volume can be attached at its root device {ROOT_DEVICE} only while it is stopped."
+            )));
+        }
+        if attached.iter().filter(|x| !x.root).count() >= MAX_ATTACHED && !as_root {
             return Err(ApiError::LimitExceeded {
                 code: "AttachmentLimitExceeded",
                 message: format!("Instance {instance_id} already has {MAX_ATTACHED} volumes attached"),
@@ -481,14 +523,23 @@ impl Control {
         let now = Utc::now();
         sqlx::query(
             "UPDATE volumes SET state = 'in-use', instance_id = ?, device = ?, attach_state = 'attaching',
-             attach_time = ?, delete_on_termination = 0, force_detach = 0 WHERE id = ?",
+             attach_time = ?, delete_on_termination = 0, force_detach = 0, root = ? WHERE id = ?",
         )
         .bind(instance_id.as_str())
         .bind(device)
         .bind(ts(&now))
+        .bind(as_root as i64)
         .bind(id)
         .execute(&mut *c)
         .await?;
+        if as_root {
+            sqlx::query("UPDATE instances SET root_volume_id = ?, root_size_gb = ? WHERE id = ?")
+                .bind(id)
+                .bind(v.size_gb)
+                .bind(instance_id.as_str())
+                .execute(&mut *c)
+                .await?;
+        }
         let v = by_id(c, id).await?.ok_or_else(|| volume_not_found(id))?;
         tx.commit().await?;
         self.agent_wake.notify_one();
@@ -518,6 +569,15 @@ impl Control {
                     "InvalidAttachment.NotFound",
                     format!("The volume {id} is not attached to instance {want}"),
                 ));
+            }
+        }
+        if v.root {
+            let i = idb::by_id(c, &InstanceId::parse(&attached_to)?).await?;
+            if i.is_none_or(|i| i.state != InstanceState::Stopped) {
+                return Err(ApiError::Conflict {
+                    code: "IncorrectState",
+                    message: format!("Unable to detach root volume '{id}' from instance '{attached_to}'"),
+                });
             }
         }
         sqlx::query("UPDATE volumes SET attach_state = 'detaching', force_detach = ? WHERE id = ?")
@@ -596,6 +656,13 @@ impl Control {
         .bind(id)
         .execute(&mut *c)
         .await?;
+        if let Some(i) = v.instance_id.as_deref().filter(|_| v.root) {
+            sqlx::query("UPDATE instances SET root_size_gb = ? WHERE id = ?")
+                .bind(size)
+                .bind(i)
+                .execute(&mut *c)
+                .await?;
+        }
         let m = Modification {
             volume_id: id.to_owned(),
             state: "modifying".into(),
@@ -737,7 +804,7 @@ impl Control {
     pub async fn volume_detached(&self, id: &VolumeId) -> anyhow::Result<()> {
         self.volume_report(
             "UPDATE volumes SET state = 'available', instance_id = NULL, device = NULL, attach_state = NULL,
-             attach_time = NULL, force_detach = 0 WHERE id = ? AND attach_state = 'detaching'",
+             attach_time = NULL, force_detach = 0, root = 0 WHERE id = ? AND attach_state = 'detaching'",
             id,
         )
         .await

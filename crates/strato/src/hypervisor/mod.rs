@@ -159,6 +159,9 @@ impl VolumeDisk {
             "id": self.device_id(),
             "drive": self.node(),
             "bus": format!("hp{port}"),
+            // A root port's bus has one slot the guest scans: QEMU would put a second
+            // device beside the first, where the guest never looks.
+            "addr": "0",
             "serial": self.serial()
         })
     }
@@ -235,7 +238,12 @@ impl VmSpec {
             a.extend(["-blockdev".into(), v.blockdev().to_string()]);
             a.extend([
                 "-device".into(),
-                format!("virtio-blk-pci,id={},drive={},bus=hp{n},serial={}", v.device_id(), v.node(), v.serial()),
+                format!(
+                    "virtio-blk-pci,id={},drive={},bus=hp{n},addr=0,serial={}",
+                    v.device_id(),
+                    v.node(),
+                    v.serial()
+                ),
             ]);
         }
         if let Some((netdev, mac)) = &self.netdev {

@@ -46,6 +46,7 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Instance> {
         public_ip: r.try_get("public_ip")?,
         wants_public_ip: r.try_get::<i64, _>("wants_public_ip")? != 0,
         tags: Vec::new(),
+        block_devices: Vec::new(),
     })
 }
 

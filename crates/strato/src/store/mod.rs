@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/0007_volumes.sql")),
     (8, include_str!("../../migrations/0008_snapshots.sql")),
     (9, include_str!("../../migrations/0009_volume_modifications.sql")),
+    (10, include_str!("../../migrations/0010_root_volumes.sql")),
 ];
 
 #[derive(Clone)]
