@@ -291,14 +291,20 @@ impl BenchCloud {
     async fn start(
         dir: &std::path::Path,
         cache: &std::path::Path,
-        kind: crate::image::Kind,
+        image: &str,
         pool: &str,
     ) -> anyhow::Result<BenchCloud> {
         let mut control = server::open_control(dir, "local-1").await?;
         control.public_pool = crate::control::cidr::Ipv4Cidr::parse(pool, true).context("the bench's public pool")?;
         let control = Arc::new(control);
         let creds = server::ensure_admin(&control).await?;
-        let (built, image_id, _) = server::build_and_register(&control, cache, kind, false).await?;
+        let (built, image_id, _) = match image {
+            "minimal-fast" => server::build_and_register_fast(&control, cache, false).await?,
+            other => {
+                let kind = crate::image::Kind::parse(other).context("the image kinds are minimal and debian-12")?;
+                server::build_and_register(&control, cache, kind, false).await?
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -378,18 +384,13 @@ async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration
 /// of an in-process server (real agent, VMs and network), timing the API answer, `running`,
 /// the guest's first metadata request and an SSH login at the public address; for the
 /// minimal image, beside it boots the same image with a bare QEMU.
-pub async fn launch(
-    cache: &std::path::Path,
-    runs: usize,
-    kind: crate::image::Kind,
-    instance_type: &str,
-) -> anyhow::Result<()> {
+pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_type: &str) -> anyhow::Result<()> {
     use crate::image::bare::sample_metadata;
     let dir = std::env::temp_dir().join(format!("strato-bench-launch-{}", std::process::id()));
     let result = async {
         // Its own public pool, beside a `strato serve` on the default one.
         let BenchCloud { control, creds, addr, region, mut stream, built, image_id, stop: tx, server_task, agent_task, key_path } =
-            BenchCloud::start(&dir, cache, kind, "127.98.0.0/16").await?;
+            BenchCloud::start(&dir, cache, image, "127.98.0.0/16").await?;
         let (mut api, mut to_running, mut to_metadata, mut to_ssh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let t0 = Instant::now();
@@ -452,7 +453,7 @@ pub async fn launch(
         // and agent: a bare launch of the same VM spec.
         let mut bare = Vec::new();
         let strato_bin = std::env::current_exe()?;
-        let bare_runs = if kind == crate::image::Kind::Minimal { runs } else { 0 };
+        let bare_runs = if image == "minimal" { runs } else { 0 };
         for run in 0..bare_runs {
             let work = dir.join(format!("bare-{run}"));
             std::fs::create_dir_all(&work)?;
@@ -512,7 +513,7 @@ pub async fn launch(
         let t = control.catalogue.get(instance_type).context("instance type")?;
         println!(
             "{} image, {instance_type} ({} vCPU, {} MiB), {:?}, {runs} launches one at a time:",
-            kind.slug(),
+            image,
             t.vcpus,
             t.memory_mib,
             crate::hypervisor::detect_accel().0
@@ -591,7 +592,7 @@ pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("strato-bench-volume-{}", std::process::id()));
     let result = async {
         let BenchCloud { creds, addr, region, mut stream, image_id, stop: tx, server_task, agent_task, key_path, .. } =
-            BenchCloud::start(&dir, cache, crate::image::Kind::Minimal, "127.97.0.0/16").await?;
+            BenchCloud::start(&dir, cache, "minimal", "127.97.0.0/16").await?;
         macro_rules! call {
             ($body:expr) => {{
                 let body: String = $body;

@@ -180,10 +180,12 @@ impl VmSpec {
         self.run_dir.join("qemu.pid")
     }
 
-    /// QEMU's argument vector (no shell ever sees it).
+    /// QEMU's argument vector (no shell ever sees it). No PS/2 controller (`i8042=off`):
+    /// probing it cost the guest kernel 0.6 s of a 1.7 s boot under TCG, and a cloud guest
+    /// has only a serial console.
     pub fn argv(&self, accel: Accel) -> Vec<String> {
         let mut a: Vec<String> =
-            ["-M", "q35", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]
+            ["-M", "q35,i8042=off", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();

@@ -68,7 +68,18 @@ impl BareVm {
         let qmp = work.join("qmp.sock");
         let started = Instant::now();
         let child = Command::new("qemu-system-x86_64")
-            .args(["-M", "q35", "-accel", "tcg", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none"])
+            .args([
+                "-M",
+                "q35,i8042=off",
+                "-accel",
+                "tcg",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+            ])
             .args(["-monitor", "none", "-no-reboot", "-m", &opts.memory_mib.to_string()])
             .args(["-uuid", &uuid, "-smbios", &format!("type=1,serial={uuid}")])
             .arg("-serial")
