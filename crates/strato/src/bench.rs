@@ -492,6 +492,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
                 hotplug_ports: 0,
                 volumes: Vec::new(),
                 ephemeral: None,
+                snapshot: Default::default(),
             };
             let (accel, _) = crate::hypervisor::detect_accel();
             let t0 = Instant::now();

@@ -60,6 +60,7 @@ async fn launch_adopt_and_power_off() {
         hotplug_ports: 0,
         volumes: Vec::new(),
         ephemeral: None,
+        snapshot: Default::default(),
     };
     let vm = Vm::launch(&spec, accel).expect("launch");
     let mut guard = Guard(Some(vm.clone()));

@@ -50,6 +50,7 @@
 //! A VM's one NIC is a tap on its VPC's bridge; QEMU runs in the VPC's namespace.
 
 pub mod sim;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,8 @@ pub struct Agent {
     token_key: String,
     /// When the power button was pressed, per instance (stopping).
     powerdown_sent: HashMap<String, Instant>,
+    /// Launch snapshots (`STRATO_LAUNCH_SNAPSHOTS=off` turns them off).
+    pub snapshots: snapshot::Snapshots,
 }
 
 impl Agent {
@@ -115,6 +118,10 @@ impl Agent {
             unplug_sent: HashMap::new(),
             token_key,
             powerdown_sent: HashMap::new(),
+            snapshots: snapshot::Snapshots::new(
+                data_dir,
+                !matches!(std::env::var("STRATO_LAUNCH_SNAPSHOTS").as_deref(), Ok("off" | "0" | "false")),
+            ),
         })
     }
 
@@ -546,7 +553,8 @@ impl Agent {
             .control
             .catalogue
             .get(&i.instance_type)
-            .with_context(|| format!("instance type {} left the catalogue", i.instance_type))?;
+            .with_context(|| format!("instance type {} left the catalogue", i.instance_type))?
+            .clone();
         std::fs::create_dir_all(dir)?;
         // Attached volumes are there from the start (those being detached are let go).
         let all = self.control.all_volumes().await?;
@@ -558,6 +566,31 @@ impl Agent {
         let root = mine.iter().find(|v| v.root).context("no volume is attached at its root device")?;
         self.adopt_legacy_root(root, i.id.as_str());
         let disk = self.volume_disk(root).path;
+        anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
+        // A first launch of an image that supports it, with nothing but its root volume:
+        // restored from the launch snapshot when there is one (made now otherwise).
+        let restorable = self.snapshots.enabled
+            && snapshot::image_supports(&image)
+            && i.generation == 0
+            && !disk.exists()
+            && mine.len() == 1
+            && itype.instance_storage_gb.is_none()
+            && root.size_gb == image.root_size_gb;
+        if restorable {
+            match self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) {
+                Some(s) => match self.restore(i, &image, &s, dir, &disk).await {
+                    Ok(vm) => return Ok(vm),
+                    Err(e) => {
+                        tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "restore failed; booting cold");
+                        if let Some(vm) = Vm::adopt(dir) {
+                            vm.kill().await;
+                        }
+                        let _ = std::fs::remove_file(&disk);
+                    }
+                },
+                None => self.snapshots.ensure(&image, itype.vcpus, itype.memory_mib, self.accel),
+            }
+        }
         if !disk.exists() {
             // Made once, at the first launch; a root volume whose file went is an error,
             // never silently a fresh disk.
@@ -567,7 +600,6 @@ impl Agent {
             qemu_img_create(&tmp, root.size_gb, Some((&image.disk_format, Path::new(&image.disk_path)))).await?;
             std::fs::rename(&tmp, &disk)?;
         }
-        anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
         let volumes: Vec<VolumeDisk> = mine.iter().filter(|v| !v.root).map(|v| self.volume_disk(v)).collect();
         for v in &volumes {
             self.volumes_checked.insert(v.volume_id.clone());
@@ -599,6 +631,7 @@ impl Agent {
             hotplug_ports: MAX_ATTACHED as u32,
             volumes,
             ephemeral,
+            snapshot: Default::default(),
         };
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
         let _ = std::fs::remove_file(spec.console_path());
@@ -607,6 +640,76 @@ impl Agent {
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "QEMU started");
         tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
+        Ok(vm)
+    }
+}
+
+impl Agent {
+    /// Launches the instance from a launch snapshot: its root volume a copy of the
+    /// template's disk, a QEMU with the template's devices loading the saved state, the
+    /// instance's NIC hot-plugged, then running (see `snapshot`).
+    async fn restore(
+        &self,
+        i: &Instance,
+        image: &crate::control::model::Image,
+        s: &snapshot::Snapshot,
+        dir: &Path,
+        disk: &Path,
+    ) -> anyhow::Result<Vm> {
+        let t0 = Instant::now();
+        std::fs::create_dir_all(&self.volumes_dir)?;
+        let tmp = disk.with_extension("tmp");
+        std::fs::copy(s.disk(), &tmp).context("copying the snapshot's disk")?;
+        std::fs::rename(&tmp, disk)?;
+        let itype = self.control.catalogue.get(&i.instance_type).context("instance type")?;
+        let mut spec = snapshot::spec(
+            image,
+            dir,
+            disk.to_owned(),
+            itype.vcpus,
+            itype.memory_mib,
+            crate::hypervisor::LaunchSnapshot::Restore { ram: s.ram() },
+        );
+        spec.uuid = ec2_uuid(i.id.as_str());
+        spec.netns = Some(self.net.site.netns(&i.vpc_id));
+        // The console starts with the template's boot; the restored VM appends.
+        let _ = std::fs::remove_file(spec.console_path());
+        let _ = std::fs::remove_file(dir.join("metadata.log"));
+        std::fs::copy(s.console(), spec.console_path())?;
+        let accel = self.accel;
+        let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
+        let mut q = vm.qmp().await?;
+        q.execute(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        )
+        .await?;
+        let uri = format!("exec:cat {}", snapshot::plain(&s.state())?);
+        q.execute("migrate-incoming", Some(serde_json::json!({"uri": uri}))).await?;
+        snapshot::wait_migration(&mut q).await?;
+        let loaded = t0.elapsed();
+        let tap = net::tap_name(i.id.as_str());
+        q.execute(
+            "netdev_add",
+            Some(serde_json::json!({"type": "tap", "id": "n0", "ifname": tap, "script": "no", "downscript": "no"})),
+        )
+        .await?;
+        q.execute(
+            "device_add",
+            Some(serde_json::json!({
+                "driver": "virtio-net-pci", "id": "nic0", "netdev": "n0", "mac": mac_of(i.id.as_str()),
+                "bus": "netp", "addr": "0"
+            })),
+        )
+        .await?;
+        q.execute("cont", None).await?;
+        tracing::info!(
+            instance_id = %i.id,
+            pid = vm.pid,
+            load_ms = loaded.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "VM restored from its launch snapshot"
+        );
         Ok(vm)
     }
 }

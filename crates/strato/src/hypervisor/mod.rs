@@ -114,6 +114,23 @@ pub struct VmSpec {
     pub volumes: Vec<VolumeDisk>,
     /// The instance store: a scratch disk (serial `ephemeral0`) made fresh for each start.
     pub ephemeral: Option<PathBuf>,
+    /// Part of a launch snapshot (see `agent::snapshot`), or not.
+    pub snapshot: LaunchSnapshot,
+}
+
+/// How a VM takes part in a launch snapshot. The template VM and the VMs restored from it
+/// have the same devices (the migration stream needs that): no NIC at boot but an empty root
+/// port `netp` for one hot-plugged after the restore, and guest RAM in a file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LaunchSnapshot {
+    #[default]
+    None,
+    /// Boots to the snapshot point; its RAM is a shared mapping of `ram`, so that saving
+    /// with `x-ignore-shared` leaves the RAM in the file rather than in the stream.
+    Template { ram: PathBuf },
+    /// Starts paused for `migrate-incoming`, its RAM a private (copy-on-write) mapping of
+    /// the template's file: clones share the pages they do not write.
+    Restore { ram: PathBuf },
 }
 
 /// An EBS volume as a VM sees it.
@@ -208,8 +225,14 @@ impl VmSpec {
             // Entropy for the guest from the host's.
             "-device".into(),
             "virtio-rng-pci".into(),
+            // Appending: a restored VM's console continues the template's boot.
+            "-chardev".into(),
+            format!("file,id=ser0,path={},append=on", self.console_path().display()),
             "-serial".into(),
-            format!("file:{}", self.console_path().display()),
+            "chardev:ser0".into(),
+            // A new generation id after a restore: the guest kernel reseeds its RNG.
+            "-device".into(),
+            "vmgenid,id=vmgenid0,guid=auto".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_path().display()),
             "-pidfile".into(),
@@ -247,6 +270,28 @@ impl VmSpec {
                     v.serial()
                 ),
             ]);
+        }
+        match &self.snapshot {
+            LaunchSnapshot::None => {}
+            LaunchSnapshot::Template { ram } | LaunchSnapshot::Restore { ram } => {
+                let share = if matches!(self.snapshot, LaunchSnapshot::Template { .. }) { "on" } else { "off" };
+                a.extend([
+                    "-object".into(),
+                    format!(
+                        "memory-backend-file,id=ram0,size={}M,mem-path={},share={share}",
+                        self.memory_mib,
+                        ram.display()
+                    ),
+                    "-machine".into(),
+                    "memory-backend=ram0".into(),
+                    "-device".into(),
+                    "pcie-root-port,id=netp,chassis=32".into(),
+                ]);
+                if matches!(self.snapshot, LaunchSnapshot::Restore { .. }) {
+                    // Paused after the load, until its NIC is in (`cont`).
+                    a.extend(["-incoming".into(), "defer".into(), "-S".into()]);
+                }
+            }
         }
         if let Some((netdev, mac)) = &self.netdev {
             a.extend([
@@ -359,6 +404,7 @@ mod tests {
             hotplug_ports: 0,
             volumes: Vec::new(),
             ephemeral: None,
+            snapshot: LaunchSnapshot::None,
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");

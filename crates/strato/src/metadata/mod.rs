@@ -318,9 +318,10 @@ pub fn serve_stdio(
     }
     write!(
         output,
-        "HTTP/1.0 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.0 {} {}\r\nDate: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         a.status,
         a.reason(),
+        chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT"),
         a.content_type,
         a.body.len()
     )?;

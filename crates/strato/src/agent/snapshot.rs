@@ -1,0 +1,246 @@
+//! Launch snapshots: instances of `strato-minimal-fast-x86_64` restored from a pre-booted VM
+//! instead of booting.
+//!
+//! For each (image, vCPUs, memory) the agent boots a template VM once (in the background,
+//! the first time an instance of that kind launches cold): the image's kernel with
+//! `strato.snapshot` on its command line, its RAM in a file mapped shared, no NIC. Its init
+//! stops at the snapshot point, before anything instance-specific (no address, no key, no
+//! host keys, no hostname), and waits for a NIC. The agent then saves it: QMP `stop`, and
+//! `migrate` to a file with `x-ignore-shared` (the RAM stays in its file, the stream holds
+//! the device state); QEMU exits and the template's disk overlay is final.
+//!
+//! A launch from it: the instance's root volume is a copy of the template's overlay (a few
+//! hundred KiB, backed by the image's disk like any root volume, never by the template), a
+//! new QEMU with the same devices starts paused with `-incoming defer` and the template's
+//! RAM file mapped private (copy-on-write: clones share every page they do not write),
+//! loads the stream, gets the instance's NIC (its tap, its MAC) hot-plugged into the empty
+//! `netp` root port, and runs on. The guest sees the NIC and continues its boot: entropy
+//! (the kernel reseeds on the new VM generation id that QEMU gives every restored VM),
+//! clock from the metadata service, DHCP, metadata, key, sshd with fresh host keys.
+//!
+//! Files: `DATA_DIR/launch-snapshots/<ami>-<vcpus>c-<MiB>m/` with `disk.qcow2`, `ram`,
+//! `state`, `console.log`; made under `.tmp` and renamed when complete, so a crash leaves
+//! either a whole snapshot or a `.tmp` that the next build replaces. A snapshot belongs to
+//! one AMI id (a rebuilt image or kernel is a new AMI, so a new snapshot). Not done yet:
+//! removing the snapshots of deregistered images.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::control::model::Image;
+use crate::hypervisor::{ec2_uuid, Accel, LaunchSnapshot, Vm, VmSpec};
+
+/// The console line at which the template's init waits for its NIC.
+pub const SNAPSHOT_POINT: &str = "STRATO-BOOT: snapshot point";
+/// How long a template may take to reach the snapshot point.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// After a failed build, how long before another try.
+const RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Whether an image's guest stops at the snapshot point when asked: Strato's fast minimal
+/// image (its init knows `strato.snapshot`; its kernel needs no initramfs).
+pub fn image_supports(image: &Image) -> bool {
+    image.name == crate::control::images::FAST_IMAGE_NAME
+        && image.owner.as_str() == crate::control::images::STRATO_OWNER_ID
+}
+
+/// A complete launch snapshot on disk.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+}
+
+impl Snapshot {
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    pub fn ram(&self) -> PathBuf {
+        self.dir.join("ram")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+}
+
+/// The kernel command line of a template and of every VM restored from it.
+pub fn cmdline(image: &Image) -> String {
+    format!("{} root=/dev/vda strato.snapshot", image.cmdline)
+}
+
+/// The template's devices, which every restored VM repeats.
+pub fn spec(
+    image: &Image,
+    run_dir: &Path,
+    root_disk: PathBuf,
+    vcpus: u32,
+    memory_mib: u64,
+    mode: LaunchSnapshot,
+) -> VmSpec {
+    VmSpec {
+        run_dir: run_dir.to_owned(),
+        vcpus,
+        memory_mib,
+        kernel: image.kernel_path.clone().into(),
+        initrd: image.initrd_path.clone().map(Into::into),
+        cmdline: cmdline(image),
+        root_disk,
+        uuid: ec2_uuid(run_dir.display().to_string().as_str()),
+        netdev: None,
+        netns: None,
+        hotplug_ports: super::MAX_ATTACHED as u32,
+        volumes: Vec::new(),
+        ephemeral: None,
+        snapshot: mode,
+    }
+}
+
+/// The agent's launch snapshots: which are ready, which are being made.
+pub struct Snapshots {
+    dir: PathBuf,
+    pub enabled: bool,
+    building: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// When a build failed, per key (written by the build tasks).
+    failed: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Snapshots {
+    pub fn new(data_dir: &Path, enabled: bool) -> Snapshots {
+        Snapshots {
+            dir: data_dir.join("launch-snapshots"),
+            enabled,
+            building: HashMap::new(),
+            failed: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn key(image: &Image, vcpus: u32, memory_mib: u64) -> String {
+        format!("{}-{vcpus}c-{memory_mib}m", image.id)
+    }
+
+    /// The complete snapshot for this image and size, if there is one.
+    pub fn ready(&self, image: &Image, vcpus: u32, memory_mib: u64) -> Option<Snapshot> {
+        let dir = self.dir.join(Self::key(image, vcpus, memory_mib));
+        dir.join("state").exists().then_some(Snapshot { dir })
+    }
+
+    /// Starts making the snapshot for this image and size in the background, unless it is
+    /// there, being made, or failed a short while ago.
+    pub fn ensure(&mut self, image: &Image, vcpus: u32, memory_mib: u64, accel: Accel) {
+        let key = Self::key(image, vcpus, memory_mib);
+        self.building.retain(|_, h| !h.is_finished());
+        let failed_lately = self.failed.lock().map(|f| f.get(&key).is_some_and(|t| t.elapsed() < RETRY_AFTER));
+        if !self.enabled
+            || self.ready(image, vcpus, memory_mib).is_some()
+            || self.building.contains_key(&key)
+            || failed_lately.unwrap_or(true)
+        {
+            return;
+        }
+        let dir = self.dir.join(&key);
+        let image = image.clone();
+        let failed = self.failed.clone();
+        tracing::info!(snapshot = %key, "making a launch snapshot");
+        let name = key.clone();
+        let task = tokio::spawn(async move {
+            match build(&dir, &image, vcpus, memory_mib, accel).await {
+                Ok(()) => tracing::info!(snapshot = %key, "launch snapshot ready"),
+                Err(e) => {
+                    tracing::warn!(snapshot = %key, error = format!("{e:#}"), "launch snapshot failed; instances boot cold");
+                    if let Ok(mut f) = failed.lock() {
+                        f.insert(key, Instant::now());
+                    }
+                }
+            }
+        });
+        self.building.insert(name, task);
+    }
+}
+
+/// Boots the template and saves it at the snapshot point into `dir`.
+async fn build(dir: &Path, image: &Image, vcpus: u32, memory_mib: u64, accel: Accel) -> anyhow::Result<()> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = async {
+        let disk = tmp.join("disk.qcow2");
+        super::qemu_img_create(&disk, image.root_size_gb, Some((&image.disk_format, Path::new(&image.disk_path))))
+            .await?;
+        let spec = spec(image, &tmp, disk, vcpus, memory_mib, LaunchSnapshot::Template { ram: tmp.join("ram") });
+        let t0 = Instant::now();
+        let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
+        let saved = async {
+            while !vm.console().contains(SNAPSHOT_POINT) {
+                anyhow::ensure!(vm.alive(), "the template VM ended before the snapshot point");
+                anyhow::ensure!(t0.elapsed() < BOOT_TIMEOUT, "the template VM never reached the snapshot point");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let booted = t0.elapsed();
+            let mut q = vm.qmp().await?;
+            q.execute(
+                "migrate-set-capabilities",
+                Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+            )
+            .await?;
+            q.execute("migrate-set-parameters", Some(serde_json::json!({"max-bandwidth": 10u64 << 30}))).await?;
+            q.execute("stop", None).await?;
+            let uri = format!("exec:cat > {}", plain(&tmp.join("state"))?);
+            q.execute("migrate", Some(serde_json::json!({"uri": uri}))).await?;
+            wait_migration(&mut q).await?;
+            tracing::info!(
+                boot_ms = booted.as_millis() as u64,
+                save_ms = (t0.elapsed() - booted).as_millis() as u64,
+                "template saved"
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        vm.kill().await;
+        saved
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            for name in ["qmp.sock", "qemu.pid"] {
+                let _ = std::fs::remove_file(tmp.join(name));
+            }
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::rename(&tmp, dir)?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(dir);
+            Err(e)
+        }
+    }
+}
+
+/// Waits for the migration (save or load) to end.
+pub async fn wait_migration(q: &mut crate::hypervisor::qmp::Qmp) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = q.execute("query-migrate", None).await?;
+        match m["status"].as_str() {
+            Some("completed") => return Ok(()),
+            Some("failed" | "cancelled") => anyhow::bail!("migration {}: {}", m["status"], m["error-desc"]),
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the migration took too long");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// QEMU runs `exec:` migration commands through a shell: only plain paths go in them.
+pub fn plain(p: &Path) -> anyhow::Result<String> {
+    let s = p.display().to_string();
+    anyhow::ensure!(
+        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)),
+        "{s}: QEMU runs the migration command through a shell, so its path must be plain"
+    );
+    Ok(s)
+}
