@@ -165,11 +165,14 @@ pub async fn serve(
 /// `strato down`: ends the data dir's VMs by their pids and removes its networks.
 pub async fn down(data_dir: &Path) -> usize {
     let mut n = 0;
-    if let Ok(entries) = std::fs::read_dir(data_dir.join("instances")) {
-        for e in entries.flatten() {
-            if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
-                vm.kill().await;
-                n += 1;
+    // Instances, and launch-snapshot templates being made.
+    for dir in ["instances", "launch-snapshots"] {
+        if let Ok(entries) = std::fs::read_dir(data_dir.join(dir)) {
+            for e in entries.flatten() {
+                if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
+                    vm.kill().await;
+                    n += 1;
+                }
             }
         }
     }

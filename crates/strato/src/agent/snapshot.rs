@@ -164,6 +164,10 @@ impl Snapshots {
 /// Boots the template and saves it at the snapshot point into `dir`.
 async fn build(dir: &Path, image: &Image, vcpus: u32, memory_mib: u64, accel: Accel) -> anyhow::Result<()> {
     let tmp = dir.with_extension("tmp");
+    // A template left running by a crash of the server ends first.
+    if let Some(vm) = Vm::adopt(&tmp) {
+        vm.kill().await;
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let result = async {

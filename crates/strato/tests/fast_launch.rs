@@ -1,0 +1,153 @@
+//! Launch snapshots, with real VMs: the first instance of `strato-minimal-fast-x86_64` boots
+//! cold (Strato's guest kernel) and has the agent make the launch snapshot; the next ones
+//! are restored from it, and two restored at once have nothing of their identity in
+//! common: address, MAC, hostname, SSH host key, random numbers, instance id. A restored
+//! instance keeps what it writes across stop/start (a cold boot from its root volume).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{key_file, ssh, Cloud};
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn instance(cloud: &Cloud, id: &str) -> Value {
+    cloud.aws(&["ec2", "describe-instances", "--instance-ids", id])["Reservations"][0]["Instances"][0].clone()
+}
+
+fn console(cloud: &Cloud, id: &str) -> String {
+    std::fs::read_to_string(cloud.dir.path().join("instances").join(id).join("console.log")).unwrap_or_default()
+}
+
+fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let ip = s(&instance(cloud, id)["PublicIpAddress"]);
+        if !ip.is_empty() {
+            if let Some(out) = ssh(key, &ip, command) {
+                return out;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no SSH to {id}: {}", console(cloud, id));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn wait_state(cloud: &Cloud, id: &str, state: &str) {
+    let start = Instant::now();
+    while s(&instance(cloud, id)["State"]["Name"]) != state {
+        assert!(start.elapsed() < Duration::from_secs(90), "{id} never {state}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What identifies a guest, read inside it.
+const IDENTITY: &str = "hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk '{print $4}'; \
+    for f in /etc/dropbear/*host_key; do dropbearkey -y -f $f | grep Fingerprint; done; \
+    head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; cat /tmp/user-data-ran";
+
+#[test]
+fn restored_instances_each_get_their_own_identity() {
+    let cloud = Cloud::start();
+    let out = std::process::Command::new(common::strato_bin())
+        .arg("--data-dir")
+        .arg(cloud.dir.path())
+        .args(["image", "build", "minimal-fast"])
+        .env("STRATO_CACHE_DIR", common::cache_dir())
+        .output()
+        .expect("strato image build");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let images = cloud.aws(&[
+        "ec2",
+        "describe-images",
+        "--owners",
+        "strato",
+        "--filters",
+        "Name=name,Values=strato-minimal-fast-x86_64",
+    ]);
+    let ami = s(&images["Images"][0]["ImageId"]);
+    let key = key_file(&cloud, "strato", "fast");
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-name",
+        "default",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "127.0.0.0/8",
+    ]);
+    let run = |count: &str| -> Vec<String> {
+        let r = cloud.aws(&[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "t3.nano",
+            "--key-name",
+            "fast",
+            "--count",
+            count,
+            "--user-data",
+            "#!/bin/sh\necho yes > /tmp/user-data-ran\n",
+        ]);
+        r["Instances"].as_array().into_iter().flatten().map(|i| s(&i["InstanceId"])).collect()
+    };
+
+    // The first launch boots cold, and the snapshot is made meanwhile.
+    let first = run("1").remove(0);
+    assert!(ssh_retry(&cloud, &key, &first, "cat /tmp/user-data-ran").contains("yes"));
+    assert!(!console(&cloud, &first).contains("STRATO-BOOT: restored"), "{}", console(&cloud, &first));
+    let snapshots = cloud.dir.path().join("launch-snapshots");
+    let start = Instant::now();
+    while !std::fs::read_dir(&snapshots).into_iter().flatten().flatten().any(|e| e.path().join("state").exists()) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the launch snapshot was never made");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Two at once, both restored from it.
+    let pair = run("2");
+    let ids: Vec<Vec<String>> = pair
+        .iter()
+        .map(|id| {
+            let out = ssh_retry(&cloud, &key, id, IDENTITY);
+            assert!(console(&cloud, id).contains("STRATO-BOOT: restored"), "{id} was not restored");
+            out.lines().map(str::to_owned).collect()
+        })
+        .collect();
+    for (id, lines) in pair.iter().zip(&ids) {
+        let i = instance(&cloud, id);
+        let private = s(&i["PrivateIpAddress"]);
+        assert_eq!(lines[0], format!("ip-{}", private.replace('.', "-")), "{id}: {lines:?}");
+        assert_eq!(lines[1], s(&i["NetworkInterfaces"][0]["MacAddress"]), "{id}: {lines:?}");
+        assert!(lines[2].starts_with(&format!("{private}/")), "{id}: {lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("Fingerprint")), "{id} has no host key: {lines:?}");
+        let clock: i64 = lines[lines.len() - 2].parse().expect("date +%s");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+        assert!((clock - now).abs() < 120, "{id}'s clock is off by {} s", clock - now);
+        assert_eq!(lines[lines.len() - 1], "yes", "{id} ran its user data");
+        assert!(console(&cloud, id).contains(&format!("instance-id={id}")));
+    }
+    // Nothing in common but the clock and the user data.
+    for (a, b) in ids[0].iter().zip(&ids[1]).take(ids[0].len() - 2) {
+        assert_ne!(a, b, "two restored instances share {a}");
+    }
+
+    // Stop and start: a cold boot from the root volume, with what the guest wrote.
+    let b = &pair[0];
+    ssh_retry(&cloud, &key, b, "echo kept > /root/kept; sync");
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", b]);
+    wait_state(&cloud, b, "stopped");
+    cloud.aws(&["ec2", "start-instances", "--instance-ids", b]);
+    assert_eq!(ssh_retry(&cloud, &key, b, "cat /root/kept").trim(), "kept");
+    assert!(!console(&cloud, b).contains("snapshot point"), "a start boots cold");
+    cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &first, &pair[0], &pair[1]]);
+}
