@@ -265,6 +265,155 @@ fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     Some(&xml[start..end])
 }
 
+/// Every value of a tag, in order.
+fn xml_fields<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let Some(end) = body.find(&close) else { break };
+        out.push(&body[..end]);
+        rest = &body[end..];
+    }
+    out
+}
+
+/// A process's proportional set size (shared pages split among their users), in MiB.
+fn pss_mib(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb: f64 = text.lines().find(|l| l.starts_with("Pss:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `strato bench fast-launch`: rounds of `count` instances of the fast minimal image
+/// launched at once, booting cold and then restored from the launch snapshot.
+pub async fn fast_launch(
+    cache: &std::path::Path,
+    runs: usize,
+    count: usize,
+    instance_type: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(runs >= 1 && count >= 1, "--runs and --count must be at least 1");
+    let mut report = Vec::new();
+    for (mode, snapshots) in [("cold boot", false), ("restored", true)] {
+        let dir = std::env::temp_dir().join(format!("strato-bench-fast-{}-{snapshots}", std::process::id()));
+        let result = fast_rounds(&dir, cache, runs, count, instance_type, snapshots).await;
+        if let Ok(entries) = std::fs::read_dir(dir.join("instances")) {
+            for e in entries.flatten() {
+                if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
+                    vm.kill().await;
+                }
+            }
+        }
+        crate::server::down(&dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        report.push((mode, result?));
+    }
+    println!(
+        "strato-minimal-fast-x86_64, {instance_type}, {:?}, {runs} rounds of {count} launched at once:",
+        crate::hypervisor::detect_accel().0
+    );
+    for (mode, (mut each, mut all, mut pss)) in report {
+        println!(
+            "  {mode:<10} RunInstances to SSH login: each p50 {:5.2} s p90 {:5.2} s; whole round p50 {:5.2} s max {:5.2} s; PSS per VM p50 {:4.0} MiB",
+            percentile(&mut each, 0.5),
+            percentile(&mut each, 0.9),
+            percentile(&mut all, 0.5),
+            percentile(&mut all, 1.0),
+            percentile(&mut pss, 0.5),
+        );
+    }
+    Ok(())
+}
+
+/// The rounds of one mode: (each instance's time to SSH, each round's time, PSS per VM).
+async fn fast_rounds(
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+    runs: usize,
+    count: usize,
+    instance_type: &str,
+    snapshots: bool,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let BenchCloud { creds, addr, region, mut stream, image_id, stop, server_task, agent_task, key_path, .. } =
+        BenchCloud::start(dir, cache, "minimal-fast", "127.96.0.0/16", snapshots).await?;
+    let run = |n: usize| {
+        format!(
+            "Action=RunInstances&Version=2016-11-15&ImageId={image_id}&InstanceType={instance_type}&MinCount={n}&MaxCount={n}&KeyName=bench"
+        )
+    };
+    let mut stream2 = TcpStream::connect(&addr).await?;
+    let terminate = |ids: Vec<String>| {
+        let body = ids.iter().enumerate().map(|(n, id)| format!("&InstanceId.{}={id}", n + 1)).collect::<String>();
+        format!("Action=TerminateInstances&Version=2016-11-15{body}")
+    };
+    if snapshots {
+        // The first launch boots cold and makes the snapshot; wait for it.
+        let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &run(1)).await?;
+        anyhow::ensure!(status == 200, "RunInstances: {xml}");
+        let ids: Vec<String> = xml_fields(&xml, "instanceId").into_iter().map(str::to_owned).collect();
+        let t0 = Instant::now();
+        loop {
+            let made = std::fs::read_dir(dir.join("launch-snapshots"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.path().join("state").exists());
+            if made {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(120), "the launch snapshot was never made");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = signed_call(&mut stream2, &addr, &creds, &region, &terminate(ids)).await?;
+    }
+    let (mut each, mut all, mut pss) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..runs {
+        let t0 = Instant::now();
+        let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &run(count)).await?;
+        anyhow::ensure!(status == 200, "RunInstances: {xml}");
+        let ids: Vec<String> = xml_fields(&xml, "instanceId").into_iter().map(str::to_owned).collect();
+        let ips: Vec<String> = xml_fields(&xml, "ipAddress").into_iter().map(str::to_owned).collect();
+        anyhow::ensure!(ips.len() == ids.len(), "every instance needs a public address");
+        let logins = ips.iter().map(|ip| {
+            let (key, ip) = (key_path.clone(), ip.clone());
+            tokio::spawn(async move { ssh_login(&key, &ip, t0, Duration::from_secs(300)).await })
+        });
+        let mut times = Vec::new();
+        for l in logins.collect::<Vec<_>>() {
+            times.push(l.await?.context("SSH never worked")?.as_secs_f64());
+        }
+        let whole = times.iter().cloned().fold(0.0, f64::max);
+        let mem: Vec<f64> = ids
+            .iter()
+            .filter_map(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id)))
+            .filter_map(|vm| pss_mib(vm.pid))
+            .collect();
+        let mean_pss = mem.iter().sum::<f64>() / mem.len().max(1) as f64;
+        eprintln!(
+            "round {}: {} instances, SSH login {:.2}-{:.2} s, PSS per VM {mean_pss:.0} MiB",
+            round + 1,
+            ids.len(),
+            times.iter().cloned().fold(f64::MAX, f64::min),
+            whole
+        );
+        each.extend(times);
+        all.push(whole);
+        pss.push(mean_pss);
+        let _ = signed_call(&mut stream2, &addr, &creds, &region, &terminate(ids.clone())).await?;
+        for id in &ids {
+            while crate::hypervisor::Vm::adopt(&dir.join("instances").join(id)).is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    agent_task.abort();
+    let _ = stop.send(());
+    let _ = server_task.await;
+    Ok((each, all, pss))
+}
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -293,6 +442,7 @@ impl BenchCloud {
         cache: &std::path::Path,
         image: &str,
         pool: &str,
+        launch_snapshots: bool,
     ) -> anyhow::Result<BenchCloud> {
         let mut control = server::open_control(dir, "local-1").await?;
         control.public_pool = crate::control::cidr::Ipv4Cidr::parse(pool, true).context("the bench's public pool")?;
@@ -312,7 +462,8 @@ impl BenchCloud {
         let server_task = tokio::spawn(crate::api::serve(listener, state, async {
             let _ = rx.await;
         }));
-        let agent = crate::agent::Agent::new(control.clone(), dir)?;
+        let mut agent = crate::agent::Agent::new(control.clone(), dir)?;
+        agent.snapshots.enabled = launch_snapshots;
         let agent_task = tokio::spawn(agent.run());
         let region = control.region.name.clone();
         let mut stream = TcpStream::connect(&addr).await?;
@@ -359,9 +510,16 @@ impl BenchCloud {
     }
 }
 
-/// Tries `ssh root@ip true` with the key until it works; the time it took.
+/// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
+/// probed first with short connection attempts (a connect to an address nobody has yet
+/// waits for ARP to give up, which would measure the probe rather than the guest).
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
+        let probe = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect((ip, 22))).await;
+        if !matches!(probe, Ok(Ok(_))) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         let ok = tokio::process::Command::new("ssh")
             .arg("-i")
             .arg(key)
@@ -390,7 +548,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
     let result = async {
         // Its own public pool, beside a `strato serve` on the default one.
         let BenchCloud { control, creds, addr, region, mut stream, built, image_id, stop: tx, server_task, agent_task, key_path } =
-            BenchCloud::start(&dir, cache, image, "127.98.0.0/16").await?;
+            BenchCloud::start(&dir, cache, image, "127.98.0.0/16", false).await?;
         let (mut api, mut to_running, mut to_metadata, mut to_ssh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let t0 = Instant::now();
@@ -593,7 +751,7 @@ pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("strato-bench-volume-{}", std::process::id()));
     let result = async {
         let BenchCloud { creds, addr, region, mut stream, image_id, stop: tx, server_task, agent_task, key_path, .. } =
-            BenchCloud::start(&dir, cache, "minimal", "127.97.0.0/16").await?;
+            BenchCloud::start(&dir, cache, "minimal", "127.97.0.0/16", false).await?;
         macro_rules! call {
             ($body:expr) => {{
                 let body: String = $body;

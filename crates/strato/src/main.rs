@@ -156,6 +156,19 @@ enum AccountCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Launches strato-minimal-fast-x86_64 (Strato's guest kernel) in rounds of COUNT
+    /// instances at once, first booting cold, then restored from the launch snapshot:
+    /// RunInstances to SSH login per instance and for the whole round, and the host memory
+    /// (PSS) per VM.
+    FastLaunch {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Instances per RunInstances (launched at once).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value = "t3.nano")]
+        instance_type: String,
+    },
     /// dd with direct I/O on a hot-plugged EBS volume inside a guest, beside the same dd on
     /// the host's disk (MB/s and ratio).
     Volume,
@@ -349,6 +362,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stdin = std::io::stdin();
             strato::metadata::serve_stdio(&cfg, &mut stdin.lock(), &mut std::io::stdout().lock())?;
             Ok(())
+        }
+        Command::Bench { command: BenchCommand::FastLaunch { runs, count, instance_type } } => {
+            strato::bench::fast_launch(&cli.cache_dir, runs, count, &instance_type).await
         }
         Command::Bench { command: BenchCommand::Volume } => strato::bench::volume(&cli.cache_dir).await,
         Command::Bench { command: BenchCommand::Launch { runs, image, instance_type } } => {

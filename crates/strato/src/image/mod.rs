@@ -440,8 +440,9 @@ fn dir_size(path: &Path) -> u64 {
 fn recipe_tag(kind: Kind) -> &'static str {
     match kind {
         // 3: waits at the launch-snapshot point for an Ethernet NIC; the clock from the
-        // metadata's Date header.
-        Kind::Minimal => " recipe=3",
+        // metadata's Date header. 4: uptime on every console line; the ed25519 host key
+        // made while the network comes up.
+        Kind::Minimal => " recipe=5",
         // 2: no resolv.conf from the build host.
         Kind::Debian12 => " recipe=2",
     }
