@@ -336,8 +336,14 @@ async fn fast_rounds(
     instance_type: &str,
     snapshots: bool,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
-    let BenchCloud { creds, addr, region, mut stream, image_id, stop, server_task, agent_task, key_path, .. } =
-        BenchCloud::start(dir, cache, "minimal-fast", "127.96.0.0/16", snapshots).await?;
+    let BenchCloud {
+        control, creds, addr, region, mut stream, image_id, stop, server_task, agent_task, key_path, ..
+    } = BenchCloud::start(dir, cache, "minimal-fast", "127.96.0.0/16", snapshots).await?;
+    // Big rounds need more than the default 32 vCPUs.
+    control
+        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, (count * 8).max(32) as u32)
+        .await
+        .map_err(|e| anyhow::anyhow!("raising the quota: {e}"))?;
     let run = |n: usize| {
         format!(
             "Action=RunInstances&Version=2016-11-15&ImageId={image_id}&InstanceType={instance_type}&MinCount={n}&MaxCount={n}&KeyName=bench"

@@ -91,6 +91,8 @@ pub struct Agent {
     powerdown_sent: HashMap<String, Instant>,
     /// Launch snapshots (`STRATO_LAUNCH_SNAPSHOTS=off` turns them off).
     pub snapshots: snapshot::Snapshots,
+    /// Instances whose restore failed: they boot cold.
+    restore_failed: std::collections::HashSet<String>,
 }
 
 impl Agent {
@@ -118,6 +120,7 @@ impl Agent {
             unplug_sent: HashMap::new(),
             token_key,
             powerdown_sent: HashMap::new(),
+            restore_failed: Default::default(),
             snapshots: snapshot::Snapshots::new(
                 data_dir,
                 !matches!(std::env::var("STRATO_LAUNCH_SNAPSHOTS").as_deref(), Ok("off" | "0" | "false")),
@@ -166,6 +169,9 @@ impl Agent {
             })
             .collect();
         self.net.imds.set_table(table);
+        if let Err(e) = self.restore_pending(&live, &volumes).await {
+            tracing::warn!(error = format!("{e:#}"), "restoring launches failed");
+        }
         for i in &live {
             if let Err(e) = self.reconcile(i).await {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
@@ -567,29 +573,9 @@ impl Agent {
         self.adopt_legacy_root(root, i.id.as_str());
         let disk = self.volume_disk(root).path;
         anyhow::ensure!(!self.net_failed.contains(&i.vpc_id), "the network of {} is not ready", i.vpc_id);
-        // A first launch of an image that supports it, with nothing but its root volume:
-        // restored from the launch snapshot when there is one (made now otherwise).
-        let restorable = self.snapshots.enabled
-            && snapshot::image_supports(&image)
-            && i.generation == 0
-            && !disk.exists()
-            && mine.len() == 1
-            && itype.instance_storage_gb.is_none()
-            && root.size_gb == image.root_size_gb;
-        if restorable {
-            match self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) {
-                Some(s) => match self.restore(i, &image, &s, dir, &disk).await {
-                    Ok(vm) => return Ok(vm),
-                    Err(e) => {
-                        tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "restore failed; booting cold");
-                        if let Some(vm) = Vm::adopt(dir) {
-                            vm.kill().await;
-                        }
-                        let _ = std::fs::remove_file(&disk);
-                    }
-                },
-                None => self.snapshots.ensure(&image, itype.vcpus, itype.memory_mib, self.accel),
-            }
+        // Booting cold a launch that could have been restored: the snapshot for next time.
+        if restorable(&self.snapshots, i, &image, &itype, &mine, &disk) {
+            self.snapshots.ensure(&image, itype.vcpus, itype.memory_mib, self.accel);
         }
         if !disk.exists() {
             // Made once, at the first launch; a root volume whose file went is an error,
@@ -644,69 +630,165 @@ impl Agent {
     }
 }
 
+/// A first launch of an image that supports it, with nothing but its root volume (of the
+/// image's size) and no instance store, can be restored from a launch snapshot.
+fn restorable(
+    snapshots: &snapshot::Snapshots,
+    i: &Instance,
+    image: &crate::control::model::Image,
+    itype: &crate::catalog::InstanceType,
+    attached: &[&Volume],
+    disk: &Path,
+) -> bool {
+    snapshots.enabled
+        && snapshot::image_supports(image)
+        && i.generation == 0
+        && !disk.exists()
+        && attached.len() == 1
+        && attached[0].root
+        && attached[0].size_gb == image.root_size_gb
+        && itype.instance_storage_gb.is_none()
+}
+
 impl Agent {
-    /// Launches the instance from a launch snapshot: its root volume a copy of the
-    /// template's disk, a QEMU with the template's devices loading the saved state, the
-    /// instance's NIC hot-plugged, then running (see `snapshot`).
-    async fn restore(
-        &self,
-        i: &Instance,
-        image: &crate::control::model::Image,
-        s: &snapshot::Snapshot,
-        dir: &Path,
-        disk: &Path,
-    ) -> anyhow::Result<Vm> {
+    /// The restore of a pending instance's first launch, if it can be restored and its
+    /// launch snapshot is ready.
+    async fn restore_job(&self, i: &Instance, volumes: &[Volume]) -> anyhow::Result<Option<RestoreJob>> {
+        if i.state != InstanceState::Pending || i.generation != 0 || self.net_failed.contains(&i.vpc_id) {
+            return Ok(None);
+        }
+        let dir = self.run_dir(i.id.as_str());
+        if Vm::adopt(&dir).is_some() {
+            return Ok(None);
+        }
+        let Some(image) = self.control.image_for_launch(&i.image_id).await? else { return Ok(None) };
+        let Some(itype) = self.control.catalogue.get(&i.instance_type).cloned() else { return Ok(None) };
+        let attached: Vec<&Volume> = volumes
+            .iter()
+            .filter(|v| v.instance_id.as_deref() == Some(i.id.as_str()))
+            .filter(|v| matches!(v.attach_state.as_deref(), Some("attaching" | "attached")))
+            .collect();
+        let Some(root) = attached.iter().find(|v| v.root) else { return Ok(None) };
+        let disk = self.volume_disk(root).path;
+        if !restorable(&self.snapshots, i, &image, &itype, &attached, &disk) {
+            return Ok(None);
+        }
+        let Some(snapshot) = self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) else { return Ok(None) };
+        Ok(Some(RestoreJob {
+            instance_id: i.id.to_string(),
+            tap: net::tap_name(i.id.as_str()),
+            mac: mac_of(i.id.as_str()),
+            netns: self.net.site.netns(&i.vpc_id),
+            spec: {
+                let mut spec = snapshot::spec(
+                    &image,
+                    &dir,
+                    disk.clone(),
+                    itype.vcpus,
+                    itype.memory_mib,
+                    crate::hypervisor::LaunchSnapshot::Restore { ram: snapshot.ram() },
+                );
+                spec.uuid = ec2_uuid(i.id.as_str());
+                spec.netns = Some(self.net.site.netns(&i.vpc_id));
+                spec
+            },
+            snapshot,
+            disk,
+            accel: self.accel,
+        }))
+    }
+
+    /// Restores every pending instance that can be, all at once (each on its own task), so
+    /// that a RunInstances of many does not wait for one restore after another. A failed
+    /// restore is undone; the instance then boots cold in the pass's instance loop.
+    async fn restore_pending(&mut self, live: &[Instance], volumes: &[Volume]) -> anyhow::Result<()> {
+        let mut jobs = Vec::new();
+        for i in live {
+            if self.restore_failed.contains(i.id.as_str()) {
+                continue;
+            }
+            if let Some(job) = self.restore_job(i, volumes).await? {
+                let (id, dir, disk) = (job.instance_id.clone(), job.spec.run_dir.clone(), job.disk.clone());
+                jobs.push((id, dir, disk, tokio::spawn(job.run())));
+            }
+        }
+        for (id, dir, disk, task) in jobs {
+            let result = task.await.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = result {
+                tracing::warn!(instance_id = %id, error = format!("{e:#}"), "restore failed; booting cold");
+                if let Some(vm) = Vm::adopt(&dir) {
+                    vm.kill().await;
+                }
+                let _ = std::fs::remove_file(&disk);
+                self.restore_failed.insert(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One instance's launch from a launch snapshot: its root volume a copy of the template's
+/// disk, a QEMU with the template's devices loading the saved state, the instance's NIC
+/// hot-plugged, then running (see `snapshot`).
+struct RestoreJob {
+    instance_id: String,
+    snapshot: snapshot::Snapshot,
+    spec: VmSpec,
+    disk: PathBuf,
+    tap: String,
+    mac: String,
+    netns: String,
+    accel: Accel,
+}
+
+impl RestoreJob {
+    async fn run(self) -> anyhow::Result<Vm> {
         let t0 = Instant::now();
-        std::fs::create_dir_all(&self.volumes_dir)?;
-        let tmp = disk.with_extension("tmp");
-        std::fs::copy(s.disk(), &tmp).context("copying the snapshot's disk")?;
-        std::fs::rename(&tmp, disk)?;
-        let itype = self.control.catalogue.get(&i.instance_type).context("instance type")?;
-        let mut spec = snapshot::spec(
-            image,
-            dir,
-            disk.to_owned(),
-            itype.vcpus,
-            itype.memory_mib,
-            crate::hypervisor::LaunchSnapshot::Restore { ram: s.ram() },
-        );
-        spec.uuid = ec2_uuid(i.id.as_str());
-        spec.netns = Some(self.net.site.netns(&i.vpc_id));
+        if let Some(parent) = self.disk.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = self.disk.with_extension("tmp");
+        std::fs::copy(self.snapshot.disk(), &tmp).context("copying the snapshot's disk")?;
+        std::fs::rename(&tmp, &self.disk)?;
+        std::fs::create_dir_all(&self.spec.run_dir)?;
         // The console starts with the template's boot; the restored VM appends.
-        let _ = std::fs::remove_file(spec.console_path());
-        let _ = std::fs::remove_file(dir.join("metadata.log"));
-        std::fs::copy(s.console(), spec.console_path())?;
-        let accel = self.accel;
+        let _ = std::fs::remove_file(self.spec.console_path());
+        let _ = std::fs::remove_file(self.spec.run_dir.join("metadata.log"));
+        std::fs::copy(self.snapshot.console(), self.spec.console_path())?;
+        let (spec, accel) = (self.spec.clone(), self.accel);
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
+        let started = t0.elapsed();
         let mut q = vm.qmp().await?;
         q.execute(
             "migrate-set-capabilities",
             Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
         )
         .await?;
-        let uri = format!("exec:cat {}", snapshot::plain(&s.state())?);
+        let uri = format!("exec:cat {}", snapshot::plain(&self.snapshot.state())?);
         q.execute("migrate-incoming", Some(serde_json::json!({"uri": uri}))).await?;
         snapshot::wait_migration(&mut q).await?;
         let loaded = t0.elapsed();
-        let tap = net::tap_name(i.id.as_str());
         q.execute(
             "netdev_add",
-            Some(serde_json::json!({"type": "tap", "id": "n0", "ifname": tap, "script": "no", "downscript": "no"})),
+            Some(
+                serde_json::json!({"type": "tap", "id": "n0", "ifname": self.tap, "script": "no", "downscript": "no"}),
+            ),
         )
         .await?;
         q.execute(
             "device_add",
             Some(serde_json::json!({
-                "driver": "virtio-net-pci", "id": "nic0", "netdev": "n0", "mac": mac_of(i.id.as_str()),
-                "bus": "netp", "addr": "0"
+                "driver": "virtio-net-pci", "id": "nic0", "netdev": "n0", "mac": self.mac, "bus": "netp", "addr": "0"
             })),
         )
         .await?;
         q.execute("cont", None).await?;
         tracing::info!(
-            instance_id = %i.id,
+            instance_id = %self.instance_id,
+            netns = %self.netns,
             pid = vm.pid,
-            load_ms = loaded.as_millis() as u64,
+            qemu_started_ms = started.as_millis() as u64,
+            loaded_ms = loaded.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
             "VM restored from its launch snapshot"
         );
