@@ -43,6 +43,11 @@ enum Command {
         /// bits (e.g. 127.100.0.0/16 and 127.101.0.0/16).
         #[arg(long, env = "STRATO_PUBLIC_POOL", default_value = strato::net::DEFAULT_PUBLIC_POOL)]
         public_pool: String,
+        /// How much guest memory the host promises, as a multiple of its RAM: RunInstances
+        /// answers InsufficientInstanceCapacity beyond it. Guests touch little of theirs
+        /// (a restored minimal instance of 512 MiB costs the host about 70-90 MiB).
+        #[arg(long, env = "STRATO_MEMORY_OVERCOMMIT", default_value_t = strato::control::instances::MEMORY_OVERCOMMIT)]
+        memory_overcommit: f64,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -232,9 +237,14 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, no_image_build, public_pool } => {
+        Command::Serve { listen, no_image_build, public_pool, memory_overcommit } => {
             let pool = strato::net::parse_public_pool(&public_pool)?;
-            server::serve(&cli.data_dir, &cli.cache_dir, listen, &cli.region, !no_image_build, pool).await
+            anyhow::ensure!(
+                memory_overcommit.is_finite() && (0.1..=100.0).contains(&memory_overcommit),
+                "--memory-overcommit must be between 0.1 and 100"
+            );
+            server::serve(&cli.data_dir, &cli.cache_dir, listen, &cli.region, !no_image_build, pool, memory_overcommit)
+                .await
         }
         Command::Ssh { instance_id, key, user, command } => {
             let control = server::open_control(&cli.data_dir, &cli.region).await?;

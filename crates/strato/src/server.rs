@@ -121,9 +121,11 @@ pub async fn serve(
     region: &str,
     build_images: bool,
     public_pool: crate::control::cidr::Ipv4Cidr,
+    memory_overcommit: f64,
 ) -> anyhow::Result<()> {
     let mut control = open_control(data_dir, region).await?;
     control.public_pool = public_pool;
+    control.memory_overcommit = memory_overcommit;
     if build_images {
         match build_and_register(&control, cache, Kind::Minimal, false).await {
             Ok((_, id, true)) => tracing::info!(image_id = %id, "minimal image registered"),

@@ -141,6 +141,29 @@ fn restored_instances_each_get_their_own_identity() {
         assert_ne!(a, b, "two restored instances share {a}");
     }
 
+    // A volume hot-plugs into a restored instance as into any other.
+    let c = &pair[1];
+    let v = s(&cloud.aws(&[
+        "ec2",
+        "create-volume",
+        "--availability-zone",
+        &s(&instance(&cloud, c)["Placement"]["AvailabilityZone"]),
+        "--size",
+        "1",
+    ])["VolumeId"]);
+    let start = Instant::now();
+    while cloud.aws(&["ec2", "describe-volumes", "--volume-ids", &v])["Volumes"][0]["State"] != "available" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the volume was never made");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &v, "--instance-id", c, "--device", "/dev/sdf"]);
+    let serial = v.replace('-', "");
+    let start = Instant::now();
+    while !ssh_retry(&cloud, &key, c, "cat /sys/block/*/serial 2>/dev/null; true").contains(&serial) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the restored guest never saw the volume");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // Stop and start: a cold boot from the root volume, with what the guest wrote.
     let b = &pair[0];
     ssh_retry(&cloud, &key, b, "echo kept > /root/kept; sync");

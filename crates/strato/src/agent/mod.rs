@@ -702,6 +702,23 @@ impl Agent {
     /// that a RunInstances of many does not wait for one restore after another. A failed
     /// restore is undone; the instance then boots cold in the pass's instance loop.
     async fn restore_pending(&mut self, live: &[Instance], volumes: &[Volume]) -> anyhow::Result<()> {
+        // A restore cut short by a crash of the server leaves a QEMU that never ran (still
+        // loading, or paused without its NIC): it ends, and the launch starts over.
+        for i in live.iter().filter(|i| i.state == InstanceState::Pending && i.generation == 0) {
+            let dir = self.run_dir(i.id.as_str());
+            let Some(vm) = Vm::adopt(&dir) else { continue };
+            let Ok(mut q) = vm.qmp().await else { continue };
+            let half_done =
+                q.query_status().await.is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
+            drop(q);
+            if half_done {
+                tracing::warn!(instance_id = %i.id, "a restore was cut short: starting the launch over");
+                vm.kill().await;
+                if let Some(root) = volumes.iter().find(|v| v.root && v.instance_id.as_deref() == Some(i.id.as_str())) {
+                    let _ = std::fs::remove_file(self.volume_disk(root).path);
+                }
+            }
+        }
         let mut jobs = Vec::new();
         for i in live {
             if self.restore_failed.contains(i.id.as_str()) {

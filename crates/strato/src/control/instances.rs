@@ -26,7 +26,8 @@ use crate::store::{self, instances as db};
 /// vCPUs a new account may run at once (EC2's default on-demand quota for standard types);
 /// `strato account set-quota` changes it per account.
 pub const DEFAULT_VCPU_QUOTA: u32 = 32;
-/// How much guest memory the host promises, relative to its RAM (TCG guests touch little).
+/// How much guest memory the host promises by default, relative to its RAM (TCG guests
+/// touch little); `serve --memory-overcommit` changes it.
 pub const MEMORY_OVERCOMMIT: f64 = 1.5;
 /// Largest user data, decoded, as on EC2.
 pub const MAX_USER_DATA: usize = 16 * 1024;
@@ -466,7 +467,7 @@ impl Control {
             .filter_map(|i| self.catalogue.get(&i.instance_type))
             .map(|t| t.memory_mib)
             .sum();
-        let capacity = (host_memory_mib() as f64 * MEMORY_OVERCOMMIT) as u64;
+        let capacity = (host_memory_mib() as f64 * self.memory_overcommit) as u64;
         let room_mem = capacity.saturating_sub(used_mem) / itype.memory_mib;
         if (room_vcpus as i64) < r.min_count {
             return Err(ApiError::LimitExceeded {

@@ -52,6 +52,8 @@ pub struct Control {
     pub agent_wake: tokio::sync::Notify,
     /// Where public addresses come from (a loopback block on a single host).
     pub public_pool: cidr::Ipv4Cidr,
+    /// Guest memory the host promises, relative to its RAM.
+    pub memory_overcommit: f64,
 }
 
 /// An access key pair, as handed to a user once.
@@ -90,6 +92,7 @@ impl Control {
             agent_wake: tokio::sync::Notify::new(),
             public_pool: cidr::Ipv4Cidr::parse(crate::net::DEFAULT_PUBLIC_POOL, true)
                 .ok_or_else(|| anyhow::anyhow!("the default public pool does not parse"))?,
+            memory_overcommit: instances::MEMORY_OVERCOMMIT,
         })
     }
 
