@@ -93,6 +93,8 @@ pub struct Agent {
     pub snapshots: snapshot::Snapshots,
     /// Instances whose restore failed: they boot cold.
     restore_failed: std::collections::HashSet<String>,
+    /// When the launch snapshots of deregistered images were last looked for.
+    pruned: Option<Instant>,
 }
 
 impl Agent {
@@ -121,6 +123,7 @@ impl Agent {
             token_key,
             powerdown_sent: HashMap::new(),
             restore_failed: Default::default(),
+            pruned: None,
             snapshots: snapshot::Snapshots::new(
                 data_dir,
                 !matches!(std::env::var("STRATO_LAUNCH_SNAPSHOTS").as_deref(), Ok("off" | "0" | "false")),
@@ -169,6 +172,10 @@ impl Agent {
             })
             .collect();
         self.net.imds.set_table(table);
+        if self.pruned.is_none_or(|t| t.elapsed() > net::RECHECK) {
+            self.snapshots.prune(&self.control.image_ids().await?);
+            self.pruned = Some(Instant::now());
+        }
         if let Err(e) = self.restore_pending(&live, &volumes).await {
             tracing::warn!(error = format!("{e:#}"), "restoring launches failed");
         }

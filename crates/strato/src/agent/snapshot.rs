@@ -21,8 +21,9 @@
 //! Files: `DATA_DIR/launch-snapshots/<ami>-<vcpus>c-<MiB>m/` with `disk.qcow2`, `ram`,
 //! `state`, `console.log`; made under `.tmp` and renamed when complete, so a crash leaves
 //! either a whole snapshot or a `.tmp` that the next build replaces. A snapshot belongs to
-//! one AMI id (a rebuilt image or kernel is a new AMI, so a new snapshot). Not done yet:
-//! removing the snapshots of deregistered images.
+//! one AMI id (a rebuilt image or kernel is a new AMI, so a new snapshot); the snapshots of
+//! deregistered images are removed (VMs restored from one keep their private mapping of
+//! its RAM file, which lives on until they end).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -161,6 +162,31 @@ impl Snapshots {
     }
 }
 
+impl Snapshots {
+    /// Removes the snapshots (and leftover `.tmp` builds) of images that are not registered
+    /// any more; never one being made.
+    pub fn prune(&mut self, images: &[String]) {
+        self.building.retain(|_, h| !h.is_finished());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name.trim_end_matches(".tmp");
+            let image = key.split('-').take(2).collect::<Vec<_>>().join("-");
+            if images.contains(&image) || self.building.contains_key(key) {
+                continue;
+            }
+            if let Some(vm) = Vm::adopt(&e.path()) {
+                // A template of a build that died with the server.
+                let _ = std::process::Command::new("kill").arg("-KILL").arg(vm.pid.to_string()).status();
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => tracing::info!(snapshot = %name, "launch snapshot of a deregistered image removed"),
+                Err(err) => tracing::warn!(snapshot = %name, error = %err, "could not remove a launch snapshot"),
+            }
+        }
+    }
+}
+
 /// Boots the template and saves it at the snapshot point into `dir`.
 async fn build(dir: &Path, image: &Image, vcpus: u32, memory_mib: u64, accel: Accel) -> anyhow::Result<()> {
     let tmp = dir.with_extension("tmp");
@@ -247,4 +273,35 @@ pub fn plain(p: &Path) -> anyhow::Result<String> {
         "{s}: QEMU runs the migration command through a shell, so its path must be plain"
     );
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_only_the_snapshots_of_images_gone() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut s = Snapshots::new(data.path(), true);
+        let dir = data.path().join("launch-snapshots");
+        for name in ["ami-0aaa-2c-512m", "ami-0aaa-1c-512m", "ami-0bbb-2c-512m", "ami-0bbb-1c-512m.tmp"] {
+            std::fs::create_dir_all(dir.join(name)).expect("mkdir");
+            std::fs::write(dir.join(name).join("state"), b"x").expect("write");
+        }
+        s.prune(&["ami-0aaa".to_owned()]);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["ami-0aaa-1c-512m", "ami-0aaa-2c-512m"]);
+    }
+
+    #[test]
+    fn exec_paths_must_be_plain() {
+        assert!(plain(Path::new("/var/lib/strato/launch-snapshots/ami-1-2c-512m/state")).is_ok());
+        assert!(plain(Path::new("/tmp/a b/state")).is_err());
+        assert!(plain(Path::new("/tmp/$(x)/state")).is_err());
+    }
 }

@@ -253,6 +253,12 @@ impl Control {
     }
 
     /// An image by id, whoever owns it (for the agent: the launch was already authorised).
+    /// Every registered image's id.
+    pub async fn image_ids(&self) -> ApiResult<Vec<String>> {
+        let mut c = self.store().read().await?;
+        Ok(store::images(&mut c).await?.into_iter().map(|i| i.id.to_string()).collect())
+    }
+
     pub async fn image_for_launch(&self, id: &str) -> ApiResult<Option<Image>> {
         let mut c = self.store().read().await?;
         Ok(store::images(&mut c).await?.into_iter().find(|i| i.id.as_str() == id))
