@@ -1,6 +1,9 @@
 //! The host agent: makes the instances' desired state true on this host and reports what it
 //! sees. `strato serve` runs one in-process; it reconciles every `TICK`:
 //!
+//! - `pending`, first launch, an image with launch snapshots and the snapshot ready: restored
+//!   from it (`snapshot`), all such instances of a pass at once, before the loop below;
+//!   a failed restore is undone and the instance boots cold.
 //! - `pending` with no VM: create the root volume's file (a qcow2 overlay on the image,
 //!   `DATA_DIR/volumes/<vol>.qcow2`, once), write the metadata config, launch QEMU with it
 //!   as `vda` and the attached data volumes; report `Booted` (EC2's `running` means the VM
