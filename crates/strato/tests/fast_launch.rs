@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{key_file, ssh, Cloud};
+use common::{key_file, open_ssh, ssh_retry, Cloud};
 use serde_json::Value;
 
 fn s(v: &Value) -> String {
@@ -22,20 +21,6 @@ fn instance(cloud: &Cloud, id: &str) -> Value {
 
 fn console(cloud: &Cloud, id: &str) -> String {
     std::fs::read_to_string(cloud.dir.path().join("instances").join(id).join("console.log")).unwrap_or_default()
-}
-
-fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let ip = s(&instance(cloud, id)["PublicIpAddress"]);
-        if !ip.is_empty() {
-            if let Some(out) = ssh(key, &ip, command) {
-                return out;
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no SSH to {id}: {}", console(cloud, id));
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn wait_state(cloud: &Cloud, id: &str, state: &str) {
@@ -72,18 +57,7 @@ fn restored_instances_each_get_their_own_identity() {
     ]);
     let ami = s(&images["Images"][0]["ImageId"]);
     let key = key_file(&cloud, "strato", "fast");
-    cloud.aws(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-name",
-        "default",
-        "--protocol",
-        "tcp",
-        "--port",
-        "22",
-        "--cidr",
-        "127.0.0.0/8",
-    ]);
+    open_ssh(&cloud);
     let run = |count: &str| -> Vec<String> {
         let r = cloud.aws(&[
             "ec2",

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{key_file, ssh, Cloud};
+use common::{key_file, open_ssh, ssh_retry, Cloud};
 use serde_json::Value;
 
 fn s(v: &Value) -> String {
@@ -124,7 +123,19 @@ fn volume_api_rules() {
     let v = wait_volume(&cloud, &id, "attached", |v| v["Attachments"][0]["State"] == "attached");
     assert_eq!(s(&v["State"]), "in-use");
     assert_eq!(s(&v["Attachments"][0]["Device"]), "/dev/sdf");
+    // The data volume and the root volume.
     let f = cloud.aws(&["ec2", "describe-volumes", "--filters", &format!("Name=attachment.instance-id,Values={a}")]);
+    let mut on_a: Vec<String> =
+        f["Volumes"].as_array().into_iter().flatten().map(|v| s(&v["Attachments"][0]["Device"])).collect();
+    on_a.sort();
+    assert_eq!(on_a, ["/dev/sdf", "/dev/xvda"]);
+    let f = cloud.aws(&[
+        "ec2",
+        "describe-volumes",
+        "--filters",
+        &format!("Name=attachment.instance-id,Values={a}"),
+        "Name=attachment.device,Values=/dev/sdf",
+    ]);
     assert_eq!(s(&f["Volumes"][0]["VolumeId"]), id);
     assert_eq!(attach(&id, &b, "/dev/sdg"), "VolumeInUse");
     let v2 = s(&cloud.aws(&["ec2", "create-volume", "--availability-zone", "local-1a", "--size", "1"])["VolumeId"]);
@@ -379,37 +390,12 @@ fn snapshots_are_shared_copied_and_restored() {
 
 /// Runs a command over SSH at the instance's public address, retrying while the guest boots.
 #[track_caller]
-fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let ip = s(&instance(cloud, id)["PublicIpAddress"]);
-        if !ip.is_empty() {
-            if let Some(out) = ssh(key, &ip, command) {
-                return out;
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no SSH to {id}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn a_volume_is_hot_plugged_kept_and_moved() {
     let cloud = Cloud::start();
     let ami = ami(&cloud);
     let key = key_file(&cloud, "strato", "vol");
-    cloud.aws(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-name",
-        "default",
-        "--protocol",
-        "tcp",
-        "--port",
-        "22",
-        "--cidr",
-        "127.0.0.0/8",
-    ]);
+    open_ssh(&cloud);
     let r = cloud.aws(&[
         "ec2",
         "run-instances",
@@ -636,18 +622,7 @@ fn the_instance_store_is_lost_on_stop() {
     let key = key_file(&cloud, "strato", "vol");
     let t = cloud.aws(&["ec2", "describe-instance-types", "--instance-types", "c5d.large"]);
     assert_eq!(t["InstanceTypes"][0]["InstanceStorageInfo"]["TotalSizeInGB"], 50);
-    cloud.aws(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-name",
-        "default",
-        "--protocol",
-        "tcp",
-        "--port",
-        "22",
-        "--cidr",
-        "127.0.0.0/8",
-    ]);
+    open_ssh(&cloud);
     let r =
         cloud.aws(&["ec2", "run-instances", "--image-id", &ami, "--instance-type", "c5d.large", "--key-name", "vol"]);
     let id = s(&r["Instances"][0]["InstanceId"]);

@@ -351,6 +351,44 @@ pub fn key_file(cloud: &Cloud, profile: &str, name: &str) -> PathBuf {
     path
 }
 
+/// Opens port 22 of the caller's default security group to the host (127.0.0.0/8).
+pub fn open_ssh(cloud: &Cloud) {
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-name",
+        "default",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "127.0.0.0/8",
+    ]);
+}
+
+/// Runs `command` in the instance over SSH at its public address, retrying (for up to
+/// 120 s) until the address exists and SSH works; its stdout.
+pub fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let i = cloud.aws(&["ec2", "describe-instances", "--instance-ids", id]);
+        let ip = i["Reservations"][0]["Instances"][0]["PublicIpAddress"].as_str().unwrap_or_default().to_owned();
+        if !ip.is_empty() {
+            if let Some(out) = ssh(key, &ip, command) {
+                return out;
+            }
+        }
+        let console = std::fs::read_to_string(cloud.dir.path().join("instances").join(id).join("console.log"));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "no SSH to {id}: {}",
+            console.unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 /// Runs a command in a guest over SSH as root at `ip`; `None` if SSH or the command fails.
 pub fn ssh(key: &Path, ip: &str, command: &str) -> Option<String> {
     let out = Command::new("ssh")
