@@ -263,6 +263,27 @@ fn the_root_volume_is_a_volume() {
 
     // Terminate: a DeleteOnTermination root goes; one without it stays, available.
     let b_root = s(&i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]);
+    // DeleteOnTermination of an attached volume, changed on the instance.
+    let dot = |device: &str, on: bool| {
+        cloud.aws_err(&[
+            "ec2",
+            "modify-instance-attribute",
+            "--instance-id",
+            &b,
+            "--block-device-mappings",
+            &format!("DeviceName={device},Ebs={{DeleteOnTermination={on}}}"),
+        ])
+    };
+    assert_eq!(dot("/dev/sdz", true), "InvalidParameterValue");
+    cloud.aws(&[
+        "ec2",
+        "modify-instance-attribute",
+        "--instance-id",
+        &b,
+        "--block-device-mappings",
+        "DeviceName=/dev/sdf,Ebs={DeleteOnTermination=true}",
+    ]);
+    assert_eq!(volume(&cloud, &root)["Attachments"][0]["DeleteOnTermination"], true);
     let kept = run(&["--block-device-mappings", "DeviceName=/dev/xvda,Ebs={DeleteOnTermination=false}"]);
     let k = wait_state(&cloud, &kept, "running");
     let kept_root = s(&k["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]);
@@ -271,11 +292,12 @@ fn the_root_volume_is_a_volume() {
     wait_state(&cloud, &b, "terminated");
     wait_state(&cloud, &kept, "terminated");
     wait_volume(&cloud, &kept_root, "kept", |v| v["State"] == "available");
-    wait_volume(&cloud, &root, "detached by the termination", |v| v["State"] == "available");
     let start = Instant::now();
-    while cloud.aws_as("strato", &["ec2", "describe-volumes", "--volume-ids", &b_root]).status.success() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the root volume was not deleted");
-        std::thread::sleep(Duration::from_millis(100));
+    for gone in [&b_root, &root] {
+        while cloud.aws_as("strato", &["ec2", "describe-volumes", "--volume-ids", gone]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(20), "{gone} was not deleted with b");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     // Billed as a volume, from launch to deletion.
     let bill = cloud.bill("admin");

@@ -1695,8 +1695,26 @@ impl Action for ModifyInstanceAttribute {
                 )));
             }
         }
-        if !p.indices("BlockDeviceMapping")?.is_empty() {
-            return Err(ApiError::invalid_value("Block device mappings cannot be modified until volumes arrive"));
+        let mut devices = Vec::new();
+        for n in p.indices("BlockDeviceMapping")? {
+            let b = format!("BlockDeviceMapping.{n}");
+            let device = p
+                .str(&format!("{b}.DeviceName"))
+                .ok_or_else(|| ApiError::MissingParameter(format!("{b}.DeviceName")))?;
+            let delete = p
+                .bool(&format!("{b}.Ebs.DeleteOnTermination"))?
+                .ok_or_else(|| ApiError::MissingParameter(format!("{b}.Ebs.DeleteOnTermination")))?;
+            for other in ["Ebs.VolumeId", "NoDevice", "VirtualName"] {
+                if p.str(&format!("{b}.{other}")).is_some() {
+                    return Err(ApiError::InvalidParameterCombination(format!(
+                        "{other} cannot be modified: only Ebs.DeleteOnTermination of an attached volume"
+                    )));
+                }
+            }
+            devices.push((device, delete));
+        }
+        if !devices.is_empty() {
+            changes.push(AttributeChange::DeleteOnTermination(devices));
         }
         match changes.len() {
             0 => Err(ApiError::MissingParameter("Attribute".into())),

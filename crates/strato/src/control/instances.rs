@@ -205,6 +205,8 @@ pub enum AttributeChange {
     DisableApiTermination(bool),
     ShutdownBehavior(String),
     Groups(Vec<String>),
+    /// DeleteOnTermination of the volumes attached at these devices.
+    DeleteOnTermination(Vec<(String, bool)>),
 }
 
 /// What DescribeInstanceAttribute returns.
@@ -796,6 +798,33 @@ impl Control {
                 }
                 chosen.dedup();
                 i.security_groups = chosen;
+            }
+            AttributeChange::DeleteOnTermination(devices) => {
+                for (device, _) in &devices {
+                    if !i.block_devices.iter().any(|b| &b.device == device) {
+                        return Err(ApiError::invalid_value(format!(
+                            "No device is currently mapped at {device} on instance {}",
+                            i.id
+                        )));
+                    }
+                }
+                for (device, delete) in &devices {
+                    sqlx::query("UPDATE volumes SET delete_on_termination = ? WHERE instance_id = ? AND device = ?")
+                        .bind(*delete as i64)
+                        .bind(i.id.as_str())
+                        .bind(device)
+                        .execute(tx.conn())
+                        .await?;
+                    if device == ROOT_DEVICE {
+                        sqlx::query("UPDATE instances SET delete_on_termination = ? WHERE id = ?")
+                            .bind(*delete as i64)
+                            .bind(i.id.as_str())
+                            .execute(tx.conn())
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                return Ok(());
             }
         }
         db::update_attributes(tx.conn(), &i).await?;
