@@ -295,10 +295,11 @@ fn pss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// `strato bench fast-launch`: rounds of `count` instances of the fast minimal image
-/// launched at once, booting cold and then restored from the launch snapshot.
+/// `strato bench fast-launch`: rounds of `count` instances of a minimal image launched at
+/// once, booting cold and then restored from the launch snapshot.
 pub async fn fast_launch(
     cache: &std::path::Path,
+    image: &str,
     runs: usize,
     count: usize,
     instance_type: &str,
@@ -307,7 +308,7 @@ pub async fn fast_launch(
     let mut report = Vec::new();
     for (mode, snapshots) in [("cold boot", false), ("restored", true)] {
         let dir = std::env::temp_dir().join(format!("strato-bench-fast-{}-{snapshots}", std::process::id()));
-        let result = fast_rounds(&dir, cache, runs, count, instance_type, snapshots).await;
+        let result = fast_rounds(&dir, cache, image, runs, count, instance_type, snapshots).await;
         if let Ok(entries) = std::fs::read_dir(dir.join("instances")) {
             for e in entries.flatten() {
                 if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
@@ -320,7 +321,7 @@ pub async fn fast_launch(
         report.push((mode, result?));
     }
     println!(
-        "strato-minimal-fast-x86_64, {instance_type}, {:?}, {runs} rounds of {count} launched at once:",
+        "{image}, {instance_type}, {:?}, {runs} rounds of {count} launched at once:",
         crate::hypervisor::detect_accel().0
     );
     for (mode, (mut each, mut all, mut pss)) in report {
@@ -340,6 +341,7 @@ pub async fn fast_launch(
 async fn fast_rounds(
     dir: &std::path::Path,
     cache: &std::path::Path,
+    image: &str,
     runs: usize,
     count: usize,
     instance_type: &str,
@@ -347,7 +349,7 @@ async fn fast_rounds(
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let BenchCloud {
         control, creds, addr, region, mut stream, image_id, stop, server_task, agent_task, key_path, ..
-    } = BenchCloud::start(dir, cache, "minimal-fast", "127.96.0.0/16", snapshots).await?;
+    } = BenchCloud::start(dir, cache, image, "127.96.0.0/16", snapshots).await?;
     // Big rounds need more than the default 32 vCPUs.
     control
         .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, (count * 8).max(32) as u32)

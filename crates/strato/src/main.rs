@@ -161,11 +161,13 @@ enum AccountCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Launches strato-minimal-fast-x86_64 (Strato's guest kernel) in rounds of COUNT
-    /// instances at once, first booting cold, then restored from the launch snapshot:
-    /// RunInstances to SSH login per instance and for the whole round, and the host memory
-    /// (PSS) per VM.
+    /// Launches a minimal image in rounds of COUNT instances at once, first booting cold,
+    /// then restored from the launch snapshot: RunInstances to SSH login per instance and
+    /// for the whole round, and the host memory (PSS) per VM.
     FastLaunch {
+        /// minimal-fast (Strato's guest kernel) or minimal (Debian's kernel)
+        #[arg(long, default_value = "minimal-fast")]
+        image: String,
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Instances per RunInstances (launched at once).
@@ -373,8 +375,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             strato::metadata::serve_stdio(&cfg, &mut stdin.lock(), &mut std::io::stdout().lock())?;
             Ok(())
         }
-        Command::Bench { command: BenchCommand::FastLaunch { runs, count, instance_type } } => {
-            strato::bench::fast_launch(&cli.cache_dir, runs, count, &instance_type).await
+        Command::Bench { command: BenchCommand::FastLaunch { image, runs, count, instance_type } } => {
+            anyhow::ensure!(
+                matches!(image.as_str(), "minimal" | "minimal-fast"),
+                "the images are minimal and minimal-fast"
+            );
+            strato::bench::fast_launch(&cli.cache_dir, &image, runs, count, &instance_type).await
         }
         Command::Bench { command: BenchCommand::Volume } => strato::bench::volume(&cli.cache_dir).await,
         Command::Bench { command: BenchCommand::Launch { runs, image, instance_type } } => {

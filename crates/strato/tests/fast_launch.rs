@@ -1,5 +1,5 @@
-//! Launch snapshots, with real VMs: the first instance of `strato-minimal-fast-x86_64` boots
-//! cold (Strato's guest kernel) and has the agent make the launch snapshot; the next ones
+//! Launch snapshots, with real VMs, for both minimal images (Strato's guest kernel and
+//! Debian's): the first instance boots cold and has the agent make the launch snapshot; the next ones
 //! are restored from it, and two restored at once have nothing of their identity in
 //! common: address, MAC, hostname, SSH host key, random numbers, instance id. A restored
 //! instance keeps what it writes across stop/start (a cold boot from its root volume).
@@ -37,24 +37,29 @@ const IDENTITY: &str = "hostname; cat /sys/class/net/eth0/address; ip -4 -o addr
     head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; cat /tmp/user-data-ran";
 
 #[test]
-fn restored_instances_each_get_their_own_identity() {
-    let cloud = Cloud::start();
-    let out = std::process::Command::new(common::strato_bin())
-        .arg("--data-dir")
-        .arg(cloud.dir.path())
-        .args(["image", "build", "minimal-fast"])
-        .env("STRATO_CACHE_DIR", common::cache_dir())
-        .output()
-        .expect("strato image build");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let images = cloud.aws(&[
-        "ec2",
-        "describe-images",
-        "--owners",
-        "strato",
-        "--filters",
-        "Name=name,Values=strato-minimal-fast-x86_64",
-    ]);
+fn restored_instances_each_get_their_own_identity_guest_kernel() {
+    restored_instances_each_get_their_own_identity("strato-minimal-fast-x86_64");
+}
+
+#[test]
+fn restored_instances_each_get_their_own_identity_debian_kernel() {
+    restored_instances_each_get_their_own_identity("strato-minimal-x86_64");
+}
+
+fn restored_instances_each_get_their_own_identity(image: &str) {
+    let cloud = Cloud::start_with_launch_snapshots();
+    if image == "strato-minimal-fast-x86_64" {
+        let out = std::process::Command::new(common::strato_bin())
+            .arg("--data-dir")
+            .arg(cloud.dir.path())
+            .args(["image", "build", "minimal-fast"])
+            .env("STRATO_CACHE_DIR", common::cache_dir())
+            .output()
+            .expect("strato image build");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let images =
+        cloud.aws(&["ec2", "describe-images", "--owners", "strato", "--filters", &format!("Name=name,Values={image}")]);
     let ami = s(&images["Images"][0]["ImageId"]);
     let key = key_file(&cloud, "strato", "fast");
     open_ssh(&cloud);

@@ -1,4 +1,4 @@
-//! Launch snapshots: instances of `strato-minimal-fast-x86_64` restored from a pre-booted VM
+//! Launch snapshots: instances of Strato's minimal images restored from a pre-booted VM
 //! instead of booting.
 //!
 //! For each (image, vCPUs, memory) the agent boots a template VM once (in the background,
@@ -40,10 +40,11 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// After a failed build, how long before another try.
 const RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// Whether an image's guest stops at the snapshot point when asked: Strato's fast minimal
-/// image (its init knows `strato.snapshot`; its kernel needs no initramfs).
+/// Whether an image's guest stops at the snapshot point when asked: Strato's minimal
+/// images, whose init knows `strato.snapshot`, on Strato's guest kernel or on Debian's
+/// (both reseed their RNG on a new VM generation id: `CONFIG_VMGENID=y`).
 pub fn image_supports(image: &Image) -> bool {
-    image.name == crate::control::images::FAST_IMAGE_NAME
+    (image.name == crate::control::images::FAST_IMAGE_NAME || image.name == crate::image::Kind::Minimal.image_name())
         && image.owner.as_str() == crate::control::images::STRATO_OWNER_ID
 }
 

@@ -59,13 +59,24 @@ fn public_pool(dir: &Path) -> String {
 }
 
 impl Cloud {
+    /// A server whose instances all boot cold (launch snapshots off, so that which path a
+    /// launch takes never depends on timing); `start_with_launch_snapshots` for the others.
     pub fn start() -> Cloud {
         let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
         Self::start_in(dir)
     }
 
+    pub fn start_with_launch_snapshots() -> Cloud {
+        let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
+        Self::start_in_with(dir, true)
+    }
+
     /// Starts a server on an existing data dir (for restart tests).
     pub fn start_in(dir: tempfile::TempDir) -> Cloud {
+        Self::start_in_with(dir, false)
+    }
+
+    fn start_in_with(dir: tempfile::TempDir, launch_snapshots: bool) -> Cloud {
         let pool = public_pool(dir.path());
         let mut child = Command::new(strato_bin())
             .args(["--data-dir"])
@@ -73,6 +84,7 @@ impl Cloud {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("STRATO_CACHE_DIR", cache_dir())
             .env("STRATO_LOG", "warn")
+            .env("STRATO_LAUNCH_SNAPSHOTS", if launch_snapshots { "on" } else { "off" })
             .env("STRATO_PUBLIC_POOL", pool)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
