@@ -309,13 +309,7 @@ pub async fn fast_launch(
     for (mode, snapshots) in [("cold boot", false), ("restored", true)] {
         let dir = std::env::temp_dir().join(format!("strato-bench-fast-{}-{snapshots}", std::process::id()));
         let result = fast_rounds(&dir, cache, image, runs, count, instance_type, snapshots).await;
-        if let Ok(entries) = std::fs::read_dir(dir.join("instances")) {
-            for e in entries.flatten() {
-                if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
-                    vm.kill().await;
-                }
-            }
-        }
+        // Whatever happened, no VM (template included) or network of this run stays behind.
         crate::server::down(&dir).await;
         let _ = std::fs::remove_dir_all(&dir);
         report.push((mode, result?));
@@ -740,14 +734,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
     }
     .await;
     // Whatever happened, no VM of this run stays behind.
-    if let Ok(entries) = std::fs::read_dir(dir.join("instances")) {
-        for e in entries.flatten() {
-            if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
-                vm.kill().await;
-            }
-        }
-    }
-    crate::net::Site::new(&dir).teardown().await;
+    crate::server::down(&dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -855,14 +842,7 @@ pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    if let Ok(entries) = std::fs::read_dir(dir.join("instances")) {
-        for e in entries.flatten() {
-            if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
-                vm.kill().await;
-            }
-        }
-    }
-    crate::net::Site::new(&dir).teardown().await;
+    crate::server::down(&dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -202,12 +202,7 @@ impl Agent {
                 continue;
             }
             let disk = self.volume_disk(v);
-            let vm = v
-                .instance_id
-                .as_ref()
-                .filter(|_| v.attach_state.as_deref() == Some("attached"))
-                .and_then(|i| live.iter().find(|x| x.id.as_str() == i))
-                .and_then(|i| Vm::adopt(&self.run_dir(i.id.as_str())));
+            let vm = self.attached_vm(v, live.as_slice());
             let bytes = m.target_size << 30;
             let result = match vm {
                 // The running guest sees the new capacity at once (virtio config change).
@@ -251,12 +246,7 @@ impl Agent {
                     None => Err(anyhow::anyhow!("the volume {} is gone", s.volume_id)),
                     Some(v) => {
                         let disk = self.volume_disk(v);
-                        let vm = v
-                            .instance_id
-                            .as_ref()
-                            .filter(|_| v.attach_state.as_deref() == Some("attached"))
-                            .and_then(|i| live.iter().find(|x| x.id.as_str() == i))
-                            .and_then(|i| Vm::adopt(&self.run_dir(i.id.as_str())));
+                        let vm = self.attached_vm(v, live);
                         match vm {
                             // A root volume: flattened (the image under it included).
                             Some(vm) if v.root => root_backup(&vm, s.id.as_str(), s.pause_vm, &tmp).await,
@@ -306,6 +296,15 @@ impl Agent {
                 Err(e) => tracing::warn!(volume_id = %v.id, error = %e, "could not move the root volume"),
             }
         }
+    }
+
+    /// The running VM a volume is attached in (the attachment complete), if any.
+    fn attached_vm(&self, v: &Volume, live: &[Instance]) -> Option<Vm> {
+        v.instance_id
+            .as_ref()
+            .filter(|_| v.attach_state.as_deref() == Some("attached"))
+            .and_then(|i| live.iter().find(|x| x.id.as_str() == i))
+            .and_then(|i| Vm::adopt(&self.run_dir(i.id.as_str())))
     }
 
     fn volume_disk(&self, v: &Volume) -> VolumeDisk {
@@ -688,7 +687,6 @@ impl Agent {
             instance_id: i.id.to_string(),
             tap: net::tap_name(i.id.as_str()),
             mac: mac_of(i.id.as_str()),
-            netns: self.net.site.netns(&i.vpc_id),
             spec: {
                 let mut spec = snapshot::spec(
                     &image,
@@ -764,7 +762,6 @@ struct RestoreJob {
     disk: PathBuf,
     tap: String,
     mac: String,
-    netns: String,
     accel: Accel,
 }
 
@@ -812,7 +809,7 @@ impl RestoreJob {
         q.execute("cont", None).await?;
         tracing::info!(
             instance_id = %self.instance_id,
-            netns = %self.netns,
+            netns = self.spec.netns.as_deref().unwrap_or_default(),
             pid = vm.pid,
             qemu_started_ms = started.as_millis() as u64,
             loaded_ms = loaded.as_millis() as u64,
