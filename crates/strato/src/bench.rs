@@ -26,6 +26,9 @@ pub struct Options {
     pub endpoint: Option<String>,
     /// The data dir whose admin credentials sign the requests (with `endpoint`).
     pub data_dir: Option<PathBuf>,
+    /// The database (`--database`): of the measured server with `endpoint`, else of the
+    /// in-process one (default a SQLite file in a temporary data dir).
+    pub database: Option<String>,
     pub actions: Vec<String>,
 }
 
@@ -48,7 +51,7 @@ impl Result {
 pub async fn run(opts: Options) -> anyhow::Result<Vec<Result>> {
     let (addr, creds, region, cleanup) = match (&opts.endpoint, &opts.data_dir) {
         (Some(ep), Some(dir)) => {
-            let control = server::open_control(dir, "local-1")
+            let control = server::open_control(dir, opts.database.as_deref(), "local-1")
                 .await
                 .or_else(|_| anyhow::bail!("cannot open data dir {}", dir.display()))?;
             let creds = server::ensure_admin(&control).await?;
@@ -58,7 +61,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Result>> {
         (Some(_), None) => anyhow::bail!("--endpoint needs --data-dir for the admin credentials"),
         (None, _) => {
             let dir = std::env::temp_dir().join(format!("strato-bench-{}", std::process::id()));
-            let control = Arc::new(server::open_control(&dir, "local-1").await?);
+            let control = Arc::new(server::open_control(&dir, opts.database.as_deref(), "local-1").await?);
             let creds = server::ensure_admin(&control).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?.to_string();
@@ -468,7 +471,7 @@ impl BenchCloud {
         pool: &str,
         launch_snapshots: bool,
     ) -> anyhow::Result<BenchCloud> {
-        let mut control = server::open_control(dir, "local-1").await?;
+        let mut control = server::open_control(dir, None, "local-1").await?;
         control.public_pool = crate::control::cidr::Ipv4Cidr::parse(pool, true).context("the bench's public pool")?;
         // Rounds of many small guests: the host's RAM, not their nominal memory, is the limit.
         control.memory_overcommit = 8.0;

@@ -21,6 +21,11 @@ struct Cli {
     /// Where downloads and built images are cached, shared by every data dir.
     #[arg(long, global = true, env = "STRATO_CACHE_DIR", default_value = "/var/cache/strato")]
     cache_dir: PathBuf,
+    /// The control plane's database: a PostgreSQL server (`postgres://USER:PASSWORD@HOST/DB`;
+    /// the database must exist, the schema is made at first start), or by default the SQLite
+    /// file DATA_DIR/strato.db. The data dir still holds images, volumes and VMs.
+    #[arg(long, global = true, env = "STRATO_DATABASE")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -245,11 +250,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 memory_overcommit.is_finite() && (0.1..=100.0).contains(&memory_overcommit),
                 "--memory-overcommit must be between 0.1 and 100"
             );
-            server::serve(&cli.data_dir, &cli.cache_dir, listen, &cli.region, !no_image_build, pool, memory_overcommit)
-                .await
+            server::serve(server::ServeOptions {
+                data_dir: &cli.data_dir,
+                cache: &cli.cache_dir,
+                listen,
+                database: cli.database.as_deref(),
+                region: &cli.region,
+                build_images: !no_image_build,
+                public_pool: pool,
+                memory_overcommit,
+            })
+            .await
         }
         Command::Ssh { instance_id, key, user, command } => {
-            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
             let id = strato::ids::InstanceId::parse(&instance_id).map_err(|e| anyhow::anyhow!("{e}"))?;
             let i = control
                 .instance_by_id(&id)
@@ -277,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { command: AccountCommand::Create { name, read_only } } => {
-            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
             server::ensure_admin(&control).await?;
             let c = control.create_account(&name, read_only).await.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
             let path = server::write_aws_config(&control, &cli.data_dir).await?;
@@ -298,13 +312,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { command: AccountCommand::SetQuota { name, vcpus } } => {
-            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
             control.set_vcpu_quota(&name, vcpus).await.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
             println!("Account {name} may now run {vcpus} vCPUs at once.");
             Ok(())
         }
         Command::Account { command: AccountCommand::List } => {
-            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
             for a in control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 println!(
                     "{}  {:<20} {}{}",
@@ -321,6 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration: Duration::from_secs(seconds),
                 connections,
                 data_dir: endpoint.as_ref().map(|_| cli.data_dir.clone()),
+                database: cli.database.clone(),
                 endpoint,
                 actions: vec!["DescribeRegions".into(), "DescribeSecurityGroups".into()],
             };
@@ -343,7 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image { command: ImageCommand::Build { kind, force } } => {
-            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
             let (built, id, new) = if kind == "minimal-fast" {
                 server::build_and_register_fast(&control, &cli.cache_dir, force).await?
             } else {
@@ -398,7 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bill { account, from, to, json } => {
             use chrono::{Datelike, TimeZone, Utc};
-            let control = server::open_control(&cli.data_dir, &cli.region).await?;
+            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
             let now = Utc::now();
             let from = match from {
                 Some(d) => Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).context("date")?),

@@ -25,9 +25,11 @@ use crate::store::{self, Store};
 /// The profile name of the admin account in `aws-config`.
 pub const ADMIN_PROFILE: &str = "strato";
 
-pub async fn open_control(data_dir: &Path, region: &str) -> anyhow::Result<Control> {
+/// Opens the control plane of a data dir: its database (`database`, a `postgres://` URL, or
+/// by default the SQLite file `DATA_DIR/strato.db`), catalogue and images.
+pub async fn open_control(data_dir: &Path, database: Option<&str>, region: &str) -> anyhow::Result<Control> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let store = Store::open(&data_dir.join("strato.db")).await?;
+    let store = Store::open(&store::database_url(database, data_dir)).await?;
     let catalogue = Catalogue::load_or_init(&data_dir.join("instance-types.toml"))?;
     Control::new(store, Region::new(region)?, catalogue, data_dir.join("images")).await
 }
@@ -112,18 +114,25 @@ pub async fn build_and_register_fast(
     Ok((built, id, new))
 }
 
+/// What `strato serve` runs with.
+pub struct ServeOptions<'a> {
+    pub data_dir: &'a Path,
+    pub cache: &'a Path,
+    pub listen: SocketAddr,
+    /// `--database`: a `postgres://` URL, or `None` for the data dir's SQLite file.
+    pub database: Option<&'a str>,
+    pub region: &'a str,
+    /// Build the minimal image if the cache lacks it, and register it.
+    pub build_images: bool,
+    pub public_pool: crate::control::cidr::Ipv4Cidr,
+    pub memory_overcommit: f64,
+}
+
 /// Runs the API until SIGINT or SIGTERM. With `build_images`, first builds the minimal
 /// image if the cache lacks it and registers it (a failure is logged, not fatal).
-pub async fn serve(
-    data_dir: &Path,
-    cache: &Path,
-    listen: SocketAddr,
-    region: &str,
-    build_images: bool,
-    public_pool: crate::control::cidr::Ipv4Cidr,
-    memory_overcommit: f64,
-) -> anyhow::Result<()> {
-    let mut control = open_control(data_dir, region).await?;
+pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
+    let ServeOptions { data_dir, cache, listen, database, region, build_images, public_pool, memory_overcommit } = opts;
+    let mut control = open_control(data_dir, database, region).await?;
     control.public_pool = public_pool;
     control.memory_overcommit = memory_overcommit;
     if build_images {

@@ -49,11 +49,8 @@ fn restored_instances_each_get_their_own_identity_debian_kernel() {
 fn restored_instances_each_get_their_own_identity(image: &str) {
     let cloud = Cloud::start_with_launch_snapshots();
     if image == "strato-minimal-fast-x86_64" {
-        let out = std::process::Command::new(common::strato_bin())
-            .arg("--data-dir")
-            .arg(cloud.dir.path())
+        let out = common::strato(cloud.dir.path())
             .args(["image", "build", "minimal-fast"])
-            .env("STRATO_CACHE_DIR", common::cache_dir())
             .output()
             .expect("strato image build");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

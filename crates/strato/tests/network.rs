@@ -239,9 +239,7 @@ fn ssh_security_groups_metadata_and_user_data() {
     assert_eq!(id.trim(), eip, "the metadata's public-ipv4 is the elastic IP");
     eventually("the pool address is gone", || !port22_open(&pool));
     // `strato ssh` finds the address itself.
-    let out = Command::new(common::strato_bin())
-        .arg("--data-dir")
-        .arg(cloud.dir.path())
+    let out = common::strato(cloud.dir.path())
         .args(["ssh", "-i"])
         .arg(&key)
         .args([a.as_str(), "echo", "via-strato-ssh"])

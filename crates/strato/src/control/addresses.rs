@@ -4,7 +4,7 @@
 //! is let go (not released) when the instance terminates. Disassociating gives a running
 //! instance that asked for a public address a fresh one from the pool, as on EC2.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::billing;
 use super::filter::{self, Filterable};
@@ -69,7 +69,7 @@ impl Filterable for Address {
     }
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Address> {
+fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Address> {
     Ok(Address {
         id: AllocationId::from_db(r.try_get("id")?),
         owner: AccountId::from_db(r.try_get("account_id")?),
@@ -83,8 +83,8 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Address> {
     })
 }
 
-pub async fn of_account(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Address>> {
-    let rows = sqlx::query("SELECT * FROM addresses WHERE account_id = ? ORDER BY allocated_at, id")
+pub async fn of_account(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<Address>> {
+    let rows = sqlx::query("SELECT * FROM addresses WHERE account_id = $1 ORDER BY allocated_at, id")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
@@ -92,12 +92,12 @@ pub async fn of_account(c: &mut SqliteConnection, account: &AccountId) -> sqlx::
 }
 
 async fn set_association(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     id: &AllocationId,
     instance: Option<&str>,
     association: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE addresses SET instance_id = ?, association_id = ? WHERE id = ?")
+    sqlx::query("UPDATE addresses SET instance_id = $1, association_id = $2 WHERE id = $3")
         .bind(instance)
         .bind(association)
         .bind(id.as_str())
@@ -170,7 +170,7 @@ impl Control {
         };
         // Idle (billed) from allocation until it is on a running instance.
         sqlx::query(
-            "INSERT INTO addresses (id, account_id, public_ip, allocated_at, idle_since) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO addresses (id, account_id, public_ip, allocated_at, idle_since) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(a.id.as_str())
         .bind(a.owner.as_str())
@@ -268,7 +268,7 @@ impl Control {
 
     /// An instance loses the elastic IP `ip`: a pending or running instance that asked for a
     /// public address gets one from the pool, any other has none.
-    async fn public_address_after_release(&self, c: &mut SqliteConnection, id: &InstanceId, ip: &str) -> ApiResult<()> {
+    async fn public_address_after_release(&self, c: &mut AnyConnection, id: &InstanceId, ip: &str) -> ApiResult<()> {
         let Some(i) = db::by_id(c, id).await? else { return Ok(()) };
         if i.public_ip.as_deref() != Some(ip) {
             return Ok(());
@@ -323,7 +323,7 @@ impl Control {
         }
         // The idle interval ends with the allocation.
         billing::set_address_idle(c, a.id.as_str(), false, &self.catalogue, chrono::Utc::now()).await?;
-        sqlx::query("DELETE FROM addresses WHERE id = ?").bind(a.id.as_str()).execute(&mut *c).await?;
+        sqlx::query("DELETE FROM addresses WHERE id = $1").bind(a.id.as_str()).execute(&mut *c).await?;
         store::delete_all_tags(c, a.id.as_str()).await?;
         tx.commit().await?;
         Ok(())

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::instance_state::InstanceState;
 use super::instances::Instance;
@@ -115,10 +115,10 @@ impl Interval {
 }
 
 /// Appends a finished interval.
-pub async fn record(c: &mut SqliteConnection, i: &Interval) -> sqlx::Result<()> {
+pub async fn record(c: &mut AnyConnection, i: &Interval) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO usage_records (account_id, resource_id, resource_type, usage_type, service, start_time, end_time, unit_price, size_gb)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&i.account_id)
     .bind(&i.resource_id)
@@ -138,7 +138,7 @@ pub async fn record(c: &mut SqliteConnection, i: &Interval) -> sqlx::Result<()> 
 /// and opens or closes its elastic IP's idle interval. (Its root volume is a volume, metered
 /// from the launch until it is deleted.)
 pub async fn meter_transition(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     i: &Instance,
     next: InstanceState,
     catalogue: &Catalogue,
@@ -148,8 +148,10 @@ pub async fn meter_transition(
         record(c, &Interval::running(i, catalogue, now)).await?;
     }
     // Its elastic IP is idle exactly while it does not run.
-    let eips: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM addresses WHERE instance_id = ?").bind(i.id.as_str()).fetch_all(&mut *c).await?;
+    let eips: Vec<(String,)> = sqlx::query_as("SELECT id FROM addresses WHERE instance_id = $1")
+        .bind(i.id.as_str())
+        .fetch_all(&mut *c)
+        .await?;
     for (id,) in eips {
         set_address_idle(c, &id, next != InstanceState::Running, catalogue, now).await?;
     }
@@ -158,13 +160,13 @@ pub async fn meter_transition(
 
 /// Opens or closes an elastic IP's idle interval; closing appends it to the records.
 pub async fn set_address_idle(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     allocation: &str,
     idle: bool,
     catalogue: &Catalogue,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    let Some(row) = sqlx::query("SELECT account_id, idle_since FROM addresses WHERE id = ?")
+    let Some(row) = sqlx::query("SELECT account_id, idle_since FROM addresses WHERE id = $1")
         .bind(allocation)
         .fetch_optional(&mut *c)
         .await?
@@ -175,7 +177,7 @@ pub async fn set_address_idle(
     let since: Option<String> = row.try_get("idle_since")?;
     match (since, idle) {
         (None, true) => {
-            sqlx::query("UPDATE addresses SET idle_since = ? WHERE id = ?")
+            sqlx::query("UPDATE addresses SET idle_since = $1 WHERE id = $2")
                 .bind(ts(&now))
                 .bind(allocation)
                 .execute(&mut *c)
@@ -183,7 +185,7 @@ pub async fn set_address_idle(
         }
         (Some(start), false) => {
             record(c, &Interval::idle_address(&account, allocation, catalogue, parse_ts(&start), now)).await?;
-            sqlx::query("UPDATE addresses SET idle_since = NULL WHERE id = ?")
+            sqlx::query("UPDATE addresses SET idle_since = NULL WHERE id = $1")
                 .bind(allocation)
                 .execute(&mut *c)
                 .await?;
@@ -195,13 +197,13 @@ pub async fn set_address_idle(
 
 /// Idle intervals of elastic IPs still open at `now`.
 pub async fn open_address_intervals(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: Option<&AccountId>,
     catalogue: &Catalogue,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<Interval>> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT account_id, id, idle_since FROM addresses WHERE idle_since IS NOT NULL AND (? IS NULL OR account_id = ?)",
+        "SELECT account_id, id, idle_since FROM addresses WHERE idle_since IS NOT NULL AND ($1 IS NULL OR account_id = $2)",
     )
     .bind(account.map(|a| a.as_str().to_owned()))
     .bind(account.map(|a| a.as_str().to_owned()))
@@ -215,13 +217,13 @@ pub async fn open_address_intervals(
 
 /// Finished intervals that overlap `[from, to)`, of one account or all.
 pub async fn recorded(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: Option<&AccountId>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> sqlx::Result<Vec<Interval>> {
     let rows = sqlx::query(
-        "SELECT * FROM usage_records WHERE (? IS NULL OR account_id = ?) AND start_time < ? AND end_time > ? ORDER BY id",
+        "SELECT * FROM usage_records WHERE ($1 IS NULL OR account_id = $2) AND start_time < $3 AND end_time > $4 ORDER BY id",
     )
     .bind(account.map(|a| a.as_str().to_owned()))
     .bind(account.map(|a| a.as_str().to_owned()))

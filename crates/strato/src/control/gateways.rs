@@ -15,7 +15,7 @@
 //! Derived ids are stable: the prefix and 17 hex digits of a hash of what they belong to.
 
 use sha2::Digest;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::filter::{self, Filterable};
 use super::instance_state::InstanceState;
@@ -67,8 +67,8 @@ impl Filterable for InternetGateway {
     }
 }
 
-pub async fn gateways_of(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<InternetGateway>> {
-    let rows = sqlx::query("SELECT * FROM internet_gateways WHERE account_id = ? ORDER BY created_at, id")
+pub async fn gateways_of(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<InternetGateway>> {
+    let rows = sqlx::query("SELECT * FROM internet_gateways WHERE account_id = $1 ORDER BY created_at, id")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
@@ -86,12 +86,12 @@ pub async fn gateways_of(c: &mut SqliteConnection, account: &AccountId) -> sqlx:
 
 /// Creates a gateway, attached to `vpc` when given (the default VPC's).
 pub async fn insert_gateway(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     vpc: Option<&VpcId>,
 ) -> sqlx::Result<InternetGatewayId> {
     let id = InternetGatewayId::generate();
-    sqlx::query("INSERT INTO internet_gateways (id, account_id, vpc_id, created_at) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO internet_gateways (id, account_id, vpc_id, created_at) VALUES ($1, $2, $3, $4)")
         .bind(id.as_str())
         .bind(account.as_str())
         .bind(vpc.map(|v| v.as_str()))
@@ -102,7 +102,7 @@ pub async fn insert_gateway(
 }
 
 /// VPCs (of any account) with an attached gateway.
-pub async fn vpcs_with_gateway(c: &mut SqliteConnection) -> sqlx::Result<std::collections::HashSet<String>> {
+pub async fn vpcs_with_gateway(c: &mut AnyConnection) -> sqlx::Result<std::collections::HashSet<String>> {
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT vpc_id FROM internet_gateways WHERE vpc_id IS NOT NULL").fetch_all(c).await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
@@ -315,7 +315,7 @@ impl Control {
 
     async fn gateway_and_vpc(
         &self,
-        c: &mut SqliteConnection,
+        c: &mut AnyConnection,
         caller: &Caller,
         igw: &str,
         vpc: &str,
@@ -351,7 +351,7 @@ impl Control {
                 message: format!("network {} already has an internet gateway attached", v.id),
             });
         }
-        sqlx::query("UPDATE internet_gateways SET vpc_id = ? WHERE id = ?")
+        sqlx::query("UPDATE internet_gateways SET vpc_id = $1 WHERE id = $2")
             .bind(v.id.as_str())
             .bind(g.id.as_str())
             .execute(&mut *c)
@@ -379,7 +379,7 @@ impl Control {
                 v.id
             )));
         }
-        sqlx::query("UPDATE internet_gateways SET vpc_id = NULL WHERE id = ?")
+        sqlx::query("UPDATE internet_gateways SET vpc_id = NULL WHERE id = $1")
             .bind(g.id.as_str())
             .execute(&mut *c)
             .await?;
@@ -402,7 +402,7 @@ impl Control {
                 "The internetGateway '{igw}' has dependencies and cannot be deleted."
             )));
         }
-        sqlx::query("DELETE FROM internet_gateways WHERE id = ?").bind(igw.as_str()).execute(&mut *c).await?;
+        sqlx::query("DELETE FROM internet_gateways WHERE id = $1").bind(igw.as_str()).execute(&mut *c).await?;
         store::delete_all_tags(c, igw.as_str()).await?;
         tx.commit().await?;
         Ok(())
@@ -477,7 +477,7 @@ impl Control {
     /// The primary interfaces of the account's instances (terminated ones have none).
     pub async fn network_interfaces(
         &self,
-        c: &mut SqliteConnection,
+        c: &mut AnyConnection,
         account: &AccountId,
     ) -> ApiResult<Vec<NetworkInterface>> {
         let addresses = super::addresses::of_account(c, account).await?;
@@ -535,7 +535,7 @@ impl Control {
         if !subnets.iter().any(|s| s.id == id) {
             return Err(not_found_for("subnet", id.as_str()));
         }
-        sqlx::query("UPDATE subnets SET map_public_ip = ? WHERE id = ?")
+        sqlx::query("UPDATE subnets SET map_public_ip = $1 WHERE id = $2")
             .bind(value as i64)
             .bind(id.as_str())
             .execute(tx.conn())
@@ -584,7 +584,7 @@ impl Control {
             }
             other => return Err(ApiError::invalid_value(format!("Unknown VPC attribute {other}"))),
         };
-        sqlx::query(&format!("UPDATE vpcs SET {column} = ? WHERE id = ?"))
+        sqlx::query(&format!("UPDATE vpcs SET {column} = $1 WHERE id = $2"))
             .bind(value as i64)
             .bind(id.as_str())
             .execute(tx.conn())

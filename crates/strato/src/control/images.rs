@@ -231,7 +231,7 @@ impl Control {
         result
     }
 
-    async fn load_images(&self, c: &mut sqlx::SqliteConnection, caller: &AccountId) -> ApiResult<Vec<Image>> {
+    async fn load_images(&self, c: &mut sqlx::AnyConnection, caller: &AccountId) -> ApiResult<Vec<Image>> {
         let mut images = store::images(c).await?;
         // Tags are the tagging account's own: an image's tags show to whoever tagged it.
         let mut tags = store::tags_by_type(c, caller, "image").await?;
@@ -746,7 +746,7 @@ impl Control {
                 None => "failed",
             };
             let mut tx = self.store().begin_write().await?;
-            sqlx::query("UPDATE images SET state = ? WHERE id = ?")
+            sqlx::query("UPDATE images SET state = $1 WHERE id = $2")
                 .bind(state)
                 .bind(image.id.as_str())
                 .execute(tx.conn())

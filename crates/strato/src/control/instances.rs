@@ -276,7 +276,7 @@ impl Control {
             .collect()
     }
 
-    async fn load_instances(&self, c: &mut sqlx::SqliteConnection, account: &AccountId) -> ApiResult<Vec<Instance>> {
+    async fn load_instances(&self, c: &mut sqlx::AnyConnection, account: &AccountId) -> ApiResult<Vec<Instance>> {
         let mut list = db::of_account(c, account).await?;
         let mut tags = store::tags_by_type(c, account, "instance").await?;
         let volumes = super::volumes::of_account(c, account).await?;
@@ -614,7 +614,7 @@ impl Control {
         )
     }
 
-    async fn mine(&self, c: &mut sqlx::SqliteConnection, caller: &Caller, ids: &[String]) -> ApiResult<Vec<Instance>> {
+    async fn mine(&self, c: &mut sqlx::AnyConnection, caller: &Caller, ids: &[String]) -> ApiResult<Vec<Instance>> {
         if ids.is_empty() {
             return Err(ApiError::MissingParameter("InstanceId".into()));
         }
@@ -809,14 +809,14 @@ impl Control {
                     }
                 }
                 for (device, delete) in &devices {
-                    sqlx::query("UPDATE volumes SET delete_on_termination = ? WHERE instance_id = ? AND device = ?")
+                    sqlx::query("UPDATE volumes SET delete_on_termination = $1 WHERE instance_id = $2 AND device = $3")
                         .bind(*delete as i64)
                         .bind(i.id.as_str())
                         .bind(device)
                         .execute(tx.conn())
                         .await?;
                     if device == ROOT_DEVICE {
-                        sqlx::query("UPDATE instances SET delete_on_termination = ? WHERE id = ?")
+                        sqlx::query("UPDATE instances SET delete_on_termination = $1 WHERE id = $2")
                             .bind(*delete as i64)
                             .bind(i.id.as_str())
                             .execute(tx.conn())

@@ -4,7 +4,7 @@
 //! and one default subnet per availability zone (172.31.0.0/20, 172.31.16.0/20, ...),
 //! public IP on launch, as on EC2.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use super::cidr::Ipv4Cidr;
 use super::filter::{self, Filterable};
@@ -21,7 +21,7 @@ use crate::store;
 
 pub const DEFAULT_VPC_CIDR: &str = "172.31.0.0/16";
 
-pub async fn create_default_vpc(c: &mut SqliteConnection, region: &Region, account: &AccountId) -> ApiResult<Vpc> {
+pub async fn create_default_vpc(c: &mut AnyConnection, region: &Region, account: &AccountId) -> ApiResult<Vpc> {
     let vpc = Vpc {
         id: VpcId::generate(),
         owner: account.clone(),
@@ -157,7 +157,7 @@ pub fn select_ids<T, F: Fn(&T) -> &str>(
 }
 
 impl Control {
-    pub(crate) async fn load_vpcs(&self, c: &mut SqliteConnection, account: &AccountId) -> ApiResult<Vec<Vpc>> {
+    pub(crate) async fn load_vpcs(&self, c: &mut AnyConnection, account: &AccountId) -> ApiResult<Vec<Vpc>> {
         let mut vpcs = store::vpcs(c, account).await?;
         let mut tags = store::tags_by_type(c, account, "vpc").await?;
         for v in &mut vpcs {
@@ -166,7 +166,7 @@ impl Control {
         Ok(vpcs)
     }
 
-    pub(crate) async fn load_subnets(&self, c: &mut SqliteConnection, account: &AccountId) -> ApiResult<Vec<Subnet>> {
+    pub(crate) async fn load_subnets(&self, c: &mut AnyConnection, account: &AccountId) -> ApiResult<Vec<Subnet>> {
         let mut subnets = store::subnets(c, account).await?;
         let mut tags = store::tags_by_type(c, account, "subnet").await?;
         for s in &mut subnets {

@@ -6,7 +6,7 @@
 //! a VPC also allows all inbound traffic from its own members, and cannot be deleted.
 //! Enforcement on packets is the network's job (nftables); this module keeps the rules.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use super::cidr::{valid_ipv6_cidr, Ipv4Cidr};
 use super::filter::{self, Filterable};
@@ -63,7 +63,7 @@ pub struct PermissionView {
 }
 
 pub async fn create_default_group(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     vpc: &VpcId,
 ) -> ApiResult<SecurityGroupId> {
@@ -316,7 +316,7 @@ fn select_group<'a>(
 }
 
 impl Control {
-    async fn load_groups(&self, c: &mut SqliteConnection, account: &AccountId) -> ApiResult<Vec<SecurityGroup>> {
+    async fn load_groups(&self, c: &mut AnyConnection, account: &AccountId) -> ApiResult<Vec<SecurityGroup>> {
         let mut groups = store::security_groups(c, account).await?;
         let mut tags = store::tags_by_type(c, account, "security-group").await?;
         for g in &mut groups {
@@ -325,7 +325,7 @@ impl Control {
         Ok(groups)
     }
 
-    async fn default_vpc(&self, c: &mut SqliteConnection, account: &AccountId) -> ApiResult<Option<VpcId>> {
+    async fn default_vpc(&self, c: &mut AnyConnection, account: &AccountId) -> ApiResult<Option<VpcId>> {
         Ok(store::vpcs(c, account).await?.into_iter().find(|v| v.is_default).map(|v| v.id))
     }
 

@@ -4,7 +4,7 @@
 //! into new volumes (copies, so deleting either never breaks the other).
 
 use chrono::{DateTime, Utc};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::billing::{self, Interval};
 use super::filter::{self, Filterable};
@@ -87,7 +87,7 @@ pub fn progress(state: &str) -> &'static str {
     }
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Snapshot> {
+fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Snapshot> {
     Ok(Snapshot {
         id: SnapshotId::from_db(r.try_get("id")?),
         owner: AccountId::from_db(r.try_get("account_id")?),
@@ -105,7 +105,7 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Snapshot> {
 }
 
 /// Every snapshot with its permissions.
-pub async fn all(c: &mut SqliteConnection) -> sqlx::Result<Vec<Snapshot>> {
+pub async fn all(c: &mut AnyConnection) -> sqlx::Result<Vec<Snapshot>> {
     let rows = sqlx::query("SELECT * FROM snapshots ORDER BY started_at, id").fetch_all(&mut *c).await?;
     let mut list: Vec<Snapshot> = rows.iter().map(from_row).collect::<sqlx::Result<_>>()?;
     let perms: Vec<(String, String)> =
@@ -131,10 +131,10 @@ pub fn interval(s: &Snapshot, catalogue: &crate::catalog::Catalogue, end: DateTi
     }
 }
 
-pub(crate) async fn insert(c: &mut SqliteConnection, s: &Snapshot) -> sqlx::Result<()> {
+pub(crate) async fn insert(c: &mut AnyConnection, s: &Snapshot) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO snapshots (id, account_id, volume_id, source_snapshot, volume_size_gb, description, state, started_at,
-         instance_id, pause_vm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         instance_id, pause_vm) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(s.id.as_str())
     .bind(s.owner.as_str())
@@ -211,7 +211,7 @@ impl Control {
     }
 
     /// A snapshot the caller may see (own, shared with it, or public).
-    pub async fn visible_snapshot(&self, c: &mut SqliteConnection, caller: &Caller, id: &str) -> ApiResult<Snapshot> {
+    pub async fn visible_snapshot(&self, c: &mut AnyConnection, caller: &Caller, id: &str) -> ApiResult<Snapshot> {
         SnapshotId::parse(id)?;
         all(c)
             .await?
@@ -274,7 +274,7 @@ impl Control {
             return Err(not_found_for("snapshot", id));
         }
         let used: Vec<(String,)> =
-            sqlx::query_as("SELECT id FROM images WHERE root_snapshot_id = ? AND state != 'deregistered'")
+            sqlx::query_as("SELECT id FROM images WHERE root_snapshot_id = $1 AND state != 'deregistered'")
                 .bind(id)
                 .fetch_all(tx.conn())
                 .await?;
@@ -285,7 +285,7 @@ impl Control {
             });
         }
         let creating: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM volumes WHERE snapshot_id = ? AND state = 'creating'")
+            sqlx::query_scalar("SELECT COUNT(*) FROM volumes WHERE snapshot_id = $1 AND state = 'creating'")
                 .bind(id)
                 .fetch_one(tx.conn())
                 .await?;
@@ -296,7 +296,7 @@ impl Control {
             });
         }
         billing::record(tx.conn(), &interval(&s, &self.catalogue, Utc::now())).await?;
-        sqlx::query("DELETE FROM snapshots WHERE id = ?").bind(id).execute(tx.conn()).await?;
+        sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(id).execute(tx.conn()).await?;
         store::delete_all_tags(tx.conn(), id).await?;
         tx.commit().await?;
         // The file goes with the next agent pass (it removes files no snapshot names).
@@ -365,14 +365,16 @@ impl Control {
             }
         }
         for who in &change.add {
-            sqlx::query("INSERT OR IGNORE INTO snapshot_permissions (snapshot_id, grantee) VALUES (?, ?)")
-                .bind(id)
-                .bind(who)
-                .execute(tx.conn())
-                .await?;
+            sqlx::query(
+                "INSERT INTO snapshot_permissions (snapshot_id, grantee) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(who)
+            .execute(tx.conn())
+            .await?;
         }
         for who in &change.remove {
-            sqlx::query("DELETE FROM snapshot_permissions WHERE snapshot_id = ? AND grantee = ?")
+            sqlx::query("DELETE FROM snapshot_permissions WHERE snapshot_id = $1 AND grantee = $2")
                 .bind(id)
                 .bind(who)
                 .execute(tx.conn())
@@ -400,7 +402,7 @@ impl Control {
 
     pub async fn snapshot_done(&self, id: &SnapshotId, ok: bool) -> anyhow::Result<()> {
         let mut tx = self.store().begin_write().await?;
-        sqlx::query("UPDATE snapshots SET state = ? WHERE id = ? AND state = 'pending'")
+        sqlx::query("UPDATE snapshots SET state = $1 WHERE id = $2 AND state = 'pending'")
             .bind(if ok { "completed" } else { "error" })
             .bind(id.as_str())
             .execute(tx.conn())

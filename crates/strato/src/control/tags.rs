@@ -1,6 +1,6 @@
 //! Tags: CreateTags, DeleteTags, DescribeTags, and the TagSpecifications of create calls.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use super::filter::{self, Filterable};
 use super::model::{Caller, Tags};
@@ -58,7 +58,7 @@ pub fn tags_for(specs: &[TagSpec], resource_type: &str) -> ApiResult<Tags> {
 }
 
 pub async fn put_tags(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     id: &str,
     resource_type: &str,
@@ -107,7 +107,7 @@ impl Filterable for TagRow {
 }
 
 /// Checks that every id names a resource of the caller's, with the NotFound code of its kind.
-async fn check_owned(c: &mut SqliteConnection, caller: &Caller, ids: &[String]) -> ApiResult<Vec<&'static str>> {
+async fn check_owned(c: &mut AnyConnection, caller: &Caller, ids: &[String]) -> ApiResult<Vec<&'static str>> {
     let mut types = Vec::new();
     for id in ids {
         let Some(kind) = resource_type_of(id) else {

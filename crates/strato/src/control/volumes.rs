@@ -15,7 +15,7 @@
 //! `/dev/xvda` of a stopped instance becomes its root (the rescue workflow).
 
 use chrono::{DateTime, Utc};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::billing::{self, Interval};
 use super::filter::{self, Filterable};
@@ -109,7 +109,7 @@ impl Filterable for Modification {
     }
 }
 
-fn modification_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Modification> {
+fn modification_from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Modification> {
     Ok(Modification {
         volume_id: r.try_get("volume_id")?,
         state: r.try_get("state")?,
@@ -180,7 +180,7 @@ impl Filterable for Volume {
     }
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Volume> {
+fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Volume> {
     Ok(Volume {
         id: VolumeId::from_db(r.try_get("id")?),
         owner: AccountId::from_db(r.try_get("account_id")?),
@@ -206,40 +206,36 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Volume> {
     })
 }
 
-pub async fn of_account(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Volume>> {
-    let rows = sqlx::query("SELECT * FROM volumes WHERE account_id = ? ORDER BY created_at, id")
+pub async fn of_account(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<Volume>> {
+    let rows = sqlx::query("SELECT * FROM volumes WHERE account_id = $1 ORDER BY created_at, id")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
     rows.iter().map(from_row).collect()
 }
 
-pub async fn all(c: &mut SqliteConnection) -> sqlx::Result<Vec<Volume>> {
+pub async fn all(c: &mut AnyConnection) -> sqlx::Result<Vec<Volume>> {
     let rows = sqlx::query("SELECT * FROM volumes ORDER BY created_at, id").fetch_all(c).await?;
     rows.iter().map(from_row).collect()
 }
 
-pub async fn modification_of(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Modification>> {
-    let row = sqlx::query("SELECT * FROM volume_modifications WHERE volume_id = ?").bind(id).fetch_optional(c).await?;
+pub async fn modification_of(c: &mut AnyConnection, id: &str) -> sqlx::Result<Option<Modification>> {
+    let row = sqlx::query("SELECT * FROM volume_modifications WHERE volume_id = $1").bind(id).fetch_optional(c).await?;
     row.as_ref().map(modification_from_row).transpose()
 }
 
-pub async fn by_id(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Volume>> {
-    let row = sqlx::query("SELECT * FROM volumes WHERE id = ?").bind(id).fetch_optional(c).await?;
+pub async fn by_id(c: &mut AnyConnection, id: &str) -> sqlx::Result<Option<Volume>> {
+    let row = sqlx::query("SELECT * FROM volumes WHERE id = $1").bind(id).fetch_optional(c).await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// RunInstances: the instance's root volume, in use at its root device from the start (the
 /// agent makes its file at the first launch). Metered from the launch.
-pub async fn insert_root(
-    c: &mut SqliteConnection,
-    i: &super::instances::Instance,
-    snapshot_id: &str,
-) -> sqlx::Result<()> {
+pub async fn insert_root(c: &mut AnyConnection, i: &super::instances::Instance, snapshot_id: &str) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO volumes (id, account_id, availability_zone, size_gb, volume_type, iops, throughput, snapshot_id,
          state, created_at, instance_id, device, attach_state, attach_time, delete_on_termination, metered_since, root)
-         VALUES (?, ?, ?, ?, 'gp3', 3000, 125, ?, 'in-use', ?, ?, ?, 'attached', ?, ?, ?, 1)",
+         VALUES ($1, $2, $3, $4, 'gp3', 3000, 125, $5, 'in-use', $6, $7, $8, 'attached', $9, $10, $11, 1)",
     )
     .bind(&i.root_volume_id)
     .bind(i.owner.as_str())
@@ -397,7 +393,7 @@ impl Control {
         let mut tx = self.store().begin_write().await?;
         sqlx::query(
             "INSERT INTO volumes (id, account_id, availability_zone, size_gb, volume_type, iops, throughput, state, created_at, snapshot_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(v.id.as_str())
         .bind(v.owner.as_str())
@@ -438,7 +434,7 @@ impl Control {
         filter::select_filter_page(list, ids, |v| v.id.as_str(), volume_not_found, filters, max, token)
     }
 
-    async fn my_volume(&self, c: &mut SqliteConnection, caller: &Caller, id: &str) -> ApiResult<Volume> {
+    async fn my_volume(&self, c: &mut AnyConnection, caller: &Caller, id: &str) -> ApiResult<Volume> {
         VolumeId::parse(id)?;
         by_id(c, id).await?.filter(|v| v.owner == caller.account_id).ok_or_else(|| volume_not_found(id))
     }
@@ -458,7 +454,7 @@ impl Control {
                 message: format!("The volume '{id}' is in the '{}' state.", v.state),
             });
         }
-        sqlx::query("UPDATE volumes SET state = 'deleting' WHERE id = ?").bind(id).execute(tx.conn()).await?;
+        sqlx::query("UPDATE volumes SET state = 'deleting' WHERE id = $1").bind(id).execute(tx.conn()).await?;
         tx.commit().await?;
         self.agent_wake.notify_one();
         Ok(())
@@ -522,8 +518,8 @@ impl Control {
         }
         let now = Utc::now();
         sqlx::query(
-            "UPDATE volumes SET state = 'in-use', instance_id = ?, device = ?, attach_state = 'attaching',
-             attach_time = ?, delete_on_termination = 0, force_detach = 0, root = ? WHERE id = ?",
+            "UPDATE volumes SET state = 'in-use', instance_id = $1, device = $2, attach_state = 'attaching',
+             attach_time = $3, delete_on_termination = 0, force_detach = 0, root = $4 WHERE id = $5",
         )
         .bind(instance_id.as_str())
         .bind(device)
@@ -533,7 +529,7 @@ impl Control {
         .execute(&mut *c)
         .await?;
         if as_root {
-            sqlx::query("UPDATE instances SET root_volume_id = ?, root_size_gb = ? WHERE id = ?")
+            sqlx::query("UPDATE instances SET root_volume_id = $1, root_size_gb = $2 WHERE id = $3")
                 .bind(id)
                 .bind(v.size_gb)
                 .bind(instance_id.as_str())
@@ -580,7 +576,7 @@ impl Control {
                 });
             }
         }
-        sqlx::query("UPDATE volumes SET attach_state = 'detaching', force_detach = ? WHERE id = ?")
+        sqlx::query("UPDATE volumes SET attach_state = 'detaching', force_detach = $1 WHERE id = $2")
             .bind(force as i64)
             .bind(id)
             .execute(&mut *c)
@@ -646,7 +642,7 @@ impl Control {
         // The old size's usage ends now; the new one starts.
         billing::record(c, &interval(&v, &self.catalogue, now)).await?;
         sqlx::query(
-            "UPDATE volumes SET size_gb = ?, volume_type = ?, iops = ?, throughput = ?, metered_since = ? WHERE id = ?",
+            "UPDATE volumes SET size_gb = $1, volume_type = $2, iops = $3, throughput = $4, metered_since = $5 WHERE id = $6",
         )
         .bind(size)
         .bind(&volume_type)
@@ -657,7 +653,7 @@ impl Control {
         .execute(&mut *c)
         .await?;
         if let Some(i) = v.instance_id.as_deref().filter(|_| v.root) {
-            sqlx::query("UPDATE instances SET root_size_gb = ? WHERE id = ?")
+            sqlx::query("UPDATE instances SET root_size_gb = $1 WHERE id = $2")
                 .bind(size)
                 .bind(i)
                 .execute(&mut *c)
@@ -678,9 +674,15 @@ impl Control {
             end_time: None,
         };
         sqlx::query(
-            "INSERT OR REPLACE INTO volume_modifications (volume_id, account_id, state, original_size, target_size,
+            "INSERT INTO volume_modifications (volume_id, account_id, state, original_size, target_size,
              original_type, target_type, original_iops, target_iops, original_throughput, target_throughput, start_time)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (volume_id) DO UPDATE SET account_id = excluded.account_id, state = excluded.state,
+             original_size = excluded.original_size, target_size = excluded.target_size,
+             original_type = excluded.original_type, target_type = excluded.target_type,
+             original_iops = excluded.original_iops, target_iops = excluded.target_iops,
+             original_throughput = excluded.original_throughput, target_throughput = excluded.target_throughput,
+             start_time = excluded.start_time, end_time = NULL",
         )
         .bind(id)
         .bind(caller.account_id.as_str())
@@ -712,7 +714,7 @@ impl Control {
         }
         filter::check_filters::<Modification>(filters)?;
         let mut c = self.store().read().await?;
-        let rows = sqlx::query("SELECT * FROM volume_modifications WHERE account_id = ? ORDER BY start_time")
+        let rows = sqlx::query("SELECT * FROM volume_modifications WHERE account_id = $1 ORDER BY start_time")
             .bind(caller.account_id.as_str())
             .fetch_all(&mut *c)
             .await?;
@@ -743,7 +745,7 @@ impl Control {
     pub async fn volume_modified(&self, id: &str, ok: bool) -> anyhow::Result<()> {
         let mut tx = self.store().begin_write().await?;
         sqlx::query(
-            "UPDATE volume_modifications SET state = ?, end_time = ? WHERE volume_id = ? AND state = 'modifying'",
+            "UPDATE volume_modifications SET state = $1, end_time = $2 WHERE volume_id = $3 AND state = 'modifying'",
         )
         .bind(if ok { "completed" } else { "failed" })
         .bind(ts(&Utc::now()))
@@ -772,7 +774,7 @@ impl Control {
 
     /// The file exists: `creating` becomes `available`.
     pub async fn volume_created(&self, id: &VolumeId) -> anyhow::Result<()> {
-        self.volume_report("UPDATE volumes SET state = 'available' WHERE id = ? AND state = 'creating'", id).await
+        self.volume_report("UPDATE volumes SET state = 'available' WHERE id = $1 AND state = 'creating'", id).await
     }
 
     /// The file is gone: the volume ends, its storage interval is recorded.
@@ -780,8 +782,8 @@ impl Control {
         let mut tx = self.store().begin_write().await?;
         if let Some(v) = by_id(tx.conn(), id.as_str()).await?.filter(|v| v.state == "deleting") {
             billing::record(tx.conn(), &interval(&v, &self.catalogue, Utc::now())).await?;
-            sqlx::query("DELETE FROM volumes WHERE id = ?").bind(id.as_str()).execute(tx.conn()).await?;
-            sqlx::query("DELETE FROM volume_modifications WHERE volume_id = ?")
+            sqlx::query("DELETE FROM volumes WHERE id = $1").bind(id.as_str()).execute(tx.conn()).await?;
+            sqlx::query("DELETE FROM volume_modifications WHERE volume_id = $1")
                 .bind(id.as_str())
                 .execute(tx.conn())
                 .await?;
@@ -794,7 +796,7 @@ impl Control {
     /// The VM has the volume (or the instance is not running: it gets it at boot).
     pub async fn volume_attached(&self, id: &VolumeId) -> anyhow::Result<()> {
         self.volume_report(
-            "UPDATE volumes SET attach_state = 'attached' WHERE id = ? AND attach_state = 'attaching'",
+            "UPDATE volumes SET attach_state = 'attached' WHERE id = $1 AND attach_state = 'attaching'",
             id,
         )
         .await
@@ -804,7 +806,7 @@ impl Control {
     pub async fn volume_detached(&self, id: &VolumeId) -> anyhow::Result<()> {
         self.volume_report(
             "UPDATE volumes SET state = 'available', instance_id = NULL, device = NULL, attach_state = NULL,
-             attach_time = NULL, force_detach = 0, root = 0 WHERE id = ? AND attach_state = 'detaching'",
+             attach_time = NULL, force_detach = 0, root = 0 WHERE id = $1 AND attach_state = 'detaching'",
             id,
         )
         .await

@@ -1,14 +1,14 @@
 //! Instance rows.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use super::{parse_ts, ts};
 use crate::control::instance_state::InstanceState;
 use crate::control::instances::Instance;
 use crate::ids::{AccountId, InstanceId};
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Instance> {
+fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Instance> {
     let groups: String = r.try_get("security_groups")?;
     Ok(Instance {
         id: InstanceId::from_db(r.try_get("id")?),
@@ -50,13 +50,13 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Instance> {
     })
 }
 
-pub async fn insert(c: &mut SqliteConnection, i: &Instance) -> sqlx::Result<()> {
+pub async fn insert(c: &mut AnyConnection, i: &Instance) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO instances (id, account_id, reservation_id, launch_index, image_id, instance_type, state, state_reason_code,
          state_reason, transition_reason, key_name, public_key, subnet_id, vpc_id, availability_zone, private_ip, security_groups,
          user_data, root_volume_id, root_size_gb, delete_on_termination, disable_api_termination, shutdown_behavior,
          tokens_required, client_token, request_hash, launch_time, state_changed_at, generation, public_ip, wants_public_ip)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, 0, $29, $30)",
     )
     .bind(i.id.as_str())
     .bind(i.owner.as_str())
@@ -93,8 +93,8 @@ pub async fn insert(c: &mut SqliteConnection, i: &Instance) -> sqlx::Result<()> 
     Ok(())
 }
 
-pub async fn of_account(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Instance>> {
-    let rows = sqlx::query("SELECT * FROM instances WHERE account_id = ? ORDER BY launch_time, launch_index")
+pub async fn of_account(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<Instance>> {
+    let rows = sqlx::query("SELECT * FROM instances WHERE account_id = $1 ORDER BY launch_time, launch_index")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
@@ -102,20 +102,20 @@ pub async fn of_account(c: &mut SqliteConnection, account: &AccountId) -> sqlx::
 }
 
 /// Every instance that is not terminated (the agent's work list, and capacity checks).
-pub async fn live(c: &mut SqliteConnection) -> sqlx::Result<Vec<Instance>> {
+pub async fn live(c: &mut AnyConnection) -> sqlx::Result<Vec<Instance>> {
     let rows =
         sqlx::query("SELECT * FROM instances WHERE state != 'terminated' ORDER BY launch_time").fetch_all(c).await?;
     rows.iter().map(from_row).collect()
 }
 
-pub async fn by_id(c: &mut SqliteConnection, id: &InstanceId) -> sqlx::Result<Option<Instance>> {
-    let row = sqlx::query("SELECT * FROM instances WHERE id = ?").bind(id.as_str()).fetch_optional(c).await?;
+pub async fn by_id(c: &mut AnyConnection, id: &InstanceId) -> sqlx::Result<Option<Instance>> {
+    let row = sqlx::query("SELECT * FROM instances WHERE id = $1").bind(id.as_str()).fetch_optional(c).await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// Moves an instance to a new state, bumping its generation.
 pub async fn set_state(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     id: &InstanceId,
     state: InstanceState,
     reason: Option<(&str, &str)>,
@@ -123,13 +123,13 @@ pub async fn set_state(
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE instances SET state = ?, state_reason_code = ?, state_reason = ?, transition_reason = ?, state_changed_at = ?,
-         generation = generation + 1, force_stop = CASE WHEN ? IN ('stopped', 'terminated') THEN 0 ELSE force_stop END,
-         status_ok = CASE WHEN ? = 'running' THEN status_ok ELSE 0 END,
-         public_ip = CASE WHEN ? = 'terminated' THEN NULL
-                          WHEN ? = 'stopped' AND id NOT IN (SELECT instance_id FROM addresses WHERE instance_id IS NOT NULL) THEN NULL
+        "UPDATE instances SET state = $1, state_reason_code = $2, state_reason = $3, transition_reason = $4, state_changed_at = $5,
+         generation = generation + 1, force_stop = CASE WHEN $6 IN ('stopped', 'terminated') THEN 0 ELSE force_stop END,
+         status_ok = CASE WHEN $7 = 'running' THEN status_ok ELSE 0 END,
+         public_ip = CASE WHEN $8 = 'terminated' THEN NULL
+                          WHEN $9 = 'stopped' AND id NOT IN (SELECT instance_id FROM addresses WHERE instance_id IS NOT NULL) THEN NULL
                           ELSE public_ip END
-         WHERE id = ?",
+         WHERE id = $10",
     )
     .bind(state.name())
     .bind(reason.map(|r| r.0))
@@ -145,7 +145,7 @@ pub async fn set_state(
     .await?;
     if state == InstanceState::Terminated {
         // A terminated instance lets go of its elastic IP (the allocation stays).
-        sqlx::query("UPDATE addresses SET instance_id = NULL, association_id = NULL WHERE instance_id = ?")
+        sqlx::query("UPDATE addresses SET instance_id = NULL, association_id = NULL WHERE instance_id = $1")
             .bind(id.as_str())
             .execute(&mut *c)
             .await?;
@@ -153,7 +153,7 @@ pub async fn set_state(
         sqlx::query(
             "UPDATE volumes SET state = CASE WHEN delete_on_termination = 1 THEN 'deleting' ELSE 'available' END,
              instance_id = NULL, device = NULL, attach_state = NULL, attach_time = NULL, force_detach = 0
-             WHERE instance_id = ?",
+             WHERE instance_id = $1",
         )
         .bind(id.as_str())
         .execute(c)
@@ -163,7 +163,7 @@ pub async fn set_state(
 }
 
 /// Sets one of the agent's flags: `force_stop`, `reboot_requested` or `status_ok`.
-pub async fn set_flag(c: &mut SqliteConnection, id: &InstanceId, flag: &str, value: bool) -> sqlx::Result<()> {
+pub async fn set_flag(c: &mut AnyConnection, id: &InstanceId, flag: &str, value: bool) -> sqlx::Result<()> {
     // The column comes from this fixed list, never from a request.
     let column = match flag {
         "force_stop" => "force_stop",
@@ -171,7 +171,7 @@ pub async fn set_flag(c: &mut SqliteConnection, id: &InstanceId, flag: &str, val
         "status_ok" => "status_ok",
         _ => return Err(sqlx::Error::ColumnNotFound(flag.to_owned())),
     };
-    sqlx::query(&format!("UPDATE instances SET {column} = ? WHERE id = ?"))
+    sqlx::query(&format!("UPDATE instances SET {column} = $1 WHERE id = $2"))
         .bind(value as i64)
         .bind(id.as_str())
         .execute(c)
@@ -180,10 +180,10 @@ pub async fn set_flag(c: &mut SqliteConnection, id: &InstanceId, flag: &str, val
 }
 
 /// Writes the attributes ModifyInstanceAttribute and ModifyInstanceMetadataOptions change.
-pub async fn update_attributes(c: &mut SqliteConnection, i: &Instance) -> sqlx::Result<()> {
+pub async fn update_attributes(c: &mut AnyConnection, i: &Instance) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE instances SET instance_type = ?, user_data = ?, disable_api_termination = ?, shutdown_behavior = ?,
-         security_groups = ?, tokens_required = ? WHERE id = ?",
+        "UPDATE instances SET instance_type = $1, user_data = $2, disable_api_termination = $3, shutdown_behavior = $4,
+         security_groups = $5, tokens_required = $6 WHERE id = $7",
     )
     .bind(&i.instance_type)
     .bind(&i.user_data)
@@ -198,7 +198,7 @@ pub async fn update_attributes(c: &mut SqliteConnection, i: &Instance) -> sqlx::
 }
 
 /// Every public address in use: instances' and elastic IPs.
-pub async fn public_ips_in_use(c: &mut SqliteConnection) -> sqlx::Result<std::collections::HashSet<String>> {
+pub async fn public_ips_in_use(c: &mut AnyConnection) -> sqlx::Result<std::collections::HashSet<String>> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT public_ip FROM instances WHERE public_ip IS NOT NULL UNION SELECT public_ip FROM addresses",
     )
@@ -207,7 +207,7 @@ pub async fn public_ips_in_use(c: &mut SqliteConnection) -> sqlx::Result<std::co
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-pub async fn set_public_ip(c: &mut SqliteConnection, id: &InstanceId, ip: Option<&str>) -> sqlx::Result<()> {
-    sqlx::query("UPDATE instances SET public_ip = ? WHERE id = ?").bind(ip).bind(id.as_str()).execute(c).await?;
+pub async fn set_public_ip(c: &mut AnyConnection, id: &InstanceId, ip: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("UPDATE instances SET public_ip = $1 WHERE id = $2").bind(ip).bind(id.as_str()).execute(c).await?;
     Ok(())
 }

@@ -1,25 +1,34 @@
-//! Persistence: the control plane's state in an embedded SQLite database (WAL mode) under
-//! the data dir. Only `control` calls this module; every query about a resource is scoped by
-//! its account. Schema changes are numbered migrations applied at open, in order, once.
+//! Persistence: the control plane's state in a SQL database, either an embedded SQLite file
+//! (WAL mode) under the data dir, the default, or a PostgreSQL server (`serve --database
+//! postgres://...`), which several `strato serve` processes can share. Only `control` calls
+//! this module; every query about a resource is scoped by its account. Schema changes are
+//! numbered migrations applied at open, in order, once: one file per version for each
+//! backend (`migrations/` and `migrations/postgres/`, the same version numbers).
 //!
-//! Writes go through `Store::write`, which serialises writers in this process (SQLite has one
-//! writer at a time anyway) and runs the closure in one transaction: all or nothing.
+//! The queries are written once, in the SQL both understand: `$N` parameters, `ON CONFLICT`,
+//! integers for booleans, RFC 3339 text for times, explicit `ORDER BY`, `CAST` of sums.
+//!
+//! Writes go through `Store::begin_write`: one write transaction at a time, all or nothing.
+//! SQLite has one writer anyway; on PostgreSQL the transaction first takes a transaction-scoped
+//! advisory lock (`WRITE_LOCK`), so writers of every process sharing the database are
+//! serialised too and the control plane's read-check-write steps (quotas, address
+//! allocation, ClientToken idempotency) stay exact across processes. Reads never wait.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 pub mod instances;
 
 use crate::control::model::*;
 use crate::ids::*;
 
-/// Schema migrations, applied in order; never edit one that has shipped, add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[
+/// Schema migrations for SQLite, applied in order; never edit one that has shipped, add a new
+/// one (and its PostgreSQL twin in `POSTGRES_MIGRATIONS`).
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_images.sql")),
     (3, include_str!("../../migrations/0003_instances.sql")),
@@ -32,20 +41,45 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/0010_root_volumes.sql")),
 ];
 
+/// The same schema for PostgreSQL: `BIGINT` for SQLite's 64-bit `INTEGER`, `DOUBLE PRECISION`
+/// for `REAL`, `BIGSERIAL` for `AUTOINCREMENT`.
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_images.sql")),
+    (3, include_str!("../../migrations/postgres/0003_instances.sql")),
+    (4, include_str!("../../migrations/postgres/0004_quotas.sql")),
+    (5, include_str!("../../migrations/postgres/0005_usage.sql")),
+    (6, include_str!("../../migrations/postgres/0006_public_addresses.sql")),
+    (7, include_str!("../../migrations/postgres/0007_volumes.sql")),
+    (8, include_str!("../../migrations/postgres/0008_snapshots.sql")),
+    (9, include_str!("../../migrations/postgres/0009_volume_modifications.sql")),
+    (10, include_str!("../../migrations/postgres/0010_root_volumes.sql")),
+];
+
+/// The key of the PostgreSQL advisory lock every write transaction holds ("strato" in ASCII).
+const WRITE_LOCK: i64 = 0x7374_7261_746f;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-/// A write transaction, holding the process's writer lock until it ends.
+/// A write transaction, holding the writer lock until it ends.
 pub struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl WriteTx {
-    pub fn conn(&mut self) -> &mut SqliteConnection {
+    pub fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
     }
 
@@ -62,52 +96,135 @@ pub(crate) fn parse_ts(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
 }
 
+/// Where the control plane's database is: `--database`, or the SQLite file in the data dir.
+pub fn database_url(database: Option<&str>, data_dir: &Path) -> String {
+    match database {
+        Some(url) if !url.is_empty() => url.to_owned(),
+        _ => format!("sqlite://{}", data_dir.join("strato.db").display()),
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
-    pub async fn open(path: &Path) -> anyhow::Result<Store> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .with_context(|| format!("opening database {}", path.display()))?;
-        let store = Store { pool, write_lock: Default::default() };
+    /// Opens the database at `url` (`sqlite://PATH`, created if missing, or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB`, which must exist) and brings its schema up to
+    /// date.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!("unsupported database {}: expected sqlite://PATH or postgres://...", redacted(url))
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                // The driver's own options are not reachable through `Any`: the URL creates the
+                // file, and each connection is set up like `SqliteConnectOptions` would.
+                let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = NORMAL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA busy_timeout = 10000",
+                            ] {
+                                sqlx::Executor::execute(&mut *conn, pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(std::time::Duration::from_secs(30))
+                    .connect(url)
+                    .await
+            }
+        }
+        .with_context(|| format!("opening database {}", redacted(url)))?;
+        let store = Store { pool, backend, write_lock: Default::default() };
         store.migrate().await?;
         Ok(store)
     }
 
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     async fn migrate(&self) -> anyhow::Result<()> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
+        let mut tx = self.begin_write().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+            .execute(tx.conn())
             .await?;
-        let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
-        for (version, sql) in MIGRATIONS {
+        let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(tx.conn()).await?;
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        for (version, sql) in migrations {
             if done.contains(version) {
                 continue;
             }
-            sqlx::raw_sql(sql).execute(&mut *tx).await.with_context(|| format!("migration {version}"))?;
-            sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)").bind(version).execute(&mut *tx).await?;
+            sqlx::raw_sql(sql).execute(tx.conn()).await.with_context(|| format!("migration {version}"))?;
+            sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)").bind(version).execute(tx.conn()).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Starts the one write transaction of this process. Dropping it without `commit` rolls
-    /// everything back, so an error anywhere leaves no half-done change.
+    /// Starts a write transaction, waiting for any other writer (of this process, or on
+    /// PostgreSQL of any process) to end. Dropping it without `commit` rolls everything back,
+    /// so an error anywhere leaves no half-done change.
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+        }
         Ok(WriteTx { tx, _guard: guard })
     }
 
-    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::Error> {
+    /// Every column of the schema as (table, column, declared type, not null), sorted: for
+    /// checking that the two backends' migrations agree.
+    pub async fn columns(&self) -> sqlx::Result<Vec<(String, String, String, bool)>> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT m.name, p.name, p.type, CASE WHEN p.\"notnull\" != 0 OR p.pk != 0 THEN 1 ELSE 0 END
+                 FROM sqlite_master m JOIN pragma_table_info(m.name) p
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
+            }
+            Backend::Postgres => {
+                "SELECT table_name::text, column_name::text, data_type::text,
+                        CAST(CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END AS BIGINT)
+                 FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1, 2"
+            }
+        };
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(sql).fetch_all(&mut *self.read().await?).await?;
+        Ok(rows.into_iter().map(|(t, c, ty, not_null)| (t, c, ty, not_null != 0)).collect())
+    }
+
+    pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
         self.pool.acquire().await
     }
 
@@ -118,12 +235,12 @@ impl Store {
 
 // ---- meta
 
-pub async fn get_meta(c: &mut SqliteConnection, key: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT value FROM meta WHERE key = ?").bind(key).fetch_optional(c).await
+pub async fn get_meta(c: &mut AnyConnection, key: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(c).await
 }
 
-pub async fn set_meta(c: &mut SqliteConnection, key: &str, value: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+pub async fn set_meta(c: &mut AnyConnection, key: &str, value: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(value)
         .execute(c)
@@ -133,7 +250,7 @@ pub async fn set_meta(c: &mut SqliteConnection, key: &str, value: &str) -> sqlx:
 
 // ---- accounts and access keys
 
-fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Account> {
+fn account_from_row(r: &AnyRow) -> sqlx::Result<Account> {
     Ok(Account {
         id: AccountId::from_db(r.try_get("id")?),
         name: r.try_get("name")?,
@@ -143,8 +260,8 @@ fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Account> {
     })
 }
 
-pub async fn insert_account(c: &mut SqliteConnection, a: &Account) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO accounts (id, name, read_only, vcpu_quota, created_at) VALUES (?, ?, ?, ?, ?)")
+pub async fn insert_account(c: &mut AnyConnection, a: &Account) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO accounts (id, name, read_only, vcpu_quota, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(a.id.as_str())
         .bind(&a.name)
         .bind(a.read_only as i64)
@@ -155,18 +272,18 @@ pub async fn insert_account(c: &mut SqliteConnection, a: &Account) -> sqlx::Resu
     Ok(())
 }
 
-pub async fn account_by_name(c: &mut SqliteConnection, name: &str) -> sqlx::Result<Option<Account>> {
-    let row = sqlx::query("SELECT * FROM accounts WHERE name = ?").bind(name).fetch_optional(c).await?;
+pub async fn account_by_name(c: &mut AnyConnection, name: &str) -> sqlx::Result<Option<Account>> {
+    let row = sqlx::query("SELECT * FROM accounts WHERE name = $1").bind(name).fetch_optional(c).await?;
     row.as_ref().map(account_from_row).transpose()
 }
 
-pub async fn account_by_id(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Account>> {
-    let row = sqlx::query("SELECT * FROM accounts WHERE id = ?").bind(id).fetch_optional(c).await?;
+pub async fn account_by_id(c: &mut AnyConnection, id: &str) -> sqlx::Result<Option<Account>> {
+    let row = sqlx::query("SELECT * FROM accounts WHERE id = $1").bind(id).fetch_optional(c).await?;
     row.as_ref().map(account_from_row).transpose()
 }
 
-pub async fn set_vcpu_quota(c: &mut SqliteConnection, account: &AccountId, quota: u32) -> sqlx::Result<()> {
-    sqlx::query("UPDATE accounts SET vcpu_quota = ? WHERE id = ?")
+pub async fn set_vcpu_quota(c: &mut AnyConnection, account: &AccountId, quota: u32) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET vcpu_quota = $1 WHERE id = $2")
         .bind(quota as i64)
         .bind(account.as_str())
         .execute(c)
@@ -174,18 +291,18 @@ pub async fn set_vcpu_quota(c: &mut SqliteConnection, account: &AccountId, quota
     Ok(())
 }
 
-pub async fn list_accounts(c: &mut SqliteConnection) -> sqlx::Result<Vec<Account>> {
+pub async fn list_accounts(c: &mut AnyConnection) -> sqlx::Result<Vec<Account>> {
     let rows = sqlx::query("SELECT * FROM accounts ORDER BY created_at, id").fetch_all(c).await?;
     rows.iter().map(account_from_row).collect()
 }
 
 pub async fn insert_access_key(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     key_id: &str,
     secret: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO access_keys (access_key_id, account_id, secret, created_at) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO access_keys (access_key_id, account_id, secret, created_at) VALUES ($1, $2, $3, $4)")
         .bind(key_id)
         .bind(account.as_str())
         .bind(secret)
@@ -196,9 +313,9 @@ pub async fn insert_access_key(
 }
 
 /// The secret and caller behind an access key id.
-pub async fn access_key(c: &mut SqliteConnection, key_id: &str) -> sqlx::Result<Option<(String, Caller)>> {
+pub async fn access_key(c: &mut AnyConnection, key_id: &str) -> sqlx::Result<Option<(String, Caller)>> {
     let row = sqlx::query(
-        "SELECT k.secret, k.account_id, a.read_only, a.name FROM access_keys k JOIN accounts a ON a.id = k.account_id WHERE k.access_key_id = ?",
+        "SELECT k.secret, k.account_id, a.read_only, a.name FROM access_keys k JOIN accounts a ON a.id = k.account_id WHERE k.access_key_id = $1",
     )
     .bind(key_id)
     .fetch_optional(c)
@@ -216,8 +333,8 @@ pub async fn access_key(c: &mut SqliteConnection, key_id: &str) -> sqlx::Result<
     .transpose()
 }
 
-pub async fn access_keys_of(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<(String, String)>> {
-    let rows = sqlx::query("SELECT access_key_id, secret FROM access_keys WHERE account_id = ? ORDER BY created_at")
+pub async fn access_keys_of(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT access_key_id, secret FROM access_keys WHERE account_id = $1 ORDER BY created_at")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
@@ -227,11 +344,11 @@ pub async fn access_keys_of(c: &mut SqliteConnection, account: &AccountId) -> sq
 // ---- tags
 
 pub async fn tags_of_account(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
 ) -> sqlx::Result<Vec<(String, String, String, String)>> {
     let rows = sqlx::query(
-        "SELECT resource_id, resource_type, key, value FROM tags WHERE account_id = ? ORDER BY resource_id, key",
+        "SELECT resource_id, resource_type, key, value FROM tags WHERE account_id = $1 ORDER BY resource_id, key",
     )
     .bind(account.as_str())
     .fetch_all(c)
@@ -241,16 +358,17 @@ pub async fn tags_of_account(
 
 /// Tags of one kind of resource, grouped by resource id.
 pub async fn tags_by_type(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     resource_type: &str,
 ) -> sqlx::Result<std::collections::HashMap<String, Tags>> {
-    let rows =
-        sqlx::query("SELECT resource_id, key, value FROM tags WHERE account_id = ? AND resource_type = ? ORDER BY key")
-            .bind(account.as_str())
-            .bind(resource_type)
-            .fetch_all(c)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT resource_id, key, value FROM tags WHERE account_id = $1 AND resource_type = $2 ORDER BY key",
+    )
+    .bind(account.as_str())
+    .bind(resource_type)
+    .fetch_all(c)
+    .await?;
     let mut out: std::collections::HashMap<String, Tags> = Default::default();
     for r in rows {
         out.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?));
@@ -259,7 +377,7 @@ pub async fn tags_by_type(
 }
 
 pub async fn put_tag(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     resource_id: &str,
     resource_type: &str,
@@ -267,7 +385,7 @@ pub async fn put_tag(
     value: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO tags (resource_id, key, account_id, resource_type, value) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO tags (resource_id, key, account_id, resource_type, value) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT(resource_id, key) DO UPDATE SET value = excluded.value",
     )
     .bind(resource_id)
@@ -280,25 +398,27 @@ pub async fn put_tag(
     Ok(())
 }
 
-pub async fn tag_count(c: &mut SqliteConnection, resource_id: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM tags WHERE resource_id = ?").bind(resource_id).fetch_one(c).await
+pub async fn tag_count(c: &mut AnyConnection, resource_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM tags WHERE resource_id = $1").bind(resource_id).fetch_one(c).await
 }
 
 /// Deletes a tag; with `value`, only if the tag has that value.
 pub async fn delete_tag(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     resource_id: &str,
     key: &str,
     value: Option<&str>,
 ) -> sqlx::Result<()> {
     let q = match value {
-        Some(v) => sqlx::query("DELETE FROM tags WHERE account_id = ? AND resource_id = ? AND key = ? AND value = ?")
-            .bind(account.as_str())
-            .bind(resource_id)
-            .bind(key)
-            .bind(v),
-        None => sqlx::query("DELETE FROM tags WHERE account_id = ? AND resource_id = ? AND key = ?")
+        Some(v) => {
+            sqlx::query("DELETE FROM tags WHERE account_id = $1 AND resource_id = $2 AND key = $3 AND value = $4")
+                .bind(account.as_str())
+                .bind(resource_id)
+                .bind(key)
+                .bind(v)
+        }
+        None => sqlx::query("DELETE FROM tags WHERE account_id = $1 AND resource_id = $2 AND key = $3")
             .bind(account.as_str())
             .bind(resource_id)
             .bind(key),
@@ -307,15 +427,15 @@ pub async fn delete_tag(
     Ok(())
 }
 
-pub async fn delete_all_tags(c: &mut SqliteConnection, resource_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM tags WHERE resource_id = ?").bind(resource_id).execute(c).await?;
+pub async fn delete_all_tags(c: &mut AnyConnection, resource_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM tags WHERE resource_id = $1").bind(resource_id).execute(c).await?;
     Ok(())
 }
 
 // ---- key pairs
 
-pub async fn insert_key_pair(c: &mut SqliteConnection, account: &AccountId, k: &KeyPair) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO key_pairs (id, account_id, name, key_type, fingerprint, public_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+pub async fn insert_key_pair(c: &mut AnyConnection, account: &AccountId, k: &KeyPair) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO key_pairs (id, account_id, name, key_type, fingerprint, public_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(k.id.as_str())
         .bind(account.as_str())
         .bind(&k.name)
@@ -328,8 +448,8 @@ pub async fn insert_key_pair(c: &mut SqliteConnection, account: &AccountId, k: &
     Ok(())
 }
 
-pub async fn key_pairs(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<KeyPair>> {
-    let rows = sqlx::query("SELECT * FROM key_pairs WHERE account_id = ? ORDER BY name")
+pub async fn key_pairs(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<KeyPair>> {
+    let rows = sqlx::query("SELECT * FROM key_pairs WHERE account_id = $1 ORDER BY name")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
@@ -348,8 +468,8 @@ pub async fn key_pairs(c: &mut SqliteConnection, account: &AccountId) -> sqlx::R
         .collect()
 }
 
-pub async fn delete_key_pair(c: &mut SqliteConnection, account: &AccountId, id: &KeyPairId) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM key_pairs WHERE account_id = ? AND id = ?")
+pub async fn delete_key_pair(c: &mut AnyConnection, account: &AccountId, id: &KeyPairId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM key_pairs WHERE account_id = $1 AND id = $2")
         .bind(account.as_str())
         .bind(id.as_str())
         .execute(c)
@@ -359,8 +479,8 @@ pub async fn delete_key_pair(c: &mut SqliteConnection, account: &AccountId, id: 
 
 // ---- VPCs and subnets
 
-pub async fn insert_vpc(c: &mut SqliteConnection, v: &Vpc) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO vpcs (id, account_id, cidr, is_default, instance_tenancy, enable_dns_support, enable_dns_hostnames, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+pub async fn insert_vpc(c: &mut AnyConnection, v: &Vpc) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO vpcs (id, account_id, cidr, is_default, instance_tenancy, enable_dns_support, enable_dns_hostnames, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(v.id.as_str())
         .bind(v.owner.as_str())
         .bind(&v.cidr)
@@ -374,8 +494,8 @@ pub async fn insert_vpc(c: &mut SqliteConnection, v: &Vpc) -> sqlx::Result<()> {
     Ok(())
 }
 
-pub async fn vpcs(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Vpc>> {
-    let rows = sqlx::query("SELECT * FROM vpcs WHERE account_id = ? ORDER BY created_at, id")
+pub async fn vpcs(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<Vpc>> {
+    let rows = sqlx::query("SELECT * FROM vpcs WHERE account_id = $1 ORDER BY created_at, id")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
@@ -395,8 +515,8 @@ pub async fn vpcs(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result
         .collect()
 }
 
-pub async fn delete_vpc(c: &mut SqliteConnection, account: &AccountId, id: &VpcId) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM vpcs WHERE account_id = ? AND id = ?")
+pub async fn delete_vpc(c: &mut AnyConnection, account: &AccountId, id: &VpcId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM vpcs WHERE account_id = $1 AND id = $2")
         .bind(account.as_str())
         .bind(id.as_str())
         .execute(c)
@@ -404,8 +524,8 @@ pub async fn delete_vpc(c: &mut SqliteConnection, account: &AccountId, id: &VpcI
     Ok(())
 }
 
-pub async fn insert_subnet(c: &mut SqliteConnection, s: &Subnet) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO subnets (id, account_id, vpc_id, cidr, availability_zone, is_default, map_public_ip, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+pub async fn insert_subnet(c: &mut AnyConnection, s: &Subnet) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO subnets (id, account_id, vpc_id, cidr, availability_zone, is_default, map_public_ip, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(s.id.as_str())
         .bind(s.owner.as_str())
         .bind(s.vpc_id.as_str())
@@ -419,8 +539,8 @@ pub async fn insert_subnet(c: &mut SqliteConnection, s: &Subnet) -> sqlx::Result
     Ok(())
 }
 
-pub async fn subnets(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<Subnet>> {
-    let rows = sqlx::query("SELECT * FROM subnets WHERE account_id = ? ORDER BY created_at, id")
+pub async fn subnets(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<Subnet>> {
+    let rows = sqlx::query("SELECT * FROM subnets WHERE account_id = $1 ORDER BY created_at, id")
         .bind(account.as_str())
         .fetch_all(c)
         .await?;
@@ -441,8 +561,8 @@ pub async fn subnets(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Res
         .collect()
 }
 
-pub async fn delete_subnet(c: &mut SqliteConnection, account: &AccountId, id: &SubnetId) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM subnets WHERE account_id = ? AND id = ?")
+pub async fn delete_subnet(c: &mut AnyConnection, account: &AccountId, id: &SubnetId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM subnets WHERE account_id = $1 AND id = $2")
         .bind(account.as_str())
         .bind(id.as_str())
         .execute(c)
@@ -452,9 +572,9 @@ pub async fn delete_subnet(c: &mut SqliteConnection, account: &AccountId, id: &S
 
 // ---- security groups
 
-pub async fn insert_security_group(c: &mut SqliteConnection, g: &SecurityGroup) -> sqlx::Result<()> {
+pub async fn insert_security_group(c: &mut AnyConnection, g: &SecurityGroup) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO security_groups (id, account_id, vpc_id, name, description, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO security_groups (id, account_id, vpc_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(g.id.as_str())
     .bind(g.owner.as_str())
@@ -467,7 +587,7 @@ pub async fn insert_security_group(c: &mut SqliteConnection, g: &SecurityGroup) 
     Ok(())
 }
 
-fn rule_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<SgRule> {
+fn rule_from_row(r: &AnyRow) -> sqlx::Result<SgRule> {
     let peer = if let Some(g) = r.try_get::<Option<String>, _>("ref_group_id")? {
         Peer::Group {
             group_id: SecurityGroupId::from_db(g),
@@ -491,12 +611,12 @@ fn rule_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<SgRule> {
 }
 
 /// The security groups of an account, with their rules (tags are attached by the caller).
-pub async fn security_groups(c: &mut SqliteConnection, account: &AccountId) -> sqlx::Result<Vec<SecurityGroup>> {
-    let rows = sqlx::query("SELECT * FROM security_groups WHERE account_id = ? ORDER BY created_at, id")
+pub async fn security_groups(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<SecurityGroup>> {
+    let rows = sqlx::query("SELECT * FROM security_groups WHERE account_id = $1 ORDER BY created_at, id")
         .bind(account.as_str())
         .fetch_all(&mut *c)
         .await?;
-    let rules = sqlx::query("SELECT * FROM security_group_rules WHERE account_id = ? ORDER BY position")
+    let rules = sqlx::query("SELECT * FROM security_group_rules WHERE account_id = $1 ORDER BY position")
         .bind(account.as_str())
         .fetch_all(&mut *c)
         .await?;
@@ -523,17 +643,17 @@ pub async fn security_groups(c: &mut SqliteConnection, account: &AccountId) -> s
 
 /// A security group of any account, by id (group references may cross accounts).
 pub async fn security_group_owner(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     id: &SecurityGroupId,
 ) -> sqlx::Result<Option<(AccountId, VpcId)>> {
-    let row = sqlx::query("SELECT account_id, vpc_id FROM security_groups WHERE id = ?")
+    let row = sqlx::query("SELECT account_id, vpc_id FROM security_groups WHERE id = $1")
         .bind(id.as_str())
         .fetch_optional(c)
         .await?;
     row.map(|r| Ok((AccountId::from_db(r.try_get(0)?), VpcId::from_db(r.try_get(1)?)))).transpose()
 }
 
-pub async fn insert_rule(c: &mut SqliteConnection, account: &AccountId, rule: &SgRule) -> sqlx::Result<()> {
+pub async fn insert_rule(c: &mut AnyConnection, account: &AccountId, rule: &SgRule) -> sqlx::Result<()> {
     let (v4, v6, g, gacc) = match &rule.peer {
         Peer::Ipv4(c) => (Some(c.as_str()), None, None, None),
         Peer::Ipv6(c) => (None, Some(c.as_str()), None, None),
@@ -541,7 +661,7 @@ pub async fn insert_rule(c: &mut SqliteConnection, account: &AccountId, rule: &S
     };
     sqlx::query(
         "INSERT INTO security_group_rules (id, group_id, account_id, is_egress, protocol, from_port, to_port, cidr_ipv4, cidr_ipv6, ref_group_id, ref_account_id, description, position)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM security_group_rules))",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, (SELECT COALESCE(MAX(position), 0) + 1 FROM security_group_rules))",
     )
     .bind(rule.id.as_str())
     .bind(rule.group_id.as_str())
@@ -560,14 +680,14 @@ pub async fn insert_rule(c: &mut SqliteConnection, account: &AccountId, rule: &S
     Ok(())
 }
 
-pub async fn delete_rule(c: &mut SqliteConnection, id: &SecurityGroupRuleId) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM security_group_rules WHERE id = ?").bind(id.as_str()).execute(c).await?;
+pub async fn delete_rule(c: &mut AnyConnection, id: &SecurityGroupRuleId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM security_group_rules WHERE id = $1").bind(id.as_str()).execute(c).await?;
     Ok(())
 }
 
 /// Groups (other than `id` itself) whose rules name `id` as their peer.
-pub async fn groups_referencing(c: &mut SqliteConnection, id: &SecurityGroupId) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT DISTINCT group_id FROM security_group_rules WHERE ref_group_id = ? AND group_id != ?")
+pub async fn groups_referencing(c: &mut AnyConnection, id: &SecurityGroupId) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT DISTINCT group_id FROM security_group_rules WHERE ref_group_id = $1 AND group_id != $2")
         .bind(id.as_str())
         .bind(id.as_str())
         .fetch_all(c)
@@ -575,12 +695,12 @@ pub async fn groups_referencing(c: &mut SqliteConnection, id: &SecurityGroupId) 
 }
 
 pub async fn delete_security_group(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     id: &SecurityGroupId,
 ) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM security_group_rules WHERE group_id = ?").bind(id.as_str()).execute(&mut *c).await?;
-    sqlx::query("DELETE FROM security_groups WHERE account_id = ? AND id = ?")
+    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(id.as_str()).execute(&mut *c).await?;
+    sqlx::query("DELETE FROM security_groups WHERE account_id = $1 AND id = $2")
         .bind(account.as_str())
         .bind(id.as_str())
         .execute(c)
@@ -591,7 +711,7 @@ pub async fn delete_security_group(
 /// Whether `account` owns a resource with this id, for the kinds that have tables so far.
 /// `None` when the kind has no table yet (it cannot exist).
 pub async fn owns(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     account: &AccountId,
     resource_type: &str,
     id: &str,
@@ -609,7 +729,7 @@ pub async fn owns(
         "snapshot" => "snapshots",
         "internet-gateway" => "internet_gateways",
         "image" => {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = ? AND owner_id = ?")
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = $1 AND owner_id = $2")
                 .bind(id)
                 .bind(account.as_str())
                 .fetch_one(c)
@@ -618,7 +738,7 @@ pub async fn owns(
         }
         _ => return Ok(None),
     };
-    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE id = ? AND account_id = ?"))
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE id = $1 AND account_id = $2"))
         .bind(id)
         .bind(account.as_str())
         .fetch_one(c)
@@ -628,7 +748,7 @@ pub async fn owns(
 
 // ---- images
 
-fn image_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Image> {
+fn image_from_row(r: &AnyRow) -> sqlx::Result<Image> {
     Ok(Image {
         id: ImageId::from_db(r.try_get("id")?),
         owner: AccountId::from_db(r.try_get("owner_id")?),
@@ -655,11 +775,11 @@ fn image_from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Image> {
     })
 }
 
-pub async fn insert_image(c: &mut SqliteConnection, i: &Image) -> sqlx::Result<()> {
+pub async fn insert_image(c: &mut AnyConnection, i: &Image) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO images (id, owner_id, owner_alias, name, description, architecture, root_device_name, root_snapshot_id,
          root_size_gb, disk_path, disk_format, kernel_path, initrd_path, cmdline, public, state, source_image_id, build_key, client_token, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
     )
     .bind(i.id.as_str())
     .bind(i.owner.as_str())
@@ -687,7 +807,7 @@ pub async fn insert_image(c: &mut SqliteConnection, i: &Image) -> sqlx::Result<(
 }
 
 /// Every image with its launch permissions (visibility is decided by the caller).
-pub async fn images(c: &mut SqliteConnection) -> sqlx::Result<Vec<Image>> {
+pub async fn images(c: &mut AnyConnection) -> sqlx::Result<Vec<Image>> {
     let rows = sqlx::query("SELECT * FROM images ORDER BY id").fetch_all(&mut *c).await?;
     let perms = sqlx::query("SELECT image_id, account_id FROM image_launch_permissions ORDER BY account_id")
         .fetch_all(c)
@@ -705,18 +825,18 @@ pub async fn images(c: &mut SqliteConnection) -> sqlx::Result<Vec<Image>> {
         .collect()
 }
 
-pub async fn set_image_public(c: &mut SqliteConnection, id: &ImageId, public: bool) -> sqlx::Result<()> {
-    sqlx::query("UPDATE images SET public = ? WHERE id = ?").bind(public as i64).bind(id.as_str()).execute(c).await?;
+pub async fn set_image_public(c: &mut AnyConnection, id: &ImageId, public: bool) -> sqlx::Result<()> {
+    sqlx::query("UPDATE images SET public = $1 WHERE id = $2").bind(public as i64).bind(id.as_str()).execute(c).await?;
     Ok(())
 }
 
-pub async fn set_image_description(c: &mut SqliteConnection, id: &ImageId, d: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE images SET description = ? WHERE id = ?").bind(d).bind(id.as_str()).execute(c).await?;
+pub async fn set_image_description(c: &mut AnyConnection, id: &ImageId, d: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE images SET description = $1 WHERE id = $2").bind(d).bind(id.as_str()).execute(c).await?;
     Ok(())
 }
 
-pub async fn add_launch_permission(c: &mut SqliteConnection, id: &ImageId, account: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT OR IGNORE INTO image_launch_permissions (image_id, account_id) VALUES (?, ?)")
+pub async fn add_launch_permission(c: &mut AnyConnection, id: &ImageId, account: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO image_launch_permissions (image_id, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(id.as_str())
         .bind(account)
         .execute(c)
@@ -724,8 +844,8 @@ pub async fn add_launch_permission(c: &mut SqliteConnection, id: &ImageId, accou
     Ok(())
 }
 
-pub async fn remove_launch_permission(c: &mut SqliteConnection, id: &ImageId, account: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = ? AND account_id = ?")
+pub async fn remove_launch_permission(c: &mut AnyConnection, id: &ImageId, account: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = $1 AND account_id = $2")
         .bind(id.as_str())
         .bind(account)
         .execute(c)
@@ -733,24 +853,45 @@ pub async fn remove_launch_permission(c: &mut SqliteConnection, id: &ImageId, ac
     Ok(())
 }
 
-pub async fn delete_image(c: &mut SqliteConnection, id: &ImageId) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = ?").bind(id.as_str()).execute(&mut *c).await?;
-    sqlx::query("DELETE FROM images WHERE id = ?").bind(id.as_str()).execute(c).await?;
+pub async fn delete_image(c: &mut AnyConnection, id: &ImageId) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM image_launch_permissions WHERE image_id = $1").bind(id.as_str()).execute(&mut *c).await?;
+    sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(c).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_migration_file_is_listed_in_order() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    fn sql_files(dir: &std::path::Path) -> Vec<String> {
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
         files.sort();
-        assert_eq!(files.len(), super::MIGRATIONS.len(), "{files:?}");
-        for (i, (version, _)) in super::MIGRATIONS.iter().enumerate() {
-            assert_eq!(*version, i as i64 + 1);
-            assert!(files[i].starts_with(&format!("{:04}_", version)), "{}", files[i]);
+        files
+    }
+
+    #[test]
+    fn every_migration_file_is_listed_in_order_for_both_backends() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let files = sql_files(&dir);
+        assert_eq!(files, sql_files(&dir.join("postgres")), "every SQLite migration has its PostgreSQL twin");
+        for migrations in [super::SQLITE_MIGRATIONS, super::POSTGRES_MIGRATIONS] {
+            assert_eq!(files.len(), migrations.len(), "{files:?}");
+            for (i, (version, _)) in migrations.iter().enumerate() {
+                assert_eq!(*version, i as i64 + 1);
+                assert!(files[i].starts_with(&format!("{:04}_", version)), "{}", files[i]);
+            }
         }
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            super::redacted("postgres://strato:s3cret@127.0.0.1:5432/db"),
+            "postgres://strato:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(super::redacted("postgres://strato@127.0.0.1/db"), "postgres://strato@127.0.0.1/db");
+        assert_eq!(super::redacted("sqlite:///var/lib/strato/strato.db"), "sqlite:///var/lib/strato/strato.db");
     }
 }

@@ -43,6 +43,75 @@ pub fn strato_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strato")
 }
 
+/// `strato --data-dir DIR` with this test's database (see `test_database`), image cache and
+/// quiet logs.
+pub fn strato(dir: &Path) -> Command {
+    let mut cmd = Command::new(strato_bin());
+    cmd.arg("--data-dir").arg(dir).env("STRATO_CACHE_DIR", cache_dir()).env("STRATO_LOG", "warn");
+    match test_database(dir) {
+        Some(url) => cmd.env("STRATO_DATABASE", url),
+        None => cmd.env_remove("STRATO_DATABASE"),
+    };
+    cmd
+}
+
+/// The PostgreSQL server the tests may use (`STRATO_TEST_POSTGRES`, a URL without a
+/// database, e.g. `postgres://strato:PASSWORD@127.0.0.1:5432`; `scripts/postgres` starts one).
+pub fn postgres_server() -> Option<String> {
+    std::env::var("STRATO_TEST_POSTGRES").ok().filter(|s| !s.is_empty())
+}
+
+/// With `STRATO_TEST_BACKEND=postgres`, every test cloud's control plane runs on a PostgreSQL
+/// database of its own on `postgres_server()`, made here on first use (its URL kept in the
+/// data dir, so a restarted server finds it again) and dropped with the cloud. Otherwise the
+/// SQLite file in the data dir, as in production by default.
+pub fn test_database(dir: &Path) -> Option<String> {
+    if std::env::var("STRATO_TEST_BACKEND").ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    let file = dir.join("test-database");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let url = new_postgres_database();
+    std::fs::write(&file, &url).expect("writing the test database's URL");
+    Some(url)
+}
+
+/// Makes an empty database on `postgres_server()` and returns its URL (drop it with
+/// `drop_postgres_database`).
+pub fn new_postgres_database() -> String {
+    let server =
+        postgres_server().expect("STRATO_TEST_POSTGRES is not set: scripts/test starts PostgreSQL and sets it");
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!("strato_test_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let server = server.trim_end_matches('/');
+    psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {name}"));
+    format!("{server}/{name}")
+}
+
+pub fn drop_postgres_database(url: &str) {
+    let Some((server, name)) = url.rsplit_once('/') else { return };
+    if name.starts_with("strato_test_") {
+        psql(&format!("{server}/postgres"), &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .output()
+        .expect("running psql (postgresql-client)");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Drops the database `test_database` made for this data dir, if any.
+fn drop_test_database(dir: &Path) {
+    if let Ok(url) = std::fs::read_to_string(dir.join("test-database")) {
+        drop_postgres_database(&url);
+    }
+}
+
 /// The public pool of a test data dir: its own /16 of 127.64.0.0/10 (distinct low 22 bits,
 /// so clouds running side by side never share a transit address), kept in the data dir so a
 /// restarted server gets the same one.
@@ -78,12 +147,8 @@ impl Cloud {
 
     fn start_in_with(dir: tempfile::TempDir, launch_snapshots: bool) -> Cloud {
         let pool = public_pool(dir.path());
-        let mut child = Command::new(strato_bin())
-            .args(["--data-dir"])
-            .arg(dir.path())
+        let mut child = strato(dir.path())
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("STRATO_CACHE_DIR", cache_dir())
-            .env("STRATO_LOG", "warn")
             .env("STRATO_LAUNCH_SNAPSHOTS", if launch_snapshots { "on" } else { "off" })
             .env("STRATO_PUBLIC_POOL", pool)
             .stdout(Stdio::piped())
@@ -112,14 +177,16 @@ impl Cloud {
     pub fn start_simulated() -> Cloud {
         let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
         let data = dir.path().to_owned();
+        let database = test_database(&data);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
-                let control =
-                    std::sync::Arc::new(strato::server::open_control(&data, "local-1").await.expect("control"));
+                let control = std::sync::Arc::new(
+                    strato::server::open_control(&data, database.as_deref(), "local-1").await.expect("control"),
+                );
                 strato::server::ensure_admin(&control).await.expect("admin");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
                 let addr = listener.local_addr().expect("addr");
@@ -200,13 +267,12 @@ impl Cloud {
 
     /// Runs `strato account create NAME` on this data dir; returns the profile name.
     pub fn create_account(&self, name: &str, read_only: bool) -> String {
-        let mut cmd = Command::new(strato_bin());
-        cmd.arg("--data-dir").arg(self.dir.path()).args(["account", "create", name]);
+        let mut cmd = strato(self.dir.path());
+        cmd.args(["account", "create", name]);
         if read_only {
             cmd.arg("--read-only");
         }
-        let out =
-            cmd.env("STRATO_LOG", "warn").env("STRATO_CACHE_DIR", cache_dir()).output().expect("strato account create");
+        let out = cmd.output().expect("strato account create");
         assert!(out.status.success(), "account create failed: {}", String::from_utf8_lossy(&out.stderr));
         name.to_owned()
     }
@@ -273,6 +339,7 @@ impl Cloud {
             .env("STRATO_ENDPOINT", &self.endpoint)
             .env("STRATO_BIN", strato_bin())
             .env("STRATO_DATA_DIR", self.dir.path())
+            .env("STRATO_DATABASE", test_database(self.dir.path()).unwrap_or_default())
             .output()
             .expect("running python");
         assert!(
@@ -295,9 +362,7 @@ impl Cloud {
 
     /// `strato bill --account ACCOUNT --json` on this data dir.
     pub fn bill(&self, account: &str) -> Value {
-        let out = Command::new(strato_bin())
-            .arg("--data-dir")
-            .arg(self.dir.path())
+        let out = strato(self.dir.path())
             .args(["bill", "--account", account, "--json"])
             .env("STRATO_LOG", "warn")
             .output()
@@ -339,12 +404,8 @@ impl Drop for Cloud {
         self.kill();
         // VMs are daemonized QEMUs and networks outlive the server by design: `strato down`
         // ends the VMs this test started (by pid) and removes its namespaces and rules.
-        let _ = Command::new(strato_bin())
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .arg("down")
-            .stdout(Stdio::null())
-            .status();
+        let _ = strato(self.dir.path()).arg("down").stdout(Stdio::null()).status();
+        drop_test_database(self.dir.path());
     }
 }
 
