@@ -491,9 +491,14 @@ impl BenchCloud {
         let server_task = tokio::spawn(crate::api::serve(listener, state, async {
             let _ = rx.await;
         }));
-        let mut agent = crate::agent::Agent::new(control.clone(), dir)?;
+        let spec = crate::control::hosts::HostSpec::this_machine(None, 64.0, control.memory_overcommit);
+        let host = server::register_host(&control, dir, &spec).await?;
+        let mut agent = crate::agent::Agent::new(control.clone(), dir, host.clone())?;
         agent.snapshots.enabled = launch_snapshots;
-        let agent_task = tokio::spawn(agent.run());
+        let heartbeats = crate::agent::Agent::heartbeats(control.clone(), host);
+        let agent_task = tokio::spawn(async move {
+            tokio::join!(agent.run(), heartbeats);
+        });
         let region = control.region.name.clone();
         let mut stream = TcpStream::connect(&addr).await?;
         stream.set_nodelay(true)?;

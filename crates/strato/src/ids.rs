@@ -129,6 +129,9 @@ resource_id!(
     /// `igw-...`
     InternetGatewayId, "igw", "InvalidInternetGatewayID.Malformed");
 resource_id!(
+    /// `h-...`, a host that runs instances (EC2 uses the prefix for Dedicated Hosts).
+    HostId, "h", "InvalidHostID.Malformed");
+resource_id!(
     /// `dopt-...`
     DhcpOptionsId, "dopt", "InvalidDhcpOptionID.Malformed");
 

@@ -53,6 +53,14 @@ enum Command {
         /// (a restored minimal instance of 512 MiB costs the host about 70-90 MiB).
         #[arg(long, env = "STRATO_MEMORY_OVERCOMMIT", default_value_t = strato::control::instances::MEMORY_OVERCOMMIT)]
         memory_overcommit: f64,
+        /// How many guest vCPUs the host promises per core: RunInstances places no more.
+        #[arg(long, env = "STRATO_VCPU_OVERCOMMIT", default_value_t = strato::control::hosts::VCPU_OVERCOMMIT)]
+        vcpu_overcommit: f64,
+        /// The availability zone this machine serves (e.g. local-1b); by default every zone
+        /// of the region, so that one machine is a whole cloud. A zone no live host serves
+        /// is not `available`.
+        #[arg(long, env = "STRATO_AZ")]
+        az: Option<String>,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -62,6 +70,11 @@ enum Command {
     Account {
         #[command(subcommand)]
         command: AccountCommand,
+    },
+    /// The hosts that run instances: each `strato serve` registers its machine as one.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
     },
     /// Measure the system.
     Bench {
@@ -165,6 +178,12 @@ enum AccountCommand {
 }
 
 #[derive(Subcommand)]
+enum HostCommand {
+    /// List hosts: zone, capacity, up or down (by their heartbeats), instances placed there.
+    List,
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Launches a minimal image in rounds of COUNT instances at once, first booting cold,
     /// then restored from the launch snapshot: RunInstances to SSH login per instance and
@@ -244,11 +263,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen, no_image_build, public_pool, memory_overcommit } => {
+        Command::Serve { listen, no_image_build, public_pool, memory_overcommit, vcpu_overcommit, az } => {
             let pool = strato::net::parse_public_pool(&public_pool)?;
             anyhow::ensure!(
                 memory_overcommit.is_finite() && (0.1..=100.0).contains(&memory_overcommit),
                 "--memory-overcommit must be between 0.1 and 100"
+            );
+            anyhow::ensure!(
+                vcpu_overcommit.is_finite() && (0.1..=1000.0).contains(&vcpu_overcommit),
+                "--vcpu-overcommit must be between 0.1 and 1000"
             );
             server::serve(server::ServeOptions {
                 data_dir: &cli.data_dir,
@@ -259,6 +282,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 build_images: !no_image_build,
                 public_pool: pool,
                 memory_overcommit,
+                vcpu_overcommit,
+                zone: az,
             })
             .await
         }
@@ -315,6 +340,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
             control.set_vcpu_quota(&name, vcpus).await.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
             println!("Account {name} may now run {vcpus} vCPUs at once.");
+            Ok(())
+        }
+        Command::Host { command: HostCommand::List } => {
+            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let live = control.live_instances().await?;
+            println!(
+                "{:<19} {:<16} {:<11} {:>5} {:>9} {:<5} {:>9} {:>9}",
+                "HOST", "NAME", "ZONE", "VCPUS", "MEMORY", "STATE", "HEARTBEAT", "INSTANCES"
+            );
+            for h in control.hosts().await? {
+                let on: Vec<_> = live.iter().filter(|i| i.host_id.as_deref() == Some(h.id.as_str())).collect();
+                let age = (chrono::Utc::now() - h.heartbeat_at).num_milliseconds() as f64 / 1000.0;
+                println!(
+                    "{:<19} {:<16} {:<11} {:>5} {:>5} MiB {:<5} {:>7.1} s {:>9}",
+                    h.id,
+                    h.name,
+                    h.zone.as_deref().unwrap_or("all"),
+                    h.vcpus,
+                    h.memory_mib,
+                    if control.host_live(&h) { "up" } else { "down" },
+                    age,
+                    on.len()
+                );
+            }
             Ok(())
         }
         Command::Account { command: AccountCommand::List } => {

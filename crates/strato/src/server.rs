@@ -126,12 +126,48 @@ pub struct ServeOptions<'a> {
     pub build_images: bool,
     pub public_pool: crate::control::cidr::Ipv4Cidr,
     pub memory_overcommit: f64,
+    pub vcpu_overcommit: f64,
+    /// `--az`: the one zone this machine serves; `None` for every zone of the region.
+    pub zone: Option<String>,
+}
+
+/// Registers this data dir's host (its id kept in `DATA_DIR/host-id`, so a restart is the
+/// same host) and returns its id.
+pub async fn register_host(
+    control: &Control,
+    data_dir: &Path,
+    spec: &crate::control::hosts::HostSpec,
+) -> anyhow::Result<crate::ids::HostId> {
+    let file = data_dir.join("host-id");
+    let known = match std::fs::read_to_string(&file) {
+        Ok(s) => Some(crate::ids::HostId::parse(s.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
+    };
+    let id = control.register_host(known.clone(), spec).await?;
+    if known.is_none() {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{id}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(id)
 }
 
 /// Runs the API until SIGINT or SIGTERM. With `build_images`, first builds the minimal
 /// image if the cache lacks it and registers it (a failure is logged, not fatal).
 pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
-    let ServeOptions { data_dir, cache, listen, database, region, build_images, public_pool, memory_overcommit } = opts;
+    let ServeOptions {
+        data_dir,
+        cache,
+        listen,
+        database,
+        region,
+        build_images,
+        public_pool,
+        memory_overcommit,
+        vcpu_overcommit,
+        zone,
+    } = opts;
     let mut control = open_control(data_dir, database, region).await?;
     control.public_pool = public_pool;
     control.memory_overcommit = memory_overcommit;
@@ -152,9 +188,17 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     }
     let admin = ensure_admin(&control).await?;
     let config = write_aws_config(&control, data_dir).await?;
+    let spec = crate::control::hosts::HostSpec::this_machine(zone.clone(), vcpu_overcommit, memory_overcommit);
+    let host = register_host(&control, data_dir, &spec).await?;
     println!(
         "Strato is serving the EC2 API at {endpoint} (region {region}, zones {}).",
         control.region.zones.join(", ")
+    );
+    println!(
+        "This machine is host {host} ({} vCPUs, {} MiB), serving {}.",
+        spec.vcpus,
+        spec.memory_mib,
+        zone.as_deref().unwrap_or("every zone")
     );
     println!("Admin account {} ({}). Use it with the AWS CLI:", admin.account_id, admin.account_name);
     println!("  export AWS_CONFIG_FILE={} AWS_PROFILE={ADMIN_PROFILE}", config.display());
@@ -162,12 +206,14 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     tracing::info!(%endpoint, data_dir = %data_dir.display(), "serving");
     let control = Arc::new(control);
-    let agent = crate::agent::Agent::new(control.clone(), data_dir)?;
+    let agent = crate::agent::Agent::new(control.clone(), data_dir, host.clone())?;
     let agent_task = tokio::spawn(agent.run());
+    let heartbeats = tokio::spawn(crate::agent::Agent::heartbeats(control.clone(), host));
     let state = Arc::new(ApiState { control: control.clone() });
     api::serve(listener, state, shutdown_signal()).await?;
     // VMs keep running: they are daemonized QEMUs the next start adopts.
     agent_task.abort();
+    heartbeats.abort();
     control.store().close().await;
     tracing::info!("stopped");
     Ok(())

@@ -18,6 +18,15 @@ fn region_zones_attributes_and_instance_types() {
     let names: Vec<&str> = z["AvailabilityZones"].as_array().unwrap().iter().map(|z| s(&z["ZoneName"])).collect();
     assert_eq!(names, ["local-1a", "local-1b", "local-1c"]);
     assert!(z["AvailabilityZones"].as_array().unwrap().iter().all(|z| z["State"] == "available"));
+    // They are available because this machine is a host serving them all.
+    let out = common::strato(cloud.dir.path()).args(["host", "list"]).output().expect("strato host list");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hosts: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(hosts.len(), 1, "{text}");
+    assert!(hosts[0][0].starts_with("h-") && hosts[0][2] == "all" && hosts[0][6] == "up", "{text}");
+    let id = std::fs::read_to_string(cloud.dir.path().join("host-id")).expect("host-id");
+    assert_eq!(id.trim(), hosts[0][0]);
     let z = cloud.aws(&["ec2", "describe-availability-zones", "--filters", "Name=zone-name,Values=*b"]);
     assert_eq!(z["AvailabilityZones"].as_array().unwrap().len(), 1);
     assert_eq!(

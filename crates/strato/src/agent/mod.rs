@@ -62,11 +62,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::control::hosts::Duties;
 use crate::control::instance_state::{Event, InstanceState};
 use crate::control::instances::Instance;
 use crate::control::volumes::{Volume, MAX_ATTACHED};
 use crate::control::Control;
 use crate::hypervisor::{detect_accel, ec2_uuid, Accel, Vm, VmSpec, VolumeDisk};
+use crate::ids::HostId;
 use crate::metadata::{InstanceMetadata, StdioConfig};
 use crate::net::{self, Network, Site};
 
@@ -78,6 +80,8 @@ pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     control: Arc<Control>,
+    /// The host this agent runs (registered by `register_host`).
+    host: HostId,
     instances_dir: PathBuf,
     accel: Accel,
     net: Network,
@@ -101,7 +105,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(control: Arc<Control>, data_dir: &Path) -> anyhow::Result<Agent> {
+    pub fn new(control: Arc<Control>, data_dir: &Path, host: HostId) -> anyhow::Result<Agent> {
         let (accel, why) = detect_accel();
         tracing::info!(accel = ?accel, reason = %why, "agent accelerator");
         let key_path = data_dir.join("metadata-token.key");
@@ -115,6 +119,7 @@ impl Agent {
         };
         Ok(Agent {
             control,
+            host,
             instances_dir: data_dir.join("instances"),
             accel,
             net: Network::new(Site::new(data_dir), net::imds::Imds::default()),
@@ -149,12 +154,23 @@ impl Agent {
         }
     }
 
+    /// Heartbeats for `host` (every `Control::heartbeat_interval`), until aborted.
+    pub async fn heartbeats(control: Arc<Control>, host: HostId) {
+        loop {
+            if let Err(e) = control.heartbeat(&host).await {
+                tracing::warn!(host_id = %host, error = format!("{e:#}"), "heartbeat failed");
+            }
+            tokio::time::sleep(control.heartbeat_interval()).await;
+        }
+    }
+
     pub fn run_dir(&self, id: &str) -> PathBuf {
         self.instances_dir.join(id)
     }
 
     pub async fn reconcile_once(&mut self) -> anyhow::Result<()> {
-        let live = self.control.live_instances().await?;
+        let duties = self.control.duties(&self.host).await?;
+        let live = duties.instances.clone();
         let on_host: Vec<Instance> = live
             .iter()
             .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running | InstanceState::Stopping))
@@ -190,15 +206,15 @@ impl Agent {
         // Read again: the instances' passes may have changed volumes (a termination
         // detaches them), and this pass should act on that at once.
         let volumes = self.control.all_volumes().await?;
-        for v in &volumes {
+        for v in volumes.iter().filter(|v| duties.volume(&v.availability_zone, v.instance_id.as_deref())) {
             if let Err(e) = self.reconcile_volume(v, &live).await {
                 tracing::warn!(volume_id = %v.id, error = format!("{e:#}"), "volume reconcile failed");
             }
         }
-        self.reconcile_snapshots(&volumes, &live).await?;
+        self.reconcile_snapshots(&volumes, &live, &duties).await?;
         for m in self.control.modifying_volumes().await? {
             let Some(v) = volumes.iter().find(|v| v.id.as_str() == m.volume_id) else { continue };
-            if v.state == "creating" {
+            if v.state == "creating" || !duties.volume(&v.availability_zone, v.instance_id.as_deref()) {
                 continue;
             }
             let disk = self.volume_disk(v);
@@ -233,9 +249,19 @@ impl Agent {
         self.snapshots_dir.join(format!("{id}.qcow2"))
     }
 
-    async fn reconcile_snapshots(&mut self, volumes: &[Volume], live: &[Instance]) -> anyhow::Result<()> {
+    async fn reconcile_snapshots(
+        &mut self,
+        volumes: &[Volume],
+        live: &[Instance],
+        duties: &Duties,
+    ) -> anyhow::Result<()> {
         let snapshots = self.control.all_snapshots().await?;
-        for s in snapshots.iter().filter(|s| s.state == "pending") {
+        let mine =
+            |s: &&crate::control::snapshots::Snapshot| match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
+                Some(v) if s.source_snapshot.is_none() => duties.volume(&v.availability_zone, v.instance_id.as_deref()),
+                _ => duties.region_worker,
+            };
+        for s in snapshots.iter().filter(|s| s.state == "pending").filter(mine) {
             std::fs::create_dir_all(&self.snapshots_dir)?;
             let target = self.snapshot_path(s.id.as_str());
             let tmp = target.with_extension("tmp");
@@ -271,7 +297,10 @@ impl Agent {
                 }
             }
         }
-        // Files of deleted snapshots.
+        // Files of deleted snapshots (one host removes them: the directory may be shared).
+        if !duties.region_worker {
+            return Ok(());
+        }
         if let Ok(entries) = std::fs::read_dir(&self.snapshots_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();

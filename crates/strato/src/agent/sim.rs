@@ -5,20 +5,38 @@
 
 use std::sync::Arc;
 
+use crate::control::hosts::HostSpec;
 use crate::control::instance_state::{Event, InstanceState};
 use crate::control::Control;
+use crate::ids::HostId;
 
 pub struct SimAgent {
     control: Arc<Control>,
+    host: HostId,
 }
 
 impl SimAgent {
-    pub fn new(control: Arc<Control>) -> SimAgent {
-        SimAgent { control }
+    /// Registers a simulated host (any capacity, any zone: nothing runs) and returns its
+    /// agent; it heartbeats while `run` runs.
+    pub async fn register(control: Arc<Control>, spec: &HostSpec) -> anyhow::Result<SimAgent> {
+        let host = control.register_host(None, spec).await?;
+        Ok(SimAgent { control, host })
+    }
+
+    /// A simulated host serving every zone with this machine's memory (times the control
+    /// plane's overcommit) and no vCPU limit (the account quotas are what these tests check).
+    pub async fn new(control: Arc<Control>) -> anyhow::Result<SimAgent> {
+        let spec = HostSpec::this_machine(None, 1000.0, control.memory_overcommit);
+        Self::register(control, &spec).await
+    }
+
+    pub fn host(&self) -> &HostId {
+        &self.host
     }
 
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
-        for i in self.control.live_instances().await? {
+        let duties = self.control.duties(&self.host).await?;
+        for i in duties.instances.iter().cloned() {
             match i.state {
                 InstanceState::Pending => {
                     self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
@@ -43,7 +61,8 @@ impl SimAgent {
             }
         }
         // Volumes: every wanted change is done at once (no files, no VMs).
-        for v in self.control.all_volumes().await? {
+        let volumes = self.control.all_volumes().await?;
+        for v in volumes.iter().filter(|v| duties.volume(&v.availability_zone, v.instance_id.as_deref())) {
             match (v.state.as_str(), v.attach_state.as_deref()) {
                 ("creating", _) => self.control.volume_created(&v.id).await?,
                 ("deleting", _) => self.control.volume_deleted(&v.id).await?,
@@ -52,11 +71,18 @@ impl SimAgent {
                 _ => {}
             }
         }
+        let of_volume = |id: &str| match volumes.iter().find(|v| v.id.as_str() == id) {
+            Some(v) => duties.volume(&v.availability_zone, v.instance_id.as_deref()),
+            None => duties.region_worker,
+        };
         for m in self.control.modifying_volumes().await? {
-            self.control.volume_modified(&m.volume_id, true).await?;
+            if of_volume(&m.volume_id) {
+                self.control.volume_modified(&m.volume_id, true).await?;
+            }
         }
         for s in self.control.all_snapshots().await? {
-            if s.state == "pending" {
+            let source = if s.source_snapshot.is_some() { "" } else { s.volume_id.as_str() };
+            if s.state == "pending" && of_volume(source) {
                 self.control.snapshot_done(&s.id, true).await?;
             }
         }
@@ -64,7 +90,14 @@ impl SimAgent {
     }
 
     pub async fn run(self) {
+        let mut beat = std::time::Instant::now();
         loop {
+            if beat.elapsed() >= self.control.heartbeat_interval() {
+                if let Err(e) = self.control.heartbeat(&self.host).await {
+                    tracing::warn!(error = format!("{e:#}"), "simulated host heartbeat failed");
+                }
+                beat = std::time::Instant::now();
+            }
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = format!("{e:#}"), "simulated agent pass failed");
             }

@@ -84,7 +84,7 @@ impl Action for DescribeAvailabilityZones {
         Ok(DescribeAvailabilityZones { names: p.list("ZoneName")?, ids: p.list("ZoneId")?, filters: p.filters()? })
     }
     async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
-        let zones = ctx.control.describe_zones(&self.names, &self.ids, &self.filters)?;
+        let zones = ctx.control.describe_zones(&self.names, &self.ids, &self.filters).await?;
         x.list("availabilityZoneInfo", zones, |x, z| {
             x.field("zoneName", &z.name)
                 .field("zoneId", &z.id)
@@ -94,7 +94,9 @@ impl Action for DescribeAvailabilityZones {
                 .field("networkBorderGroup", &z.region)
                 .field("optInStatus", "opt-in-not-required")
                 .field("zoneType", "availability-zone")
-                .list("messageSet", Vec::<()>::new(), |_, _| {});
+                .list("messageSet", z.message.iter(), |x, m| {
+                    x.field("message", m);
+                });
         });
         Ok(())
     }
@@ -1600,8 +1602,21 @@ impl Action for DescribeInstanceStatus {
             .control
             .describe_instances(&ctx.caller, &self.ids, &state_filters, self.page.max, self.page.token.as_deref())
             .await?;
+        // A running instance whose host stopped heartbeating: the system check fails, and
+        // nothing is known of the guest.
+        let down: std::collections::HashSet<String> = ctx
+            .control
+            .hosts()
+            .await?
+            .into_iter()
+            .filter(|h| !ctx.control.host_live(h))
+            .map(|h| h.id.to_string())
+            .collect();
         let checks = |i: &Instance| -> (&'static str, &'static str) {
             match i.state {
+                InstanceState::Running if i.host_id.as_ref().is_some_and(|h| down.contains(h)) => {
+                    ("insufficient-data", "impaired")
+                }
                 InstanceState::Running if i.status_ok => ("ok", "ok"),
                 InstanceState::Running => ("initializing", "ok"),
                 _ => ("not-applicable", "not-applicable"),
@@ -1627,6 +1642,8 @@ impl Action for DescribeInstanceStatus {
                     let detail = match s {
                         "ok" => "passed",
                         "initializing" => "initializing",
+                        "impaired" => "failed",
+                        "insufficient-data" => "insufficient-data",
                         _ => "not-applicable",
                     };
                     x.field("name", "reachability").field("status", detail);

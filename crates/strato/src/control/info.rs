@@ -40,7 +40,11 @@ pub struct ZoneView {
     pub name: String,
     pub id: String,
     pub region: String,
+    /// `available` while a live host serves it; `impaired` when its hosts are all down,
+    /// `unavailable` when no host serves it.
     pub state: String,
+    /// Why it is not available.
+    pub message: Option<String>,
 }
 
 impl Filterable for ZoneView {
@@ -120,17 +124,34 @@ impl Control {
         Ok([r].into_iter().filter(|r| filter::matches(r, filters)).collect())
     }
 
-    pub fn describe_zones(&self, names: &[String], ids: &[String], filters: &[Filter]) -> ApiResult<Vec<ZoneView>> {
+    pub async fn describe_zones(
+        &self,
+        names: &[String],
+        ids: &[String],
+        filters: &[Filter],
+    ) -> ApiResult<Vec<ZoneView>> {
         filter::check_filters::<ZoneView>(filters)?;
+        let hosts = self.hosts().await?;
         let zones: Vec<ZoneView> = self
             .region
             .zones
             .iter()
-            .map(|z| ZoneView {
-                name: z.clone(),
-                id: self.region.zone_id(z).unwrap_or_default(),
-                region: self.region.name.clone(),
-                state: "available".into(),
+            .map(|z| {
+                let serving: Vec<_> = hosts.iter().filter(|h| h.serves(z)).collect();
+                let (state, message) = if serving.iter().any(|h| self.host_live(h)) {
+                    ("available", None)
+                } else if serving.is_empty() {
+                    ("unavailable", Some("No host serves this zone.".to_owned()))
+                } else {
+                    ("impaired", Some(format!("All {} hosts of this zone are down.", serving.len())))
+                };
+                ZoneView {
+                    name: z.clone(),
+                    id: self.region.zone_id(z).unwrap_or_default(),
+                    region: self.region.name.clone(),
+                    state: state.into(),
+                    message,
+                }
             })
             .collect();
         for n in names {

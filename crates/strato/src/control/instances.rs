@@ -102,6 +102,8 @@ pub struct Instance {
     /// It gets a public address from the pool at each start (AssociatePublicIpAddress, or
     /// the subnet's MapPublicIpOnLaunch at launch).
     pub wants_public_ip: bool,
+    /// The host the scheduler placed it on (`None` only for instances from before hosts).
+    pub host_id: Option<String>,
 }
 
 impl Filterable for Instance {
@@ -251,19 +253,6 @@ pub fn allocate_public_ip(
         })?;
     taken.insert(ip.clone());
     Ok(ip)
-}
-
-fn host_memory_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok())
-        })
-        .map(|kib| kib / 1024)
-        .unwrap_or(0)
 }
 
 impl Control {
@@ -463,14 +452,21 @@ impl Control {
             .map(vcpus_of)
             .sum();
         let room_vcpus = quota.saturating_sub(used_vcpus) / itype.vcpus;
-        let used_mem: u64 = live
-            .iter()
-            .filter(|i| i.state.wants_vm() || i.state == InstanceState::Stopping)
-            .filter_map(|i| self.catalogue.get(&i.instance_type))
-            .map(|t| t.memory_mib)
-            .sum();
-        let capacity = (host_memory_mib() as f64 * self.memory_overcommit) as u64;
-        let room_mem = capacity.saturating_sub(used_mem) / itype.memory_mib;
+        let hosts = super::hosts::all(c).await?;
+        let placements = super::hosts::place(
+            &hosts,
+            &live,
+            &self.catalogue,
+            Utc::now(),
+            self.host_timeout,
+            &super::hosts::Demand {
+                zone: &subnet.availability_zone,
+                account: &caller.account_id,
+                itype: &itype,
+                count: r.max_count.min(room_vcpus as i64).max(0) as usize,
+            },
+        );
+        let room_mem = placements.len();
         if (room_vcpus as i64) < r.min_count {
             return Err(ApiError::LimitExceeded {
                 code: "VcpuLimitExceeded",
@@ -566,6 +562,7 @@ impl Control {
                 tags: tags.clone(),
                 public_ip,
                 wants_public_ip: wants_public,
+                host_id: placements.get(n as usize).map(|h| h.to_string()),
                 block_devices: Vec::new(),
             };
             db::insert(c, &i).await?;
@@ -693,7 +690,45 @@ impl Control {
                 message: format!("Starting these instances would exceed your vCPU limit of {quota}."),
             });
         }
+        self.place_for_start(&list).await?;
         self.change(caller, ids, Event::Start, "started", "User initiated").await
+    }
+
+    /// Each stopped instance of `list` stays on its host when that host is live and has room
+    /// for it, and moves to another of its zone otherwise; `InsufficientInstanceCapacity`
+    /// (nothing changed) when one fits nowhere.
+    async fn place_for_start(&self, list: &[Instance]) -> ApiResult<()> {
+        use super::hosts::{place, Demand};
+        let mut tx = self.store().begin_write().await?;
+        let hosts = super::hosts::all(tx.conn()).await?;
+        let mut live = db::live(tx.conn()).await?;
+        let now = Utc::now();
+        for i in list.iter().filter(|i| i.state == InstanceState::Stopped) {
+            let Some(itype) = self.catalogue.get(&i.instance_type) else { continue };
+            let demand = Demand { zone: &i.availability_zone, account: &i.owner, itype, count: 1 };
+            let own: Vec<super::hosts::Host> =
+                hosts.iter().filter(|h| i.host_id.as_deref() == Some(h.id.as_str())).cloned().collect();
+            let mut chosen = place(&own, &live, &self.catalogue, now, self.host_timeout, &demand);
+            if chosen.is_empty() {
+                chosen = place(&hosts, &live, &self.catalogue, now, self.host_timeout, &demand);
+            }
+            let Some(host) = chosen.pop() else {
+                return Err(ApiError::InsufficientInstanceCapacity(format!(
+                    "We currently do not have sufficient {} capacity in the Availability Zone you requested ({}).",
+                    i.instance_type, i.availability_zone
+                )));
+            };
+            if i.host_id.as_deref() != Some(host.as_str()) {
+                db::set_host(tx.conn(), &i.id, host.as_str()).await?;
+            }
+            // Counted where it goes, for the next ones.
+            if let Some(x) = live.iter_mut().find(|x| x.id == i.id) {
+                x.host_id = Some(host.to_string());
+                x.state = InstanceState::Pending;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn stop_instances(&self, caller: &Caller, ids: &[String], force: bool) -> ApiResult<Vec<StateChange>> {

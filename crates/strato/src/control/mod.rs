@@ -12,6 +12,7 @@ pub mod billing;
 pub mod cidr;
 pub mod filter;
 pub mod gateways;
+pub mod hosts;
 pub mod images;
 pub mod info;
 pub mod instance_state;
@@ -52,8 +53,10 @@ pub struct Control {
     pub agent_wake: tokio::sync::Notify,
     /// Where public addresses come from (a loopback block on a single host).
     pub public_pool: cidr::Ipv4Cidr,
-    /// Guest memory the host promises, relative to its RAM.
+    /// Guest memory the in-process agent's host promises, relative to its RAM.
     pub memory_overcommit: f64,
+    /// A host whose last heartbeat is older than this is down.
+    pub host_timeout: std::time::Duration,
 }
 
 /// An access key pair, as handed to a user once.
@@ -93,6 +96,7 @@ impl Control {
             public_pool: cidr::Ipv4Cidr::parse(crate::net::DEFAULT_PUBLIC_POOL, true)
                 .ok_or_else(|| anyhow::anyhow!("the default public pool does not parse"))?,
             memory_overcommit: instances::MEMORY_OVERCOMMIT,
+            host_timeout: hosts::HOST_TIMEOUT,
         })
     }
 

@@ -45,6 +45,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Instance> {
         generation: r.try_get("generation")?,
         public_ip: r.try_get("public_ip")?,
         wants_public_ip: r.try_get::<i64, _>("wants_public_ip")? != 0,
+        host_id: r.try_get("host_id")?,
         tags: Vec::new(),
         block_devices: Vec::new(),
     })
@@ -55,8 +56,8 @@ pub async fn insert(c: &mut AnyConnection, i: &Instance) -> sqlx::Result<()> {
         "INSERT INTO instances (id, account_id, reservation_id, launch_index, image_id, instance_type, state, state_reason_code,
          state_reason, transition_reason, key_name, public_key, subnet_id, vpc_id, availability_zone, private_ip, security_groups,
          user_data, root_volume_id, root_size_gb, delete_on_termination, disable_api_termination, shutdown_behavior,
-         tokens_required, client_token, request_hash, launch_time, state_changed_at, generation, public_ip, wants_public_ip)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, 0, $29, $30)",
+         tokens_required, client_token, request_hash, launch_time, state_changed_at, generation, public_ip, wants_public_ip, host_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, 0, $29, $30, $31)",
     )
     .bind(i.id.as_str())
     .bind(i.owner.as_str())
@@ -88,6 +89,7 @@ pub async fn insert(c: &mut AnyConnection, i: &Instance) -> sqlx::Result<()> {
     .bind(ts(&i.state_changed_at))
     .bind(&i.public_ip)
     .bind(i.wants_public_ip as i64)
+    .bind(i.host_id.as_deref())
     .execute(c)
     .await?;
     Ok(())
@@ -209,5 +211,10 @@ pub async fn public_ips_in_use(c: &mut AnyConnection) -> sqlx::Result<std::colle
 
 pub async fn set_public_ip(c: &mut AnyConnection, id: &InstanceId, ip: Option<&str>) -> sqlx::Result<()> {
     sqlx::query("UPDATE instances SET public_ip = $1 WHERE id = $2").bind(ip).bind(id.as_str()).execute(c).await?;
+    Ok(())
+}
+
+pub async fn set_host(c: &mut AnyConnection, id: &InstanceId, host: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE instances SET host_id = $1 WHERE id = $2").bind(host).bind(id.as_str()).execute(c).await?;
     Ok(())
 }

@@ -12,10 +12,21 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// A simulated host: the zone it serves (`None`: every zone), its cores and RAM (no
+/// overcommit: placement fills it exactly).
+#[derive(Clone, Copy)]
+pub struct SimHost {
+    pub zone: Option<&'static str>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
 pub struct Cloud {
     child: Option<Child>,
     /// For an in-process server with the simulated agent: its stop signal and thread.
     sim: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// For simulated hosts: stops the n-th.
+    sim_hosts: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     pub addr: String,
@@ -169,24 +180,35 @@ impl Cloud {
         std::thread::spawn(move || for _ in lines {});
         let endpoint = endpoint.expect("strato serve did not print its endpoint");
         let addr = endpoint.trim_start_matches("http://").to_owned();
-        Cloud { child: Some(child), sim: None, dir, endpoint, addr }
+        Cloud { child: Some(child), sim: None, sim_hosts: None, dir, endpoint, addr }
     }
 
     /// The control plane and API in this process with the simulated agent (no VMs), for
-    /// fast control-plane tests through the real AWS CLI.
+    /// fast control-plane tests through the real AWS CLI: one simulated host serving every
+    /// zone with this machine's capacity.
     pub fn start_simulated() -> Cloud {
+        Self::start_simulated_hosts(&[], strato::control::hosts::HOST_TIMEOUT)
+    }
+
+    /// Like `start_simulated`, with these simulated hosts instead (`SimHost`; none: one host
+    /// serving every zone), a host being down once its heartbeats are `host_timeout` old.
+    /// `stop_host(n)` stops the n-th host's agent and heartbeats, as if the machine died.
+    pub fn start_simulated_hosts(hosts: &[SimHost], host_timeout: Duration) -> Cloud {
+        let hosts = hosts.to_vec();
         let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
         let data = dir.path().to_owned();
         let database = test_database(&data);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (kill_tx, mut kill_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
         let thread = std::thread::spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
-                let control = std::sync::Arc::new(
-                    strato::server::open_control(&data, database.as_deref(), "local-1").await.expect("control"),
-                );
+                let mut control =
+                    strato::server::open_control(&data, database.as_deref(), "local-1").await.expect("control");
+                control.host_timeout = host_timeout;
+                let control = std::sync::Arc::new(control);
                 strato::server::ensure_admin(&control).await.expect("admin");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
                 let addr = listener.local_addr().expect("addr");
@@ -198,7 +220,32 @@ impl Cloud {
                 strato::server::write_aws_config(&control, &data).await.expect("aws-config");
                 let _ = strato::server::build_and_register(&control, &cache_dir(), strato::image::Kind::Minimal, false)
                     .await;
-                let agent = tokio::spawn(strato::agent::sim::SimAgent::new(control.clone()).run());
+                let mut agents = Vec::new();
+                if hosts.is_empty() {
+                    let agent = strato::agent::sim::SimAgent::new(control.clone()).await.expect("simulated host");
+                    agents.push(tokio::spawn(agent.run()));
+                }
+                for (n, h) in hosts.iter().enumerate() {
+                    let spec = strato::control::hosts::HostSpec {
+                        name: format!("sim{n}"),
+                        zone: h.zone.map(str::to_owned),
+                        vcpus: h.vcpus,
+                        memory_mib: h.memory_mib,
+                        vcpu_overcommit: 1.0,
+                        memory_overcommit: 1.0,
+                    };
+                    let agent =
+                        strato::agent::sim::SimAgent::register(control.clone(), &spec).await.expect("simulated host");
+                    agents.push(tokio::spawn(agent.run()));
+                }
+                let handles: Vec<tokio::task::AbortHandle> = agents.iter().map(|a| a.abort_handle()).collect();
+                tokio::spawn(async move {
+                    while let Some(n) = kill_rx.recv().await {
+                        if let Some(h) = handles.get(n) {
+                            h.abort();
+                        }
+                    }
+                });
                 addr_tx.send(addr).expect("send addr");
                 let state = std::sync::Arc::new(strato::api::ApiState { control });
                 strato::api::serve(listener, state, async {
@@ -206,11 +253,25 @@ impl Cloud {
                 })
                 .await
                 .expect("serve");
-                agent.abort();
+                for a in agents {
+                    a.abort();
+                }
             });
         });
         let addr = addr_rx.recv().expect("in-process server started").to_string();
-        Cloud { child: None, sim: Some((stop_tx, thread)), endpoint: format!("http://{addr}"), addr, dir }
+        Cloud {
+            child: None,
+            sim: Some((stop_tx, thread)),
+            sim_hosts: Some(kill_tx),
+            endpoint: format!("http://{addr}"),
+            addr,
+            dir,
+        }
+    }
+
+    /// Stops the n-th simulated host (of `start_simulated_hosts`): its agent and heartbeats.
+    pub fn stop_host(&self, n: usize) {
+        self.sim_hosts.as_ref().expect("a cloud with simulated hosts").send(n).expect("the cloud runs");
     }
 
     /// Kills the server at once (SIGKILL, as a crash would); VMs keep running.

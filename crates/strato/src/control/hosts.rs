@@ -1,0 +1,342 @@
+//! Hosts and placement. A host is a machine that runs instances: every `strato serve` runs an
+//! agent in-process, which registers this machine as a host (its id kept in
+//! `DATA_DIR/host-id`), reports its capacity (vCPUs, memory, the overcommit it allows) and
+//! heartbeats every `HEARTBEAT`. A host is live while its last heartbeat is younger than the
+//! control plane's `host_timeout`.
+//!
+//! A host serves one availability zone (`serve --az`), or, by default, every zone of the
+//! region: one machine is then a whole cloud. A zone that no live host serves is not
+//! `available` in DescribeAvailabilityZones, and its running instances' system status checks
+//! are `impaired`.
+//!
+//! Placement (`place`): RunInstances puts each instance on a live host serving its subnet's
+//! zone with room for it (memory and vCPUs, each times the host's overcommit, counted over
+//! the instances that have or are about to have a VM there), preferring the host with the
+//! fewest of the account's instances (spreading an account across hosts), then the least
+//! loaded. No room anywhere in the zone: `InsufficientInstanceCapacity`. StartInstances keeps
+//! an instance on its host when that host is live and has room, and moves it otherwise.
+//!
+//! Work that belongs to no instance (creating, deleting, growing or snapshotting a volume
+//! that is not attached) is done by the zone's "volume worker": the live host with the
+//! lowest id among those serving the volume's zone (volumes live on storage every host of
+//! the zone reaches).
+
+use chrono::{DateTime, Utc};
+use sqlx::{AnyConnection, Row};
+
+use super::instances::Instance;
+use super::Control;
+use crate::catalog::{Catalogue, InstanceType};
+use crate::ids::{AccountId, HostId};
+use crate::store::{parse_ts, ts};
+
+/// How often an agent heartbeats.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+/// A host whose last heartbeat is older than this is down (the default of `host_timeout`).
+pub const HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Guest vCPUs a host promises per core, by default (`serve --vcpu-overcommit`).
+pub const VCPU_OVERCOMMIT: f64 = 16.0;
+
+/// What a host reports of itself when it registers.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub name: String,
+    /// The zone it serves; `None` for every zone.
+    pub zone: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub vcpu_overcommit: f64,
+    pub memory_overcommit: f64,
+}
+
+impl HostSpec {
+    /// This machine: its hostname, cores and RAM.
+    pub fn this_machine(zone: Option<String>, vcpu_overcommit: f64, memory_overcommit: f64) -> HostSpec {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let vcpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        HostSpec { name, zone, vcpus, memory_mib: host_memory_mib(), vcpu_overcommit, memory_overcommit }
+    }
+}
+
+/// This machine's RAM in MiB (0 when /proc/meminfo cannot be read).
+pub fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub id: HostId,
+    pub name: String,
+    pub zone: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub vcpu_overcommit: f64,
+    pub memory_overcommit: f64,
+    pub registered_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+impl Host {
+    pub fn serves(&self, zone: &str) -> bool {
+        self.zone.as_deref().is_none_or(|z| z == zone)
+    }
+
+    pub fn live(&self, now: DateTime<Utc>, timeout: std::time::Duration) -> bool {
+        (now - self.heartbeat_at).to_std().map(|age| age < timeout).unwrap_or(true)
+    }
+
+    fn memory_capacity(&self) -> u64 {
+        (self.memory_mib as f64 * self.memory_overcommit) as u64
+    }
+
+    fn vcpu_capacity(&self) -> u64 {
+        (self.vcpus as f64 * self.vcpu_overcommit) as u64
+    }
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Host> {
+    Ok(Host {
+        id: HostId::from_db(r.try_get("id")?),
+        name: r.try_get("name")?,
+        zone: r.try_get("availability_zone")?,
+        vcpus: r.try_get::<i64, _>("vcpus")? as u32,
+        memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
+        vcpu_overcommit: r.try_get("vcpu_overcommit")?,
+        memory_overcommit: r.try_get("memory_overcommit")?,
+        registered_at: parse_ts(&r.try_get::<String, _>("registered_at")?),
+        heartbeat_at: parse_ts(&r.try_get::<String, _>("heartbeat_at")?),
+    })
+}
+
+pub async fn all(c: &mut AnyConnection) -> sqlx::Result<Vec<Host>> {
+    let rows = sqlx::query("SELECT * FROM hosts ORDER BY id").fetch_all(c).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// What the instances placed on each host use: (memory MiB, vCPUs, per account counts).
+#[derive(Default)]
+struct Load {
+    memory_mib: u64,
+    vcpus: u64,
+    of_account: u64,
+}
+
+/// What is to be placed: `count` instances of `itype` in `zone` for `account`.
+pub struct Demand<'a> {
+    pub zone: &'a str,
+    pub account: &'a AccountId,
+    pub itype: &'a InstanceType,
+    pub count: usize,
+}
+
+/// Chooses a host for each instance of the demand; fewer when the zone's live hosts have no
+/// room for more. `live` are the instances that are not terminated (those with a VM, or
+/// about to have one, count).
+pub fn place(
+    hosts: &[Host],
+    live: &[Instance],
+    catalogue: &Catalogue,
+    now: DateTime<Utc>,
+    timeout: std::time::Duration,
+    demand: &Demand<'_>,
+) -> Vec<HostId> {
+    let Demand { zone, account, itype, count } = *demand;
+    let mut candidates: Vec<(&Host, Load)> = hosts
+        .iter()
+        .filter(|h| h.serves(zone) && h.live(now, timeout))
+        .map(|h| {
+            let mut load = Load::default();
+            for i in live.iter().filter(|i| i.host_id.as_deref() == Some(h.id.as_str())) {
+                if i.state.wants_vm() || i.state == super::instance_state::InstanceState::Stopping {
+                    if let Some(t) = catalogue.get(&i.instance_type) {
+                        load.memory_mib += t.memory_mib;
+                        load.vcpus += t.vcpus as u64;
+                    }
+                }
+                if &i.owner == account {
+                    load.of_account += 1;
+                }
+            }
+            (h, load)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let best = candidates
+            .iter_mut()
+            .filter(|(h, l)| {
+                l.memory_mib + itype.memory_mib <= h.memory_capacity()
+                    && l.vcpus + itype.vcpus as u64 <= h.vcpu_capacity()
+            })
+            .min_by(|(ha, la), (hb, lb)| {
+                let fill = |h: &Host, l: &Load| l.memory_mib as f64 / h.memory_capacity().max(1) as f64;
+                la.of_account.cmp(&lb.of_account).then(fill(ha, la).total_cmp(&fill(hb, lb))).then(ha.id.cmp(&hb.id))
+            });
+        let Some((h, l)) = best else { break };
+        l.memory_mib += itype.memory_mib;
+        l.vcpus += itype.vcpus as u64;
+        l.of_account += 1;
+        out.push(h.id.clone());
+    }
+    out
+}
+
+/// The host that does a zone's work that belongs to no instance: the live host with the
+/// lowest id among those serving it.
+pub fn volume_worker(hosts: &[Host], zone: &str, now: DateTime<Utc>, timeout: std::time::Duration) -> Option<HostId> {
+    hosts.iter().filter(|h| h.serves(zone) && h.live(now, timeout)).map(|h| h.id.clone()).min()
+}
+
+impl Control {
+    /// Registers (or re-registers, after a restart) a host and takes the instances from
+    /// before hosts existed that it can serve. `id` is the host's own id if it has one.
+    pub async fn register_host(&self, id: Option<HostId>, spec: &HostSpec) -> anyhow::Result<HostId> {
+        if let Some(z) = &spec.zone {
+            anyhow::ensure!(
+                self.region.zones.contains(z),
+                "{z} is not a zone of region {} (its zones: {})",
+                self.region.name,
+                self.region.zones.join(", ")
+            );
+        }
+        let id = id.unwrap_or_else(HostId::generate);
+        let now = ts(&Utc::now());
+        let mut tx = self.store().begin_write().await?;
+        sqlx::query(
+            "INSERT INTO hosts (id, name, availability_zone, vcpus, memory_mib, vcpu_overcommit, memory_overcommit,
+             registered_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, availability_zone = excluded.availability_zone,
+             vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, vcpu_overcommit = excluded.vcpu_overcommit,
+             memory_overcommit = excluded.memory_overcommit, heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(id.as_str())
+        .bind(&spec.name)
+        .bind(spec.zone.as_deref())
+        .bind(spec.vcpus as i64)
+        .bind(spec.memory_mib as i64)
+        .bind(spec.vcpu_overcommit)
+        .bind(spec.memory_overcommit)
+        .bind(&now)
+        .bind(&now)
+        .execute(tx.conn())
+        .await?;
+        let adopted = match &spec.zone {
+            None => {
+                sqlx::query("UPDATE instances SET host_id = $1 WHERE host_id IS NULL AND state != 'terminated'")
+                    .bind(id.as_str())
+                    .execute(tx.conn())
+                    .await?
+            }
+            Some(z) => {
+                sqlx::query(
+                    "UPDATE instances SET host_id = $1
+                     WHERE host_id IS NULL AND state != 'terminated' AND availability_zone = $2",
+                )
+                .bind(id.as_str())
+                .bind(z)
+                .execute(tx.conn())
+                .await?
+            }
+        }
+        .rows_affected();
+        tx.commit().await?;
+        tracing::info!(host_id = %id, zone = spec.zone.as_deref().unwrap_or("every zone"), adopted, "host registered");
+        Ok(id)
+    }
+
+    /// The host is alive. An error when it is not registered (its row was removed).
+    pub async fn heartbeat(&self, id: &HostId) -> anyhow::Result<()> {
+        let mut tx = self.store().begin_write().await?;
+        let n = sqlx::query("UPDATE hosts SET heartbeat_at = $1 WHERE id = $2")
+            .bind(ts(&Utc::now()))
+            .bind(id.as_str())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        anyhow::ensure!(n == 1, "host {id} is not registered");
+        Ok(())
+    }
+
+    pub async fn hosts(&self) -> anyhow::Result<Vec<Host>> {
+        let mut c = self.store().read().await?;
+        Ok(all(&mut c).await?)
+    }
+
+    /// How often agents heartbeat: `HEARTBEAT`, or a quarter of a shorter `host_timeout`.
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        HEARTBEAT.min(self.host_timeout / 4)
+    }
+
+    /// Whether a host is live now.
+    pub fn host_live(&self, h: &Host) -> bool {
+        h.live(Utc::now(), self.host_timeout)
+    }
+}
+
+/// What one host's agent does this pass: its instances, and which volumes and snapshots
+/// are its work.
+pub struct Duties {
+    pub host: HostId,
+    /// The instances placed on this host that are not terminated.
+    pub instances: Vec<Instance>,
+    /// Instances of other hosts that are not terminated.
+    others: std::collections::HashSet<String>,
+    /// Zones whose volume worker this host is.
+    worker_zones: std::collections::HashSet<String>,
+    /// This host is the live host with the lowest id: the work of the region that belongs to
+    /// no zone (CopySnapshot, removing the files of deleted snapshots) is its.
+    pub region_worker: bool,
+}
+
+impl Duties {
+    /// Whether the work on volume (`id`, `zone`, attached instance) is this host's: that of
+    /// the instance it is attached to, or its zone's worker's when it is attached to no
+    /// instance that has a host.
+    pub fn volume(&self, zone: &str, instance_id: Option<&str>) -> bool {
+        match instance_id {
+            Some(i) if self.instances.iter().any(|x| x.id.as_str() == i) => true,
+            Some(i) if self.others.contains(i) => false,
+            _ => self.worker_zones.contains(zone),
+        }
+    }
+}
+
+impl Control {
+    /// This pass's duties of `host`.
+    pub async fn duties(&self, host: &HostId) -> anyhow::Result<Duties> {
+        let mut c = self.store().read().await?;
+        let live = crate::store::instances::live(&mut c).await?;
+        let hosts = all(&mut c).await?;
+        drop(c);
+        let now = Utc::now();
+        let worker_zones = self
+            .region
+            .zones
+            .iter()
+            .filter(|z| volume_worker(&hosts, z, now, self.host_timeout).as_ref() == Some(host))
+            .cloned()
+            .collect();
+        let region_worker = hosts.iter().filter(|h| h.live(now, self.host_timeout)).map(|h| &h.id).min() == Some(host);
+        let (instances, others): (Vec<Instance>, Vec<Instance>) =
+            live.into_iter().partition(|i| i.host_id.as_deref() == Some(host.as_str()));
+        Ok(Duties {
+            host: host.clone(),
+            instances,
+            others: others.into_iter().map(|i| i.id.to_string()).collect(),
+            worker_zones,
+            region_worker,
+        })
+    }
+}
