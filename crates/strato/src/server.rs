@@ -208,12 +208,14 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     let control = Arc::new(control);
     let agent = crate::agent::Agent::new(control.clone(), data_dir, host.clone())?;
     let agent_task = tokio::spawn(agent.run());
-    let heartbeats = tokio::spawn(crate::agent::Agent::heartbeats(control.clone(), host));
+    let heartbeats = tokio::spawn(crate::agent::Agent::heartbeats(control.clone(), host.clone()));
+    let monitor = tokio::spawn(crate::control::hosts::monitor(control.clone(), host));
     let state = Arc::new(ApiState { control: control.clone() });
     api::serve(listener, state, shutdown_signal()).await?;
     // VMs keep running: they are daemonized QEMUs the next start adopts.
     agent_task.abort();
     heartbeats.abort();
+    monitor.abort();
     control.store().close().await;
     tracing::info!("stopped");
     Ok(())

@@ -81,8 +81,16 @@ fn system_status(cloud: &Cloud, ids: &[String]) -> Vec<(String, String)> {
     out
 }
 
+fn instance(cloud: &Cloud, id: &str) -> Value {
+    cloud.aws(&["ec2", "describe-instances", "--instance-ids", id])["Reservations"][0]["Instances"][0].clone()
+}
+
 fn run(cloud: &Cloud, ami: &str, subnet: &str, count: &str) -> Result<Vec<String>, String> {
-    let args = [
+    run_with(cloud, ami, subnet, count, &[])
+}
+
+fn run_with(cloud: &Cloud, ami: &str, subnet: &str, count: &str, extra: &[&str]) -> Result<Vec<String>, String> {
+    let mut args = vec![
         "ec2",
         "run-instances",
         "--image-id",
@@ -94,6 +102,7 @@ fn run(cloud: &Cloud, ami: &str, subnet: &str, count: &str) -> Result<Vec<String
         "--count",
         count,
     ];
+    args.extend(extra);
     let out = cloud.aws_as("strato", &[&args[..], &["--output", "json"]].concat());
     if out.status.success() {
         Ok(ids(&serde_json::from_slice(&out.stdout).expect("JSON")))
@@ -124,7 +133,9 @@ fn instances_are_placed_on_live_hosts_of_their_zone() {
     // what fits.
     assert_eq!(run(&cloud, &ami, &c, "1"), Err("InsufficientInstanceCapacity".into()));
     assert_eq!(run(&cloud, &ami, &b, "5"), Err("InsufficientInstanceCapacity".into()));
-    let in_b = run(&cloud, &ami, &b, "2").expect("room in local-1b");
+    // (Recovery off: a dead host's instances stay impaired.)
+    let in_b =
+        run_with(&cloud, &ami, &b, "2", &["--maintenance-options", "AutoRecovery=disabled"]).expect("room in local-1b");
     let in_a = run(&cloud, &ami, &a, "2:5").expect("room in local-1a");
     assert_eq!(in_a.len(), 4, "two hosts of two each");
     for id in &in_a[2..] {
@@ -150,6 +161,12 @@ fn instances_are_placed_on_live_hosts_of_their_zone() {
     println!("host death to impaired: {:.1} s (host timeout 2 s)", died.elapsed().as_secs_f64());
     let ok: Vec<String> = system_status(&cloud, &in_b).into_iter().map(|(_, st)| st).collect();
     assert!(ok.contains(&"ok".to_owned()), "the other is fine: {ok:?}");
+    let impaired = system_status(&cloud, &in_b).into_iter().find(|(_, st)| st == "impaired").unwrap().0;
+    eventually("the state reason says why it was not recovered", || {
+        let i = instance(&cloud, &impaired);
+        s(&i["StateReason"]["Code"]) == "Server.InternalError"
+            && s(&i["StateReason"]["Message"]).contains("failed and automatic recovery is disabled")
+    });
     let d = cloud.aws(&["ec2", "describe-instance-status", "--filters", "Name=system-status.status,Values=impaired"]);
     assert_eq!(d["InstanceStatuses"].as_array().unwrap().len(), 1);
     assert_eq!(states(&cloud, &in_b), ["running", "running"], "EC2 keeps the state; the status check fails");
@@ -171,4 +188,72 @@ fn instances_are_placed_on_live_hosts_of_their_zone() {
     let zones = zone_states(&cloud);
     assert_eq!((zones[1].1.as_str(), zones[1].2.as_str()), ("impaired", "All 2 hosts of this zone are down."));
     assert_eq!(run(&cloud, &ami, &b, "1"), Err("InsufficientInstanceCapacity".into()));
+}
+
+#[test]
+fn a_dead_hosts_instances_are_recovered_on_another_host_of_their_zone() {
+    let host = |zone, n: u32| SimHost { zone: Some(zone), vcpus: n, memory_mib: 512 * n as u64 };
+    let cloud = Cloud::start_simulated_hosts(&[host("local-1a", 2), host("local-1b", 1)], Duration::from_secs(2));
+    let ami = ami(&cloud);
+    let (a, b) = (subnet_in(&cloud, "local-1a"), subnet_in(&cloud, "local-1b"));
+    let x = run(&cloud, &ami, &a, "1").expect("x")[0].clone();
+    let y = run_with(&cloud, &ami, &a, "1", &["--maintenance-options", "AutoRecovery=disabled"]).expect("y")[0].clone();
+    let z = run(&cloud, &ami, &b, "1").expect("z")[0].clone();
+    assert_eq!(s(&instance(&cloud, &x)["MaintenanceOptions"]["AutoRecovery"]), "default");
+    assert_eq!(s(&instance(&cloud, &y)["MaintenanceOptions"]["AutoRecovery"]), "disabled");
+    let m =
+        cloud.aws(&["ec2", "modify-instance-maintenance-options", "--instance-id", &z, "--auto-recovery", "disabled"]);
+    assert_eq!(s(&m["AutoRecovery"]), "disabled");
+    let m =
+        cloud.aws(&["ec2", "modify-instance-maintenance-options", "--instance-id", &z, "--auto-recovery", "default"]);
+    assert_eq!(s(&m["AutoRecovery"]), "default");
+    assert_eq!(
+        cloud.aws_err(&[
+            "ec2",
+            "modify-instance-maintenance-options",
+            "--instance-id",
+            &z,
+            "--auto-recovery",
+            "always"
+        ]),
+        "InvalidParameterValue"
+    );
+    let all = [x.clone(), y.clone(), z.clone()];
+    eventually("all running", || states(&cloud, &all).iter().all(|s| s == "running"));
+    let x_ip = s(&instance(&cloud, &x)["PrivateIpAddress"]);
+
+    // A second host joins local-1a; then the first dies.
+    cloud.add_host(host("local-1a", 2));
+    let died = Instant::now();
+    cloud.stop_host(0);
+    // x is started again on the new host: same id and private address.
+    eventually("x recovered", || {
+        let i = instance(&cloud, &x);
+        s(&i["StateTransitionReason"]).starts_with("Instance recovered after its host failed")
+            && s(&i["State"]["Name"]) == "running"
+    });
+    println!("host death to recovered and running: {:.1} s (host timeout 2 s)", died.elapsed().as_secs_f64());
+    assert_eq!(s(&instance(&cloud, &x)["PrivateIpAddress"]), x_ip);
+    eventually("x ok", || system_status(&cloud, std::slice::from_ref(&x)) == [(x.clone(), "ok".to_owned())]);
+    // y is not recovered: running, impaired, with the reason.
+    eventually("y's reason", || {
+        s(&instance(&cloud, &y)["StateReason"]["Message"]).contains("automatic recovery is disabled")
+    });
+    assert_eq!(states(&cloud, std::slice::from_ref(&y)), ["running"]);
+    assert_eq!(system_status(&cloud, std::slice::from_ref(&y)), [(y.clone(), "impaired".to_owned())]);
+    // Stopping it ends at once (its VM went with the host); started, it runs on the new host.
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &y]);
+    eventually("y stopped", || states(&cloud, std::slice::from_ref(&y)) == ["stopped"]);
+    cloud.aws(&["ec2", "start-instances", "--instance-ids", &y]);
+    eventually("y running", || states(&cloud, std::slice::from_ref(&y)) == ["running"]);
+    eventually("y ok", || system_status(&cloud, std::slice::from_ref(&y)) == [(y.clone(), "ok".to_owned())]);
+
+    // z's zone has no other host: z stays impaired with the reason; terminating it ends.
+    cloud.stop_host(1);
+    eventually("z's reason", || {
+        s(&instance(&cloud, &z)["StateReason"]["Message"]).contains("no other host of local-1b has room for it")
+    });
+    assert_eq!(system_status(&cloud, std::slice::from_ref(&z)), [(z.clone(), "impaired".to_owned())]);
+    cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &z]);
+    eventually("z terminated", || states(&cloud, std::slice::from_ref(&z)) == ["terminated"]);
 }

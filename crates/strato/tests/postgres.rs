@@ -36,3 +36,26 @@ fn both_backends_have_the_same_schema() {
     }
     assert_eq!(s.len(), p.len(), "SQLite and PostgreSQL have the same number of columns");
 }
+
+/// The monitor's lease: one holder at a time, renewed by its holder, taken by another once
+/// it expired; the same on both backends.
+#[test]
+fn a_lease_has_one_holder_at_a_time() {
+    let url = common::new_postgres_database();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for database in [None, Some(url.as_str())] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        rt.block_on(async {
+            let control = strato::server::open_control(dir.path(), database, "local-1").await.expect("control");
+            let ttl = std::time::Duration::from_millis(300);
+            assert!(control.take_lease("test", "a", ttl).await.unwrap(), "free: a takes it");
+            assert!(!control.take_lease("test", "b", ttl).await.unwrap(), "a holds it");
+            assert!(control.take_lease("test", "a", ttl).await.unwrap(), "a renews it");
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            assert!(control.take_lease("test", "b", ttl).await.unwrap(), "expired: b takes it");
+            assert!(!control.take_lease("test", "a", ttl).await.unwrap(), "b holds it");
+            control.store().close().await;
+        });
+    }
+    common::drop_postgres_database(&url);
+}

@@ -171,6 +171,19 @@ impl Agent {
     pub async fn reconcile_once(&mut self) -> anyhow::Result<()> {
         let duties = self.control.duties(&self.host).await?;
         let live = duties.instances.clone();
+        // Fencing: a VM here whose instance now runs on another host (recovered elsewhere
+        // while this host was cut off) must not run twice.
+        if let Ok(entries) = std::fs::read_dir(&self.instances_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if duties.elsewhere(&name) {
+                    if let Some(vm) = Vm::adopt(&e.path()) {
+                        tracing::warn!(instance_id = %name, "ending a VM whose instance was placed on another host");
+                        vm.kill().await;
+                    }
+                }
+            }
+        }
         let on_host: Vec<Instance> = live
             .iter()
             .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running | InstanceState::Stopping))

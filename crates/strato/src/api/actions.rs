@@ -1309,6 +1309,9 @@ fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
         .field("httpProtocolIpv6", "disabled")
         .field("instanceMetadataTags", "disabled")
         .close("metadataOptions")
+        .open("maintenanceOptions")
+        .field("autoRecovery", if i.auto_recovery { "default" } else { "disabled" })
+        .close("maintenanceOptions")
         .field("platformDetails", "Linux/UNIX")
         .field("usageOperation", "RunInstances");
 }
@@ -1351,6 +1354,7 @@ impl Action for RunInstances {
         }
         p.bool("Monitoring.Enabled")?;
         p.bool("EbsOptimized")?;
+        r.auto_recovery_disabled = auto_recovery(p, "MaintenanceOptions.AutoRecovery")? == Some(false);
         match p.str("MetadataOptions.HttpTokens").as_deref() {
             None | Some("optional") => {}
             Some("required") => r.tokens_required = true,
@@ -1790,6 +1794,38 @@ impl Action for DescribeInstanceAttribute {
             AttributeValue::EnaSupport => value(x, "enaSupport", "false".into()),
             AttributeValue::DisableApiStop => value(x, "disableApiStop", "false".into()),
         }
+        Ok(())
+    }
+}
+
+/// `default` (recovery on) or `disabled`.
+fn auto_recovery(p: &mut Params, name: &str) -> ApiResult<Option<bool>> {
+    match p.str(name).as_deref() {
+        None => Ok(None),
+        Some("default") => Ok(Some(true)),
+        Some("disabled") => Ok(Some(false)),
+        Some(o) => Err(ApiError::invalid_value(format!("Invalid value '{o}' for {name}: default or disabled"))),
+    }
+}
+
+pub struct ModifyInstanceMaintenanceOptions {
+    id: String,
+    auto_recovery: Option<bool>,
+}
+
+impl Action for ModifyInstanceMaintenanceOptions {
+    const NAME: &'static str = "ModifyInstanceMaintenanceOptions";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let id = p.required("InstanceId")?;
+        let auto_recovery = auto_recovery(p, "AutoRecovery")?;
+        if p.str("RebootMigration").is_some_and(|v| v != "disabled") {
+            return Err(ApiError::invalid_value("RebootMigration is not supported: Strato does not migrate at reboot"));
+        }
+        Ok(ModifyInstanceMaintenanceOptions { id, auto_recovery })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let i = ctx.control.modify_maintenance_options(&ctx.caller, &self.id, self.auto_recovery).await?;
+        x.field("instanceId", &i.id).field("autoRecovery", if i.auto_recovery { "default" } else { "disabled" });
         Ok(())
     }
 }

@@ -117,6 +117,7 @@ dispatch_table!(
     ModifyInstanceAttribute,
     DescribeInstanceAttribute,
     ModifyInstanceMetadataOptions,
+    ModifyInstanceMaintenanceOptions,
     AllocateAddress,
     DescribeAddresses,
     AssociateAddress,

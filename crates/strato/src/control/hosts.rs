@@ -20,14 +20,24 @@
 //! that is not attached) is done by the zone's "volume worker": the live host with the
 //! lowest id among those serving the volume's zone (volumes live on storage every host of
 //! the zone reaches).
+//!
+//! Host failure (`monitor`, run by every `strato serve`; one at a time does the work, the
+//! holder of the `host-monitor` lease in the database): the instances of a dead host that
+//! were running are started again on another live host of their zone with room (EC2's
+//! automatic recovery, `MaintenanceOptions.AutoRecovery=default`), keeping their id, private
+//! address and volumes; with recovery disabled, an instance store, or no room, they are
+//! stopped with a `Server.InternalError` state reason saying why. A monitor never judges
+//! its own host (it is running). A dead host's agent that comes back ends the VMs of
+//! instances that are no longer its own.
 
 use chrono::{DateTime, Utc};
 use sqlx::{AnyConnection, Row};
 
+use super::instance_state::{Event, InstanceState};
 use super::instances::Instance;
 use super::Control;
 use crate::catalog::{Catalogue, InstanceType};
-use crate::ids::{AccountId, HostId};
+use crate::ids::{AccountId, HostId, InstanceId};
 use crate::store::{parse_ts, ts};
 
 /// How often an agent heartbeats.
@@ -158,7 +168,7 @@ pub fn place(
         .map(|h| {
             let mut load = Load::default();
             for i in live.iter().filter(|i| i.host_id.as_deref() == Some(h.id.as_str())) {
-                if i.state.wants_vm() || i.state == super::instance_state::InstanceState::Stopping {
+                if i.state.wants_vm() || i.state == InstanceState::Stopping {
                     if let Some(t) = catalogue.get(&i.instance_type) {
                         load.memory_mib += t.memory_mib;
                         load.vcpus += t.vcpus as u64;
@@ -301,6 +311,11 @@ pub struct Duties {
 }
 
 impl Duties {
+    /// The instance is live and placed on another host.
+    pub fn elsewhere(&self, instance_id: &str) -> bool {
+        self.others.contains(instance_id)
+    }
+
     /// Whether the work on volume (`id`, `zone`, attached instance) is this host's: that of
     /// the instance it is attached to, or its zone's worker's when it is attached to no
     /// instance that has a host.
@@ -338,5 +353,220 @@ impl Control {
             worker_zones,
             region_worker,
         })
+    }
+}
+
+/// The lease under which one `strato serve` of those sharing a database runs the monitor.
+pub const MONITOR_LEASE: &str = "host-monitor";
+
+/// What the monitor did with an instance of a dead host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Started again on this host.
+    Moved(HostId),
+    /// Its stop or termination finished (the VM went with the host).
+    Ended(InstanceState),
+    /// Left as it is, impaired, with a state reason saying why it was not recovered.
+    NotRecovered,
+}
+
+impl Control {
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now; false while
+    /// another holder's lease has not expired. Serialised with every other write, so two
+    /// processes never both hold it.
+    pub async fn take_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> anyhow::Result<bool> {
+        let now = Utc::now();
+        let mut tx = self.store().begin_write().await?;
+        let row: Option<(String, String)> = sqlx::query_as("SELECT holder, expires_at FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(tx.conn())
+            .await?;
+        let ours = match &row {
+            None => true,
+            Some((h, expires)) => h == holder || parse_ts(expires) <= now,
+        };
+        if ours {
+            let until = now + chrono::Duration::from_std(ttl)?;
+            sqlx::query(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(ts(&until))
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await?;
+            if row.as_ref().is_none_or(|(h, _)| h != holder) {
+                tracing::info!(lease = name, holder, "lease taken");
+            }
+        }
+        Ok(ours)
+    }
+
+    /// One pass of the host monitor: the instances of every host that stopped heartbeating
+    /// (but `me`, which is running this) that were running or about to are started again on
+    /// another live host of their zone with room (automatic recovery: same id, private
+    /// address, volumes; a new generation, so the dead host's late reports are ignored).
+    /// When recovery is disabled, the type has an instance store or no host has room, they
+    /// stay as they are (running, system status impaired, as EC2 leaves them) with a
+    /// `Server.InternalError` state reason that says which: a stop then ends at once and a
+    /// start places them on a live host. Stops and terminations in progress there finish
+    /// (the VM went with its host). All in one transaction.
+    pub async fn recover_dead_hosts(&self, me: &HostId) -> anyhow::Result<Vec<(InstanceId, Recovery)>> {
+        let mut tx = self.store().begin_write().await?;
+        let hosts = all(tx.conn()).await?;
+        let now = Utc::now();
+        let dead: Vec<&Host> = hosts.iter().filter(|h| &h.id != me && !h.live(now, self.host_timeout)).collect();
+        let mut live = crate::store::instances::live(tx.conn()).await?;
+        let victims: Vec<Instance> = live
+            .iter()
+            .filter(|i| dead.iter().any(|h| i.host_id.as_deref() == Some(h.id.as_str())))
+            .filter(|i| i.state != InstanceState::Stopped)
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for i in victims {
+            let host = i.host_id.clone().unwrap_or_default();
+            let itype = self.catalogue.get(&i.instance_type);
+            let (event, why, to) = match (i.state, itype) {
+                (InstanceState::Stopping | InstanceState::ShuttingDown, _) => (Event::VmGone, None, None),
+                (_, None) => (Event::VmGone, Some("its instance type left the catalogue".to_owned()), None),
+                (_, Some(_)) if !i.auto_recovery => {
+                    (Event::VmGone, Some("automatic recovery is disabled".to_owned()), None)
+                }
+                (_, Some(t)) if t.instance_storage_gb.is_some() => {
+                    (Event::VmGone, Some("an instance with an instance store is not recovered".to_owned()), None)
+                }
+                (_, Some(t)) => {
+                    let demand = Demand { zone: &i.availability_zone, account: &i.owner, itype: t, count: 1 };
+                    match place(&hosts, &live, &self.catalogue, now, self.host_timeout, &demand).pop() {
+                        Some(to) => (Event::Recover, None, Some(to)),
+                        None => (
+                            Event::VmGone,
+                            Some(format!("no other host of {} has room for it", i.availability_zone)),
+                            None,
+                        ),
+                    }
+                }
+            };
+            let message = why.map(|w| format!("Server.InternalError: its host {host} failed and {w}"));
+            if event == Event::VmGone && i.state.wants_vm() {
+                if let Some(m) = &message {
+                    if i.state_reason.as_deref() != Some(m.as_str()) {
+                        crate::store::instances::set_state_reason(tx.conn(), &i.id, "Server.InternalError", m).await?;
+                        tracing::warn!(instance_id = %i.id, host_id = %host, reason = %m, "instance not recovered");
+                        out.push((i.id.clone(), Recovery::NotRecovered));
+                    }
+                }
+                continue;
+            }
+            let Ok(next) = i.state.transition(event) else { continue };
+            let transition = match &to {
+                Some(_) => {
+                    format!("Instance recovered after its host failed ({})", now.format("%Y-%m-%d %H:%M:%S GMT"))
+                }
+                None => i.transition_reason.clone(),
+            };
+            // A stop or termination keeps the reason it had; a recovered instance has none.
+            let kept = i.state_reason_code.as_deref().zip(i.state_reason.as_deref()).filter(|_| to.is_none());
+            super::billing::meter_transition(tx.conn(), &i, next, &self.catalogue, now).await?;
+            crate::store::instances::set_state(tx.conn(), &i.id, next, kept, &transition, now).await?;
+            if let Some(to) = &to {
+                crate::store::instances::set_host(tx.conn(), &i.id, to.as_str()).await?;
+            }
+            if let Some(x) = live.iter_mut().find(|x| x.id == i.id) {
+                x.state = next;
+                x.host_id = to.as_ref().map(|h| h.to_string()).or(x.host_id.take());
+            }
+            tracing::warn!(instance_id = %i.id, host_id = %host, to = ?to, state = %next, "instance of a dead host");
+            out.push((i.id.clone(), to.map(Recovery::Moved).unwrap_or(Recovery::Ended(next))));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// The host monitor of one `strato serve` (`me` is its host): while it holds the monitor
+/// lease, every heartbeat interval, it recovers the instances of dead hosts. Runs until
+/// aborted.
+pub async fn monitor(control: std::sync::Arc<Control>, me: HostId) {
+    loop {
+        match control.take_lease(MONITOR_LEASE, me.as_str(), control.host_timeout).await {
+            Ok(true) => {
+                if let Err(e) = control.recover_dead_hosts(&me).await {
+                    tracing::warn!(error = format!("{e:#}"), "host monitor pass failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "host monitor lease"),
+        }
+        tokio::time::sleep(control.heartbeat_interval()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, zone: Option<&str>, vcpus: u32, memory_mib: u64, heartbeat_age_s: i64) -> Host {
+        let now = Utc::now();
+        Host {
+            id: HostId::from_db(id.into()),
+            name: id.into(),
+            zone: zone.map(str::to_owned),
+            vcpus,
+            memory_mib,
+            vcpu_overcommit: 1.0,
+            memory_overcommit: 1.0,
+            registered_at: now,
+            heartbeat_at: now - chrono::Duration::seconds(heartbeat_age_s),
+        }
+    }
+
+    fn ids(v: &[HostId]) -> Vec<&str> {
+        v.iter().map(|h| h.as_str()).collect()
+    }
+
+    #[test]
+    fn placement_takes_live_hosts_of_the_zone_with_room() {
+        let catalogue = Catalogue::parse(crate::catalog::DEFAULT_CATALOGUE).unwrap();
+        let nano = catalogue.get("t2.nano").unwrap(); // 1 vCPU, 512 MiB
+        let account = AccountId::generate();
+        let hosts = [
+            host("h-1", Some("local-1a"), 2, 1024, 0),
+            host("h-2", Some("local-1b"), 8, 8192, 0),
+            host("h-3", Some("local-1a"), 1, 8192, 0),
+            host("h-4", Some("local-1a"), 8, 8192, 60), // down
+            host("h-5", None, 1, 512, 0),               // every zone
+        ];
+        let demand = |count| Demand { zone: "local-1a", account: &account, itype: nano, count };
+        let placed = place(&hosts, &[], &catalogue, Utc::now(), HOST_TIMEOUT, &demand(10));
+        // Only h-1 (2), h-3 (1 vCPU) and h-5 (1) serve local-1a, are up and have room: four.
+        assert_eq!(placed.len(), 4);
+        let mut sorted = ids(&placed);
+        sorted.sort();
+        assert_eq!(sorted, ["h-1", "h-1", "h-3", "h-5"]);
+        // The account's instances are spread: the first three go to three different hosts.
+        let mut first: Vec<&str> = ids(&placed[..3]);
+        first.sort();
+        first.dedup();
+        assert_eq!(first.len(), 3);
+        assert!(place(&hosts, &[], &catalogue, Utc::now(), HOST_TIMEOUT, &Demand { zone: "local-1c", ..demand(1) })
+            .iter()
+            .all(|h| h.as_str() == "h-5"));
+    }
+
+    #[test]
+    fn the_volume_worker_is_the_lowest_live_host_of_the_zone() {
+        let hosts = [
+            host("h-1", Some("local-1a"), 2, 1024, 60),
+            host("h-2", Some("local-1a"), 2, 1024, 0),
+            host("h-3", None, 2, 1024, 0),
+        ];
+        let now = Utc::now();
+        assert_eq!(volume_worker(&hosts, "local-1a", now, HOST_TIMEOUT).unwrap().as_str(), "h-2");
+        assert_eq!(volume_worker(&hosts, "local-1b", now, HOST_TIMEOUT).unwrap().as_str(), "h-3");
+        assert!(volume_worker(&hosts[..1], "local-1a", now, HOST_TIMEOUT).is_none());
     }
 }

@@ -49,6 +49,8 @@ pub enum Event {
     /// The VM could not be started: a first launch ends terminated (as on EC2), a start of
     /// a stopped instance ends stopped again.
     LaunchFailed { first_launch: bool },
+    /// Its host died and it is started again on another (automatic recovery).
+    Recover,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +128,7 @@ impl InstanceState {
             (Stopped | Terminated, VmGone) => self,
             (Pending, LaunchFailed { first_launch: true }) => Terminated,
             (Pending, LaunchFailed { first_launch: false }) => Stopped,
+            (Pending | Running, Recover) => Pending,
             _ => return Err(IllegalTransition { from: self, event }),
         };
         Ok(next)

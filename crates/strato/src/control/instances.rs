@@ -104,6 +104,9 @@ pub struct Instance {
     pub wants_public_ip: bool,
     /// The host the scheduler placed it on (`None` only for instances from before hosts).
     pub host_id: Option<String>,
+    /// MaintenanceOptions.AutoRecovery `default`: started again on another host of its zone
+    /// when its host dies.
+    pub auto_recovery: bool,
 }
 
 impl Filterable for Instance {
@@ -182,6 +185,8 @@ pub struct RunRequest {
     pub disable_api_termination: bool,
     pub shutdown_behavior: Option<String>,
     pub tokens_required: bool,
+    /// MaintenanceOptions.AutoRecovery=disabled.
+    pub auto_recovery_disabled: bool,
     pub client_token: Option<String>,
     pub tags: Vec<TagSpec>,
     /// NetworkInterface.1.AssociatePublicIpAddress: overrides the subnet's default.
@@ -563,6 +568,7 @@ impl Control {
                 public_ip,
                 wants_public_ip: wants_public,
                 host_id: placements.get(n as usize).map(|h| h.to_string()),
+                auto_recovery: !r.auto_recovery_disabled,
                 block_devices: Vec::new(),
             };
             db::insert(c, &i).await?;
@@ -917,6 +923,26 @@ impl Control {
         db::update_attributes(tx.conn(), &i).await?;
         tx.commit().await?;
         self.agent_wake.notify_one();
+        Ok(i)
+    }
+
+    /// ModifyInstanceMaintenanceOptions: AutoRecovery.
+    pub async fn modify_maintenance_options(
+        &self,
+        caller: &Caller,
+        id: &str,
+        auto_recovery: Option<bool>,
+    ) -> ApiResult<Instance> {
+        let mut tx = self.store().begin_write().await?;
+        let mut i = self.mine(tx.conn(), caller, &[id.to_owned()]).await?.remove(0);
+        if matches!(i.state, InstanceState::Terminated | InstanceState::ShuttingDown) {
+            return Err(incorrect_state(&i, "modified"));
+        }
+        if let Some(a) = auto_recovery {
+            i.auto_recovery = a;
+        }
+        db::update_attributes(tx.conn(), &i).await?;
+        tx.commit().await?;
         Ok(i)
     }
 

@@ -40,6 +40,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/0009_volume_modifications.sql")),
     (10, include_str!("../../migrations/0010_root_volumes.sql")),
     (11, include_str!("../../migrations/0011_hosts.sql")),
+    (12, include_str!("../../migrations/0012_recovery.sql")),
 ];
 
 /// The same schema for PostgreSQL: `BIGINT` for SQLite's 64-bit `INTEGER`, `DOUBLE PRECISION`
@@ -56,6 +57,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/postgres/0009_volume_modifications.sql")),
     (10, include_str!("../../migrations/postgres/0010_root_volumes.sql")),
     (11, include_str!("../../migrations/postgres/0011_hosts.sql")),
+    (12, include_str!("../../migrations/postgres/0012_recovery.sql")),
 ];
 
 /// The key of the PostgreSQL advisory lock every write transaction holds ("strato" in ASCII).

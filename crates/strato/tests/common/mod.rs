@@ -21,12 +21,34 @@ pub struct SimHost {
     pub memory_mib: u64,
 }
 
+async fn start_sim_host(
+    control: std::sync::Arc<strato::control::Control>,
+    n: usize,
+    h: SimHost,
+) -> tokio::task::AbortHandle {
+    let spec = strato::control::hosts::HostSpec {
+        name: format!("sim{n}"),
+        zone: h.zone.map(str::to_owned),
+        vcpus: h.vcpus,
+        memory_mib: h.memory_mib,
+        vcpu_overcommit: 1.0,
+        memory_overcommit: 1.0,
+    };
+    let agent = strato::agent::sim::SimAgent::register(control, &spec).await.expect("simulated host");
+    tokio::spawn(agent.run()).abort_handle()
+}
+
+pub enum HostCommand {
+    Stop(usize),
+    Add(SimHost, std::sync::mpsc::Sender<()>),
+}
+
 pub struct Cloud {
     child: Option<Child>,
     /// For an in-process server with the simulated agent: its stop signal and thread.
     sim: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
-    /// For simulated hosts: stops the n-th.
-    sim_hosts: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
+    /// For simulated hosts: stops or adds one.
+    sim_hosts: Option<tokio::sync::mpsc::UnboundedSender<HostCommand>>,
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     pub addr: String,
@@ -200,7 +222,7 @@ impl Cloud {
         let database = test_database(&data);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (kill_tx, mut kill_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let (kill_tx, mut kill_rx) = tokio::sync::mpsc::unbounded_channel::<HostCommand>();
         let thread = std::thread::spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -223,26 +245,28 @@ impl Cloud {
                 let mut agents = Vec::new();
                 if hosts.is_empty() {
                     let agent = strato::agent::sim::SimAgent::new(control.clone()).await.expect("simulated host");
-                    agents.push(tokio::spawn(agent.run()));
+                    agents.push(tokio::spawn(agent.run()).abort_handle());
                 }
                 for (n, h) in hosts.iter().enumerate() {
-                    let spec = strato::control::hosts::HostSpec {
-                        name: format!("sim{n}"),
-                        zone: h.zone.map(str::to_owned),
-                        vcpus: h.vcpus,
-                        memory_mib: h.memory_mib,
-                        vcpu_overcommit: 1.0,
-                        memory_overcommit: 1.0,
-                    };
-                    let agent =
-                        strato::agent::sim::SimAgent::register(control.clone(), &spec).await.expect("simulated host");
-                    agents.push(tokio::spawn(agent.run()));
+                    agents.push(start_sim_host(control.clone(), n, *h).await);
                 }
-                let handles: Vec<tokio::task::AbortHandle> = agents.iter().map(|a| a.abort_handle()).collect();
+                // The host monitor, as an API server that is not itself a host.
+                tokio::spawn(strato::control::hosts::monitor(control.clone(), strato::ids::HostId::generate()));
+                // Simulated hosts die (their tasks end) and arrive; every task ends with the
+                // runtime, when the server stops.
+                let hosts_control = control.clone();
                 tokio::spawn(async move {
-                    while let Some(n) = kill_rx.recv().await {
-                        if let Some(h) = handles.get(n) {
-                            h.abort();
+                    while let Some(cmd) = kill_rx.recv().await {
+                        match cmd {
+                            HostCommand::Stop(n) => {
+                                if let Some(h) = agents.get(n) {
+                                    h.abort();
+                                }
+                            }
+                            HostCommand::Add(h, done) => {
+                                agents.push(start_sim_host(hosts_control.clone(), agents.len(), h).await);
+                                let _ = done.send(());
+                            }
                         }
                     }
                 });
@@ -253,9 +277,6 @@ impl Cloud {
                 })
                 .await
                 .expect("serve");
-                for a in agents {
-                    a.abort();
-                }
             });
         });
         let addr = addr_rx.recv().expect("in-process server started").to_string();
@@ -269,9 +290,25 @@ impl Cloud {
         }
     }
 
-    /// Stops the n-th simulated host (of `start_simulated_hosts`): its agent and heartbeats.
+    /// Stops the n-th simulated host (of `start_simulated_hosts`, then `add_host`): its
+    /// agent and heartbeats, as if the machine died.
     pub fn stop_host(&self, n: usize) {
-        self.sim_hosts.as_ref().expect("a cloud with simulated hosts").send(n).expect("the cloud runs");
+        self.sim_hosts
+            .as_ref()
+            .expect("a cloud with simulated hosts")
+            .send(HostCommand::Stop(n))
+            .expect("the cloud runs");
+    }
+
+    /// Adds a simulated host (registered when this returns).
+    pub fn add_host(&self, h: SimHost) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.sim_hosts
+            .as_ref()
+            .expect("a cloud with simulated hosts")
+            .send(HostCommand::Add(h, tx))
+            .expect("the cloud runs");
+        rx.recv().expect("host added");
     }
 
     /// Kills the server at once (SIGKILL, as a crash would); VMs keep running.
