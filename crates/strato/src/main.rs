@@ -26,6 +26,11 @@ struct Cli {
     /// file DATA_DIR/strato.db. The data dir still holds images, volumes and VMs.
     #[arg(long, global = true, env = "STRATO_DATABASE")]
     database: Option<String>,
+    /// Where images, volumes and snapshots are kept: a path every host of the cloud reaches
+    /// (a shared filesystem) when several `strato serve` share a database; by default the
+    /// data dir.
+    #[arg(long, global = true, env = "STRATO_STORAGE_DIR")]
+    storage_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +66,10 @@ enum Command {
         /// is not `available`.
         #[arg(long, env = "STRATO_AZ")]
         az: Option<String>,
+        /// Seconds without a heartbeat after which a host is down (its instances impaired,
+        /// then recovered elsewhere). Every server sharing a database should use the same.
+        #[arg(long, env = "STRATO_HOST_TIMEOUT", default_value_t = strato::control::hosts::HOST_TIMEOUT.as_secs_f64())]
+        host_timeout: f64,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -257,13 +266,44 @@ fn main() -> anyhow::Result<()> {
     // Images, volumes and VMs record paths: a relative data dir would break them.
     cli.data_dir = std::path::absolute(&cli.data_dir).context("the data dir")?;
     cli.cache_dir = std::path::absolute(&cli.cache_dir).context("the cache dir")?;
+    cli.storage_dir = cli.storage_dir.map(std::path::absolute).transpose().context("the storage dir")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(run(cli))
 }
 
+/// Where a command's control plane is: `--data-dir`, `--database`, `--storage-dir`, `--region`.
+struct At {
+    data_dir: PathBuf,
+    database: Option<String>,
+    storage_dir: Option<PathBuf>,
+    region: String,
+}
+
+async fn open(at: &At) -> anyhow::Result<strato::control::Control> {
+    let mut control = server::open_control(&at.data_dir, at.database.as_deref(), &at.region).await?;
+    if let Some(dir) = &at.storage_dir {
+        control.storage_dir = dir.clone();
+    }
+    Ok(control)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let at = At {
+        data_dir: cli.data_dir.clone(),
+        database: cli.database.clone(),
+        storage_dir: cli.storage_dir.clone(),
+        region: cli.region.clone(),
+    };
     match cli.command {
-        Command::Serve { listen, no_image_build, public_pool, memory_overcommit, vcpu_overcommit, az } => {
+        Command::Serve {
+            listen,
+            no_image_build,
+            public_pool,
+            memory_overcommit,
+            vcpu_overcommit,
+            az,
+            host_timeout,
+        } => {
             let pool = strato::net::parse_public_pool(&public_pool)?;
             anyhow::ensure!(
                 memory_overcommit.is_finite() && (0.1..=100.0).contains(&memory_overcommit),
@@ -273,22 +313,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 vcpu_overcommit.is_finite() && (0.1..=1000.0).contains(&vcpu_overcommit),
                 "--vcpu-overcommit must be between 0.1 and 1000"
             );
+            anyhow::ensure!(
+                host_timeout.is_finite() && (0.5..=3600.0).contains(&host_timeout),
+                "--host-timeout must be between 0.5 and 3600 seconds"
+            );
             server::serve(server::ServeOptions {
                 data_dir: &cli.data_dir,
                 cache: &cli.cache_dir,
                 listen,
                 database: cli.database.as_deref(),
+                storage_dir: cli.storage_dir.as_deref(),
                 region: &cli.region,
                 build_images: !no_image_build,
                 public_pool: pool,
                 memory_overcommit,
                 vcpu_overcommit,
                 zone: az,
+                host_timeout: Duration::from_secs_f64(host_timeout),
             })
             .await
         }
         Command::Ssh { instance_id, key, user, command } => {
-            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let control = open(&at).await?;
             let id = strato::ids::InstanceId::parse(&instance_id).map_err(|e| anyhow::anyhow!("{e}"))?;
             let i = control
                 .instance_by_id(&id)
@@ -316,7 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { command: AccountCommand::Create { name, read_only } } => {
-            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let control = open(&at).await?;
             server::ensure_admin(&control).await?;
             let c = control.create_account(&name, read_only).await.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
             let path = server::write_aws_config(&control, &cli.data_dir).await?;
@@ -337,13 +383,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { command: AccountCommand::SetQuota { name, vcpus } } => {
-            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let control = open(&at).await?;
             control.set_vcpu_quota(&name, vcpus).await.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
             println!("Account {name} may now run {vcpus} vCPUs at once.");
             Ok(())
         }
         Command::Host { command: HostCommand::List } => {
-            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let control = open(&at).await?;
             let live = control.live_instances().await?;
             println!(
                 "{:<19} {:<16} {:<11} {:>5} {:>9} {:<5} {:>9} {:>9}",
@@ -367,7 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { command: AccountCommand::List } => {
-            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let control = open(&at).await?;
             for a in control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))? {
                 println!(
                     "{}  {:<20} {}{}",
@@ -407,7 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image { command: ImageCommand::Build { kind, force } } => {
-            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let control = open(&at).await?;
             let (built, id, new) = if kind == "minimal-fast" {
                 server::build_and_register_fast(&control, &cli.cache_dir, force).await?
             } else {
@@ -462,7 +508,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bill { account, from, to, json } => {
             use chrono::{Datelike, TimeZone, Utc};
-            let control = server::open_control(&cli.data_dir, cli.database.as_deref(), &cli.region).await?;
+            let control = open(&at).await?;
             let now = Utc::now();
             let from = match from {
                 Some(d) => Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).context("date")?),

@@ -31,7 +31,7 @@ pub async fn open_control(data_dir: &Path, database: Option<&str>, region: &str)
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let store = Store::open(&store::database_url(database, data_dir)).await?;
     let catalogue = Catalogue::load_or_init(&data_dir.join("instance-types.toml"))?;
-    Control::new(store, Region::new(region)?, catalogue, data_dir.join("images")).await
+    Control::new(store, Region::new(region)?, catalogue, data_dir.to_owned()).await
 }
 
 /// The admin account's credentials, creating the account on first start.
@@ -121,6 +121,8 @@ pub struct ServeOptions<'a> {
     pub listen: SocketAddr,
     /// `--database`: a `postgres://` URL, or `None` for the data dir's SQLite file.
     pub database: Option<&'a str>,
+    /// `--storage-dir`: images, volumes and snapshots; `None` for the data dir.
+    pub storage_dir: Option<&'a Path>,
     pub region: &'a str,
     /// Build the minimal image if the cache lacks it, and register it.
     pub build_images: bool,
@@ -129,6 +131,8 @@ pub struct ServeOptions<'a> {
     pub vcpu_overcommit: f64,
     /// `--az`: the one zone this machine serves; `None` for every zone of the region.
     pub zone: Option<String>,
+    /// `--host-timeout`.
+    pub host_timeout: std::time::Duration,
 }
 
 /// Registers this data dir's host (its id kept in `DATA_DIR/host-id`, so a restart is the
@@ -161,16 +165,22 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
         cache,
         listen,
         database,
+        storage_dir,
         region,
         build_images,
         public_pool,
         memory_overcommit,
         vcpu_overcommit,
         zone,
+        host_timeout,
     } = opts;
     let mut control = open_control(data_dir, database, region).await?;
+    if let Some(dir) = storage_dir {
+        control.storage_dir = dir.to_owned();
+    }
     control.public_pool = public_pool;
     control.memory_overcommit = memory_overcommit;
+    control.host_timeout = host_timeout;
     if build_images {
         match build_and_register(&control, cache, Kind::Minimal, false).await {
             Ok((_, id, true)) => tracing::info!(image_id = %id, "minimal image registered"),

@@ -117,6 +117,7 @@ impl Agent {
                 k
             }
         };
+        let (volumes_dir, snapshots_dir) = (control.volumes_dir(), control.snapshots_dir());
         Ok(Agent {
             control,
             host,
@@ -124,8 +125,8 @@ impl Agent {
             accel,
             net: Network::new(Site::new(data_dir), net::imds::Imds::default()),
             net_failed: Default::default(),
-            volumes_dir: data_dir.join("volumes"),
-            snapshots_dir: data_dir.join("snapshots"),
+            volumes_dir,
+            snapshots_dir,
             volumes_checked: Default::default(),
             unplug_sent: HashMap::new(),
             token_key,

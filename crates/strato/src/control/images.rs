@@ -208,7 +208,7 @@ fn stage_files(dir: &Path, disk: &Path, disk_name: &str, kernel: &Path, initrd: 
 
 impl Control {
     fn image_dir(&self, id: &ImageId) -> PathBuf {
-        self.images_dir.join(id.as_str())
+        self.images_dir().join(id.as_str())
     }
 
     /// Records an image (with its tags, replacing `replaces`) in one transaction; if that

@@ -45,8 +45,11 @@ pub struct Control {
     store: Store,
     pub region: Region,
     pub catalogue: Catalogue,
-    /// Where image files live: `DATA_DIR/images`.
-    pub images_dir: std::path::PathBuf,
+    /// This host's own files: VM run directories, launch snapshots, networks.
+    pub data_dir: std::path::PathBuf,
+    /// Files every host of the cloud (of a zone, at least) reaches: `images/`, `volumes/`
+    /// and `snapshots/`. The data dir unless `--storage-dir` names a shared path.
+    pub storage_dir: std::path::PathBuf,
     /// Access keys already seen: they are never changed once issued, so a hit is final.
     keys: RwLock<HashMap<String, (String, Caller)>>,
     /// Wakes the in-process agent when desired state changes (it also polls).
@@ -75,7 +78,7 @@ impl Control {
         store: Store,
         region: Region,
         catalogue: Catalogue,
-        images_dir: std::path::PathBuf,
+        data_dir: std::path::PathBuf,
     ) -> anyhow::Result<Control> {
         let mut tx = store.begin_write().await?;
         match store::get_meta(tx.conn(), "region").await? {
@@ -90,7 +93,8 @@ impl Control {
             store,
             region,
             catalogue,
-            images_dir,
+            storage_dir: data_dir.clone(),
+            data_dir,
             keys: RwLock::new(HashMap::new()),
             agent_wake: tokio::sync::Notify::new(),
             public_pool: cidr::Ipv4Cidr::parse(crate::net::DEFAULT_PUBLIC_POOL, true)
@@ -100,9 +104,25 @@ impl Control {
         })
     }
 
-    /// Where each instance's root disk and VM run files live: `DATA_DIR/instances/<id>/`.
+    /// Where each instance's VM run files (pid, QMP socket, console) live on this host:
+    /// `DATA_DIR/instances/<id>/`.
     pub fn instances_dir(&self) -> std::path::PathBuf {
-        self.images_dir.with_file_name("instances")
+        self.data_dir.join("instances")
+    }
+
+    /// Image files: `STORAGE_DIR/images/<ami>/`.
+    pub fn images_dir(&self) -> std::path::PathBuf {
+        self.storage_dir.join("images")
+    }
+
+    /// Volume files: `STORAGE_DIR/volumes/<vol>.qcow2`.
+    pub fn volumes_dir(&self) -> std::path::PathBuf {
+        self.storage_dir.join("volumes")
+    }
+
+    /// Snapshot files: `STORAGE_DIR/snapshots/<snap>.qcow2`.
+    pub fn snapshots_dir(&self) -> std::path::PathBuf {
+        self.storage_dir.join("snapshots")
     }
 
     pub fn store(&self) -> &Store {

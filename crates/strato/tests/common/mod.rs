@@ -145,10 +145,29 @@ fn drop_test_database(dir: &Path) {
     }
 }
 
+/// Starts `strato serve` (a command made by `strato(dir)` with its arguments) and waits
+/// for the endpoint it prints; its stdout is drained from then on.
+pub fn spawn_serve(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starting strato serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut endpoint = None;
+    for line in lines.by_ref() {
+        let line = line.expect("reading strato output");
+        if let Some(rest) = line.strip_prefix("Strato is serving the EC2 API at ") {
+            endpoint = rest.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, endpoint.expect("strato serve did not print its endpoint"))
+}
+
 /// The public pool of a test data dir: its own /16 of 127.64.0.0/10 (distinct low 22 bits,
 /// so clouds running side by side never share a transit address), kept in the data dir so a
 /// restarted server gets the same one.
-fn public_pool(dir: &Path) -> String {
+pub fn public_pool(dir: &Path) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let file = dir.join("test-public-pool");
     if let Ok(p) = std::fs::read_to_string(&file) {
@@ -180,27 +199,11 @@ impl Cloud {
 
     fn start_in_with(dir: tempfile::TempDir, launch_snapshots: bool) -> Cloud {
         let pool = public_pool(dir.path());
-        let mut child = strato(dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = strato(dir.path());
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env("STRATO_LAUNCH_SNAPSHOTS", if launch_snapshots { "on" } else { "off" })
-            .env("STRATO_PUBLIC_POOL", pool)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting strato serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut endpoint = None;
-        for line in lines.by_ref() {
-            let line = line.expect("reading strato output");
-            if let Some(rest) = line.strip_prefix("Strato is serving the EC2 API at ") {
-                endpoint = rest.split_whitespace().next().map(str::to_owned);
-                break;
-            }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let endpoint = endpoint.expect("strato serve did not print its endpoint");
+            .env("STRATO_PUBLIC_POOL", pool);
+        let (child, endpoint) = spawn_serve(cmd);
         let addr = endpoint.trim_start_matches("http://").to_owned();
         Cloud { child: Some(child), sim: None, sim_hosts: None, dir, endpoint, addr }
     }
