@@ -854,3 +854,103 @@ pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// `strato bench schedule`: RunInstances answer time (placement included, one instance per
+/// call, through the signed API) with `hosts` simulated hosts spread over the zones, then
+/// the host monitor's pass after one host dies: how long it takes to recover its instances.
+pub async fn schedule(
+    cache: &std::path::Path,
+    hosts: usize,
+    launches: usize,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(hosts >= 2, "--hosts must be at least 2 (one dies at the end)");
+    let dir = std::env::temp_dir().join(format!("strato-bench-schedule-{}", std::process::id()));
+    let result = schedule_in(&dir, cache, hosts, launches, database).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn schedule_in(
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+    hosts: usize,
+    launches: usize,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
+    use crate::agent::sim::SimAgent;
+    use crate::control::hosts::HostSpec;
+    let mut control = server::open_control(dir, database, "local-1").await?;
+    control.host_timeout = Duration::from_secs(2);
+    let control = Arc::new(control);
+    let creds = server::ensure_admin(&control).await?;
+    control.set_vcpu_quota(crate::control::ADMIN_ACCOUNT, 100_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, image, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
+    let zones = control.region.zones.clone();
+    let mut agents = Vec::new();
+    for n in 0..hosts {
+        let spec = HostSpec {
+            name: format!("sim{n}"),
+            zone: Some(zones[n % zones.len()].clone()),
+            vcpus: 1024,
+            memory_mib: 1 << 20,
+            vcpu_overcommit: 1.0,
+            memory_overcommit: 1.0,
+        };
+        let agent = SimAgent::register(control.clone(), &spec).await?.with_real_tick();
+        let host = agent.host().clone();
+        agents.push((host, tokio::spawn(agent.run())));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = Arc::new(ApiState { control: control.clone() });
+    let server_task = tokio::spawn(crate::api::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    let region = control.region.name.clone();
+    let mut stream = TcpStream::connect(&addr).await?;
+    stream.set_nodelay(true)?;
+    let mut answers = Vec::new();
+    for n in 0..launches {
+        let body = format!(
+            "Action=RunInstances&Version=2016-11-15&ImageId={image}&InstanceType=t2.nano&MinCount=1&MaxCount=1&Placement.AvailabilityZone={}",
+            zones[n % zones.len()]
+        );
+        let t = Instant::now();
+        let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &body).await?;
+        answers.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(status == 200, "RunInstances: {xml}");
+    }
+    let backend = format!("{:?}", control.store().backend()).to_lowercase();
+    println!("{hosts} simulated hosts in {} zones, {launches} launches of one t2.nano ({backend}):", zones.len());
+    let last: Vec<f64> = answers[answers.len().saturating_sub(50)..].to_vec();
+    println!(
+        "  RunInstances answer (placement included)  p50 {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms; last 50 p50 {:6.2} ms",
+        percentile(&mut answers.clone(), 0.50),
+        percentile(&mut answers.clone(), 0.99),
+        percentile(&mut answers.clone(), 1.0),
+        percentile(&mut last.clone(), 0.50),
+    );
+    // One host dies; after the timeout, one monitor pass recovers its instances.
+    let (dead, task) = &agents[0];
+    task.abort();
+    let on_dead =
+        control.live_instances().await?.iter().filter(|i| i.host_id.as_deref() == Some(dead.as_str())).count();
+    tokio::time::sleep(control.host_timeout + Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let moved = control.recover_dead_hosts(&crate::ids::HostId::generate()).await?;
+    let pass = t.elapsed();
+    println!(
+        "  host death: {on_dead} instances on it; one monitor pass recovered {} in {:.1} ms (plus the host timeout and up to one heartbeat interval before it)",
+        moved.len(),
+        pass.as_secs_f64() * 1000.0
+    );
+    let _ = stop.send(());
+    let _ = server_task.await;
+    for (_, task) in agents {
+        task.abort();
+    }
+    control.store().close().await;
+    Ok(())
+}

@@ -194,6 +194,17 @@ enum HostCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Scheduling: RunInstances answer time (placement included) with N simulated hosts
+    /// spread over the zones, then how long the host monitor takes to recover the instances
+    /// of one that dies. Uses --database if given (e.g. PostgreSQL), else a temporary SQLite.
+    Schedule {
+        /// Simulated hosts (at least 2).
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// RunInstances calls, one instance each.
+        #[arg(long, default_value_t = 300)]
+        launches: usize,
+    },
     /// Launches a minimal image in rounds of COUNT instances at once, first booting cold,
     /// then restored from the launch snapshot: RunInstances to SSH login per instance and
     /// for the whole round, and the host memory (PSS) per VM.
@@ -491,6 +502,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "the images are minimal and minimal-fast"
             );
             strato::bench::fast_launch(&cli.cache_dir, &image, runs, count, &instance_type).await
+        }
+        Command::Bench { command: BenchCommand::Schedule { hosts, launches } } => {
+            strato::bench::schedule(&cli.cache_dir, hosts, launches, cli.database.as_deref()).await
         }
         Command::Bench { command: BenchCommand::Volume } => strato::bench::volume(&cli.cache_dir).await,
         Command::Bench { command: BenchCommand::Launch { runs, image, instance_type } } => {

@@ -219,6 +219,9 @@ fn a_zone_survives_a_dead_host_and_its_instances_are_recovered() {
     assert_eq!(s(&i["State"]["Name"]), "running");
     assert!(s(&i["StateTransitionReason"]).starts_with("Instance recovered after its host failed"), "{i}");
     assert_eq!((s(&i["PublicIpAddress"]), s(&i["PrivateIpAddress"])), (ip.clone(), private));
+    // Its console (written on a2) is read through another host's API server (storage dir).
+    let console = c.aws(b, &["ec2", "get-console-output", "--instance-id", &recovered]);
+    assert!(s(&console["Output"]).contains("STRATO-BOOT: ready"), "{console}");
     println!(
         "host death to impaired: {:.1} s; to recovered and serving: {:.1} s (host timeout 3 s)",
         impaired_after.as_secs_f64(),

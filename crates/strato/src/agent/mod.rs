@@ -672,7 +672,7 @@ impl Agent {
             snapshot: Default::default(),
         };
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
-        let _ = std::fs::remove_file(spec.console_path());
+        fresh_console(&spec.console_path(), &self.control.console_file(i.id.as_str()), None)?;
         let accel = self.accel;
         let t = Instant::now();
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
@@ -728,6 +728,7 @@ impl Agent {
         let Some(snapshot) = self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) else { return Ok(None) };
         Ok(Some(RestoreJob {
             instance_id: i.id.to_string(),
+            console_file: self.control.console_file(i.id.as_str()),
             tap: net::tap_name(i.id.as_str()),
             mac: mac_of(i.id.as_str()),
             spec: {
@@ -800,6 +801,8 @@ impl Agent {
 /// hot-plugged, then running (see `snapshot`).
 struct RestoreJob {
     instance_id: String,
+    /// The console's file in the storage dir.
+    console_file: PathBuf,
     snapshot: snapshot::Snapshot,
     spec: VmSpec,
     disk: PathBuf,
@@ -819,9 +822,8 @@ impl RestoreJob {
         std::fs::rename(&tmp, &self.disk)?;
         std::fs::create_dir_all(&self.spec.run_dir)?;
         // The console starts with the template's boot; the restored VM appends.
-        let _ = std::fs::remove_file(self.spec.console_path());
         let _ = std::fs::remove_file(self.spec.run_dir.join("metadata.log"));
-        std::fs::copy(self.snapshot.console(), self.spec.console_path())?;
+        fresh_console(&self.spec.console_path(), &self.console_file, Some(&self.snapshot.console()))?;
         let (spec, accel) = (self.spec.clone(), self.accel);
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
         let started = t0.elapsed();
@@ -1011,4 +1013,25 @@ pub fn mac_of(id: &str) -> String {
     use sha2::Digest;
     let h = sha2::Sha256::digest(id.as_bytes());
     format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3], h[4])
+}
+
+/// Starts an instance's console anew: its file in the storage dir (`shared`, where every API
+/// server reads it) emptied, or a copy of `initial`, and the VM's `console.log` in its run
+/// directory a link to it, which QEMU appends to.
+fn fresh_console(link: &Path, shared: &Path, initial: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(parent) = shared.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match initial {
+        Some(from) => {
+            std::fs::copy(from, shared).with_context(|| format!("copying the console to {}", shared.display()))?;
+        }
+        None => std::fs::write(shared, b"").with_context(|| format!("writing {}", shared.display()))?,
+    }
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(shared, link).with_context(|| format!("linking {}", link.display()))?;
+    Ok(())
 }

@@ -13,6 +13,8 @@ use crate::ids::HostId;
 pub struct SimAgent {
     control: Arc<Control>,
     host: HostId,
+    /// How often it looks at the database unwoken (50 ms: tests wait less).
+    tick: std::time::Duration,
 }
 
 impl SimAgent {
@@ -20,7 +22,7 @@ impl SimAgent {
     /// agent; it heartbeats while `run` runs.
     pub async fn register(control: Arc<Control>, spec: &HostSpec) -> anyhow::Result<SimAgent> {
         let host = control.register_host(None, spec).await?;
-        Ok(SimAgent { control, host })
+        Ok(SimAgent { control, host, tick: std::time::Duration::from_millis(50) })
     }
 
     /// A simulated host serving every zone with this machine's memory (times the control
@@ -28,6 +30,12 @@ impl SimAgent {
     pub async fn new(control: Arc<Control>) -> anyhow::Result<SimAgent> {
         let spec = HostSpec::this_machine(None, 1000.0, control.memory_overcommit);
         Self::register(control, &spec).await
+    }
+
+    /// Polls like the real agent (`agent::TICK`), for benchmarks of many hosts.
+    pub fn with_real_tick(mut self) -> SimAgent {
+        self.tick = crate::agent::TICK;
+        self
     }
 
     pub fn host(&self) -> &HostId {
@@ -102,7 +110,7 @@ impl SimAgent {
                 tracing::warn!(error = format!("{e:#}"), "simulated agent pass failed");
             }
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                _ = tokio::time::sleep(self.tick) => {}
                 _ = self.control.agent_wake.notified() => {}
             }
         }

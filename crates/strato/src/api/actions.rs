@@ -1563,8 +1563,11 @@ impl Action for GetConsoleOutput {
     }
     async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
         let i = ctx.control.instance(&ctx.caller, &self.id).await?;
-        let path = ctx.control.instances_dir().join(i.id.as_str()).join("console.log");
-        let bytes = std::fs::read(&path).unwrap_or_default();
+        // Instances launched before consoles moved to the storage dir have theirs in the run
+        // directory.
+        let bytes = std::fs::read(ctx.control.console_file(i.id.as_str()))
+            .or_else(|_| std::fs::read(ctx.control.instances_dir().join(i.id.as_str()).join("console.log")))
+            .unwrap_or_default();
         let tail = &bytes[bytes.len().saturating_sub(CONSOLE_BYTES)..];
         x.field("instanceId", &i.id).field("timestamp", super::timestamp(&chrono::Utc::now()));
         if !tail.is_empty() {

@@ -120,6 +120,12 @@ impl Control {
         self.storage_dir.join("volumes")
     }
 
+    /// An instance's serial console log, `STORAGE_DIR/consoles/<id>.log`, where every API
+    /// server reads it (its VM's run directory links `console.log` there).
+    pub fn console_file(&self, instance_id: &str) -> std::path::PathBuf {
+        self.storage_dir.join("consoles").join(format!("{instance_id}.log"))
+    }
+
     /// Snapshot files: `STORAGE_DIR/snapshots/<snap>.qcow2`.
     pub fn snapshots_dir(&self) -> std::path::PathBuf {
         self.storage_dir.join("snapshots")
