@@ -332,7 +332,8 @@ impl Control {
     /// This pass's duties of `host`.
     pub async fn duties(&self, host: &HostId) -> anyhow::Result<Duties> {
         let mut c = self.store().read().await?;
-        let live = crate::store::instances::live(&mut c).await?;
+        let instances = crate::store::instances::live_on(&mut c, host.as_str()).await?;
+        let others = crate::store::instances::live_ids_elsewhere(&mut c, host.as_str()).await?;
         let hosts = all(&mut c).await?;
         drop(c);
         let now = Utc::now();
@@ -344,12 +345,10 @@ impl Control {
             .cloned()
             .collect();
         let region_worker = hosts.iter().filter(|h| h.live(now, self.host_timeout)).map(|h| &h.id).min() == Some(host);
-        let (instances, others): (Vec<Instance>, Vec<Instance>) =
-            live.into_iter().partition(|i| i.host_id.as_deref() == Some(host.as_str()));
         Ok(Duties {
             host: host.clone(),
             instances,
-            others: others.into_iter().map(|i| i.id.to_string()).collect(),
+            others: others.into_iter().collect(),
             worker_zones,
             region_worker,
         })

@@ -112,6 +112,23 @@ pub async fn live(c: &mut AnyConnection) -> sqlx::Result<Vec<Instance>> {
     rows.iter().map(from_row).collect()
 }
 
+/// The instances placed on `host` that are not terminated.
+pub async fn live_on(c: &mut AnyConnection, host: &str) -> sqlx::Result<Vec<Instance>> {
+    let rows = sqlx::query("SELECT * FROM instances WHERE host_id = $1 AND state != 'terminated' ORDER BY launch_time")
+        .bind(host)
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The ids of the instances not on `host` (or on none) that are not terminated.
+pub async fn live_ids_elsewhere(c: &mut AnyConnection, host: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT id FROM instances WHERE state != 'terminated' AND (host_id IS NULL OR host_id != $1)")
+        .bind(host)
+        .fetch_all(c)
+        .await
+}
+
 pub async fn by_id(c: &mut AnyConnection, id: &InstanceId) -> sqlx::Result<Option<Instance>> {
     let row = sqlx::query("SELECT * FROM instances WHERE id = $1").bind(id.as_str()).fetch_optional(c).await?;
     row.as_ref().map(from_row).transpose()
