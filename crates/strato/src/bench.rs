@@ -63,13 +63,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Result>> {
             let dir = std::env::temp_dir().join(format!("strato-bench-{}", std::process::id()));
             let control = Arc::new(server::open_control(&dir, opts.database.as_deref(), "local-1").await?);
             let creds = server::ensure_admin(&control).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?.to_string();
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let state = Arc::new(ApiState { control: control.clone() });
-            let handle = tokio::spawn(crate::api::serve(listener, state, async {
-                let _ = rx.await;
-            }));
+            let (addr, tx, handle) = api_in_process(&control).await?;
             let region = control.region.name.clone();
             (addr, creds, region, Some((tx, handle, dir)))
         }
@@ -441,6 +435,21 @@ async fn fast_rounds(
     Ok((each, all, pss))
 }
 
+/// The API of `control` on a loopback port in this process: its address, the sender that
+/// stops it and its task.
+async fn api_in_process(
+    control: &Arc<crate::control::Control>,
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = Arc::new(ApiState { control: control.clone() });
+    let task = tokio::spawn(crate::api::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    Ok((addr, stop, task))
+}
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -484,13 +493,7 @@ impl BenchCloud {
                 server::build_and_register(&control, cache, kind, false).await?
             }
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = Arc::new(ApiState { control: control.clone() });
-        let server_task = tokio::spawn(crate::api::serve(listener, state, async {
-            let _ = rx.await;
-        }));
+        let (addr, stop, server_task) = api_in_process(&control).await?;
         let spec = crate::control::hosts::HostSpec::this_machine(None, 64.0, control.memory_overcommit);
         let host = server::register_host(&control, dir, &spec).await?;
         let mut agent = crate::agent::Agent::new(control.clone(), dir, host.clone())?;
@@ -901,13 +904,7 @@ async fn schedule_in(
         let host = agent.host().clone();
         agents.push((host, tokio::spawn(agent.run())));
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let state = Arc::new(ApiState { control: control.clone() });
-    let server_task = tokio::spawn(crate::api::serve(listener, state, async {
-        let _ = rx.await;
-    }));
+    let (addr, stop, server_task) = api_in_process(&control).await?;
     let region = control.region.name.clone();
     let mut stream = TcpStream::connect(&addr).await?;
     stream.set_nodelay(true)?;

@@ -345,13 +345,7 @@ impl Control {
             .cloned()
             .collect();
         let region_worker = hosts.iter().filter(|h| h.live(now, self.host_timeout)).map(|h| &h.id).min() == Some(host);
-        Ok(Duties {
-            host: host.clone(),
-            instances,
-            others: others.into_iter().collect(),
-            worker_zones,
-            region_worker,
-        })
+        Ok(Duties { host: host.clone(), instances, others: others.into_iter().collect(), worker_zones, region_worker })
     }
 }
 

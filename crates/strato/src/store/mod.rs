@@ -2,8 +2,8 @@
 //! (WAL mode) under the data dir, the default, or a PostgreSQL server (`serve --database
 //! postgres://...`), which several `strato serve` processes can share. Only `control` calls
 //! this module; every query about a resource is scoped by its account. Schema changes are
-//! numbered migrations applied at open, in order, once: one file per version for each
-//! backend (`migrations/` and `migrations/postgres/`, the same version numbers).
+//! numbered migrations applied at open, in order, once: written for SQLite (`migrations/`),
+//! translated for PostgreSQL by `postgres_dialect` (its types).
 //!
 //! The queries are written once, in the SQL both understand: `$N` parameters, `ON CONFLICT`,
 //! integers for booleans, RFC 3339 text for times, explicit `ORDER BY`, `CAST` of sums.
@@ -26,9 +26,9 @@ pub mod instances;
 use crate::control::model::*;
 use crate::ids::*;
 
-/// Schema migrations for SQLite, applied in order; never edit one that has shipped, add a new
-/// one (and its PostgreSQL twin in `POSTGRES_MIGRATIONS`).
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+/// Schema migrations, applied in order; never edit one that has shipped, add a new one.
+/// Written for SQLite; PostgreSQL runs them through `postgres_dialect`.
+const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_images.sql")),
     (3, include_str!("../../migrations/0003_instances.sql")),
@@ -43,22 +43,33 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../../migrations/0012_recovery.sql")),
 ];
 
-/// The same schema for PostgreSQL: `BIGINT` for SQLite's 64-bit `INTEGER`, `DOUBLE PRECISION`
-/// for `REAL`, `BIGSERIAL` for `AUTOINCREMENT`.
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../../migrations/postgres/0002_images.sql")),
-    (3, include_str!("../../migrations/postgres/0003_instances.sql")),
-    (4, include_str!("../../migrations/postgres/0004_quotas.sql")),
-    (5, include_str!("../../migrations/postgres/0005_usage.sql")),
-    (6, include_str!("../../migrations/postgres/0006_public_addresses.sql")),
-    (7, include_str!("../../migrations/postgres/0007_volumes.sql")),
-    (8, include_str!("../../migrations/postgres/0008_snapshots.sql")),
-    (9, include_str!("../../migrations/postgres/0009_volume_modifications.sql")),
-    (10, include_str!("../../migrations/postgres/0010_root_volumes.sql")),
-    (11, include_str!("../../migrations/postgres/0011_hosts.sql")),
-    (12, include_str!("../../migrations/postgres/0012_recovery.sql")),
-];
+/// The PostgreSQL form of a migration written for SQLite: `BIGINT` for SQLite's 64-bit
+/// `INTEGER`, `DOUBLE PRECISION` for `REAL`, `BIGSERIAL PRIMARY KEY` for `INTEGER PRIMARY
+/// KEY AUTOINCREMENT`; every other word as written (the migrations use only SQL both accept
+/// beyond these types; `tests/postgres.rs` checks the two schemas agree).
+fn postgres_dialect(sql: &str) -> String {
+    let sql = sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY");
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(match word.as_str() {
+            "INTEGER" => "BIGINT",
+            "REAL" => "DOUBLE PRECISION",
+            w => w,
+        });
+        word.clear();
+    };
+    for ch in sql.chars() {
+        if ch.is_ascii_alphanumeric() || ch == '_' {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
 
 /// The key of the PostgreSQL advisory lock every write transaction holds ("strato" in ASCII).
 const WRITE_LOCK: i64 = 0x7374_7261_746f;
@@ -182,15 +193,15 @@ impl Store {
             .execute(tx.conn())
             .await?;
         let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(tx.conn()).await?;
-        let migrations = match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS,
-            Backend::Postgres => POSTGRES_MIGRATIONS,
-        };
-        for (version, sql) in migrations {
+        for (version, sql) in MIGRATIONS {
             if done.contains(version) {
                 continue;
             }
-            sqlx::raw_sql(sql).execute(tx.conn()).await.with_context(|| format!("migration {version}"))?;
+            let sql = match self.backend {
+                Backend::Sqlite => sql.to_string(),
+                Backend::Postgres => postgres_dialect(sql),
+            };
+            sqlx::raw_sql(&sql).execute(tx.conn()).await.with_context(|| format!("migration {version}"))?;
             sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)").bind(version).execute(tx.conn()).await?;
         }
         tx.commit().await?;
@@ -865,28 +876,28 @@ pub async fn delete_image(c: &mut AnyConnection, id: &ImageId) -> sqlx::Result<(
 
 #[cfg(test)]
 mod tests {
-    fn sql_files(dir: &std::path::Path) -> Vec<String> {
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
         let mut files: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|f| f.ends_with(".sql"))
             .collect();
         files.sort();
-        files
+        assert_eq!(files.len(), super::MIGRATIONS.len(), "{files:?}");
+        for (i, (version, _)) in super::MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i as i64 + 1);
+            assert!(files[i].starts_with(&format!("{:04}_", version)), "{}", files[i]);
+        }
     }
 
     #[test]
-    fn every_migration_file_is_listed_in_order_for_both_backends() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let files = sql_files(&dir);
-        assert_eq!(files, sql_files(&dir.join("postgres")), "every SQLite migration has its PostgreSQL twin");
-        for migrations in [super::SQLITE_MIGRATIONS, super::POSTGRES_MIGRATIONS] {
-            assert_eq!(files.len(), migrations.len(), "{files:?}");
-            for (i, (version, _)) in migrations.iter().enumerate() {
-                assert_eq!(*version, i as i64 + 1);
-                assert!(files[i].starts_with(&format!("{:04}_", version)), "{}", files[i]);
-            }
-        }
+    fn migrations_translate_to_postgres_types() {
+        assert_eq!(
+            super::postgres_dialect("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL,\n p REAL, integers TEXT); -- INTEGER"),
+            "CREATE TABLE t (id BIGSERIAL PRIMARY KEY, n BIGINT NOT NULL,\n p DOUBLE PRECISION, integers TEXT); -- BIGINT"
+        );
     }
 
     #[test]
