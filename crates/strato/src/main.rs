@@ -67,9 +67,10 @@ enum Command {
         #[arg(long, env = "STRATO_AZ")]
         az: Option<String>,
         /// Seconds without a heartbeat after which a host is down (its instances impaired,
-        /// then recovered elsewhere). Every server sharing a database should use the same.
-        #[arg(long, env = "STRATO_HOST_TIMEOUT", default_value_t = strato::control::hosts::HOST_TIMEOUT.as_secs_f64())]
-        host_timeout: f64,
+        /// then recovered elsewhere): kept in the database for every server of it (default
+        /// 10, or what was set before).
+        #[arg(long, env = "STRATO_HOST_TIMEOUT")]
+        host_timeout: Option<f64>,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -190,6 +191,9 @@ enum AccountCommand {
 enum HostCommand {
     /// List hosts: zone, capacity, up or down (by their heartbeats), instances placed there.
     List,
+    /// Remove a host that is down for good (a decommissioned machine). Refused while it is
+    /// up or has instances that are not stopped; its stopped instances start elsewhere.
+    Remove { host_id: String },
 }
 
 #[derive(Subcommand)]
@@ -325,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "--vcpu-overcommit must be between 0.1 and 1000"
             );
             anyhow::ensure!(
-                host_timeout.is_finite() && (0.5..=3600.0).contains(&host_timeout),
+                host_timeout.is_none_or(|t| t.is_finite() && (0.5..=3600.0).contains(&t)),
                 "--host-timeout must be between 0.5 and 3600 seconds"
             );
             server::serve(server::ServeOptions {
@@ -340,7 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 memory_overcommit,
                 vcpu_overcommit,
                 zone: az,
-                host_timeout: Duration::from_secs_f64(host_timeout),
+                host_timeout: host_timeout.map(Duration::from_secs_f64),
             })
             .await
         }
@@ -421,6 +425,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     on.len()
                 );
             }
+            Ok(())
+        }
+        Command::Host { command: HostCommand::Remove { host_id } } => {
+            let id = strato::ids::HostId::parse(&host_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            open(&at).await?.remove_host(&id).await?;
+            println!("Host {id} removed.");
             Ok(())
         }
         Command::Account { command: AccountCommand::List } => {

@@ -31,7 +31,9 @@ pub async fn open_control(data_dir: &Path, database: Option<&str>, region: &str)
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let store = Store::open(&store::database_url(database, data_dir)).await?;
     let catalogue = Catalogue::load_or_init(&data_dir.join("instance-types.toml"))?;
-    Control::new(store, Region::new(region)?, catalogue, data_dir.to_owned()).await
+    let mut control = Control::new(store, Region::new(region)?, catalogue, data_dir.to_owned()).await?;
+    control.load_host_timeout().await?;
+    Ok(control)
 }
 
 /// The admin account's credentials, creating the account on first start.
@@ -131,8 +133,8 @@ pub struct ServeOptions<'a> {
     pub vcpu_overcommit: f64,
     /// `--az`: the one zone this machine serves; `None` for every zone of the region.
     pub zone: Option<String>,
-    /// `--host-timeout`.
-    pub host_timeout: std::time::Duration,
+    /// `--host-timeout`: set for every server of the database; `None` keeps what it has.
+    pub host_timeout: Option<std::time::Duration>,
 }
 
 /// Registers this data dir's host (its id kept in `DATA_DIR/host-id`, so a restart is the
@@ -180,7 +182,9 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     }
     control.public_pool = public_pool;
     control.memory_overcommit = memory_overcommit;
-    control.host_timeout = host_timeout;
+    if let Some(t) = host_timeout {
+        control.set_host_timeout(t).await?;
+    }
     if build_images {
         match build_and_register(&control, cache, Kind::Minimal, false).await {
             Ok((_, id, true)) => tracing::info!(image_id = %id, "minimal image registered"),

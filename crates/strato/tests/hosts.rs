@@ -256,4 +256,34 @@ fn a_dead_hosts_instances_are_recovered_on_another_host_of_their_zone() {
     assert_eq!(system_status(&cloud, std::slice::from_ref(&z)), [(z.clone(), "impaired".to_owned())]);
     cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &z]);
     eventually("z terminated", || states(&cloud, std::slice::from_ref(&z)) == ["terminated"]);
+
+    // The dead hosts are decommissioned (`strato host remove`): the live one cannot be;
+    // zone b then has no host at all.
+    let hosts = host_list(&cloud);
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    for (id, state) in &hosts {
+        let out = common::strato(cloud.dir.path()).args(["host", "remove", id]).output().expect("strato host remove");
+        let err = String::from_utf8_lossy(&out.stderr);
+        match state.as_str() {
+            "down" => assert!(out.status.success(), "{id}: {err}"),
+            _ => assert!(!out.status.success() && err.contains("is up"), "{id}: {err}"),
+        }
+    }
+    assert_eq!(host_list(&cloud).len(), 1);
+    let zones = zone_states(&cloud);
+    assert_eq!((zones[0].1.as_str(), zones[1].1.as_str()), ("available", "unavailable"));
+}
+
+/// `strato host list`: (host id, up or down).
+fn host_list(cloud: &Cloud) -> Vec<(String, String)> {
+    let out = common::strato(cloud.dir.path()).args(["host", "list"]).output().expect("strato host list");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_owned(), f[6].to_owned())
+        })
+        .collect()
 }

@@ -279,9 +279,60 @@ impl Control {
         Ok(())
     }
 
+    /// Removes a host that is down and has no instance left that is not terminated or
+    /// stopped (a decommissioned machine): its zone then no longer counts it.
+    pub async fn remove_host(&self, id: &HostId) -> anyhow::Result<()> {
+        let mut tx = self.store().begin_write().await?;
+        let host = all(tx.conn()).await?.into_iter().find(|h| &h.id == id);
+        let host = host.ok_or_else(|| anyhow::anyhow!("there is no host {id}"))?;
+        anyhow::ensure!(
+            !host.live(Utc::now(), self.host_timeout),
+            "host {id} is up (its last heartbeat is recent): stop its strato serve first"
+        );
+        let running: Vec<Instance> = crate::store::instances::live_on(tx.conn(), id.as_str())
+            .await?
+            .into_iter()
+            .filter(|i| i.state != InstanceState::Stopped)
+            .collect();
+        anyhow::ensure!(
+            running.is_empty(),
+            "host {id} still has {} instance(s) that are not stopped ({}): stop or terminate them first",
+            running.len(),
+            running.iter().map(|i| i.id.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        // Its stopped instances start elsewhere (StartInstances places them anew).
+        sqlx::query("UPDATE instances SET host_id = NULL WHERE host_id = $1")
+            .bind(id.as_str())
+            .execute(tx.conn())
+            .await?;
+        sqlx::query("DELETE FROM hosts WHERE id = $1").bind(id.as_str()).execute(tx.conn()).await?;
+        tx.commit().await?;
+        tracing::info!(host_id = %id, "host removed");
+        Ok(())
+    }
+
     pub async fn hosts(&self) -> anyhow::Result<Vec<Host>> {
         let mut c = self.store().read().await?;
         Ok(all(&mut c).await?)
+    }
+
+    /// Sets how long a host may be silent before it is down, for every server of this
+    /// database (kept in its `meta` table, read by `load_host_timeout`).
+    pub async fn set_host_timeout(&mut self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let mut tx = self.store().begin_write().await?;
+        crate::store::set_meta(tx.conn(), "host_timeout_ms", &timeout.as_millis().to_string()).await?;
+        tx.commit().await?;
+        self.host_timeout = timeout;
+        Ok(())
+    }
+
+    /// The host timeout this database was given (`set_host_timeout`), if any.
+    pub async fn load_host_timeout(&mut self) -> anyhow::Result<()> {
+        let mut c = self.store().read().await?;
+        if let Some(ms) = crate::store::get_meta(&mut c, "host_timeout_ms").await?.and_then(|v| v.parse::<u64>().ok()) {
+            self.host_timeout = std::time::Duration::from_millis(ms);
+        }
+        Ok(())
     }
 
     /// How often agents heartbeat: `HEARTBEAT`, or a quarter of a shorter `host_timeout`.

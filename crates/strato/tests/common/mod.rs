@@ -232,7 +232,7 @@ impl Cloud {
             rt.block_on(async move {
                 let mut control =
                     strato::server::open_control(&data, database.as_deref(), "local-1").await.expect("control");
-                control.host_timeout = host_timeout;
+                control.set_host_timeout(host_timeout).await.expect("host timeout");
                 let control = std::sync::Arc::new(control);
                 strato::server::ensure_admin(&control).await.expect("admin");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
