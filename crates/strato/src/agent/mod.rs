@@ -1,5 +1,9 @@
 //! The host agent: makes the instances' desired state true on this host and reports what it
-//! sees. `strato serve` runs one in-process; it reconciles every `TICK`:
+//! sees. `strato serve` runs one in-process for the host it registered (`control::hosts`):
+//! each pass acts on the instances placed on this host only, on the volumes attached to them,
+//! and, when this host is its zone's volume worker, on the unattached ones (and their
+//! snapshots); a VM here whose instance was placed on another host meanwhile (recovered while
+//! this host was cut off) is ended first. It reconciles every `TICK`:
 //!
 //! - `pending`, first launch, an image with launch snapshots and the snapshot ready: restored
 //!   from it (`snapshot`), all such instances of a pass at once, before the loop below;
