@@ -56,6 +56,7 @@
 //! leases, security-group rules, public addresses and metadata table (`net::Network::sync`).
 //! A VM's one NIC is a tap on its VPC's bridge; QEMU runs in the VPC's namespace.
 
+pub mod link;
 pub mod sim;
 pub mod snapshot;
 
@@ -75,6 +76,7 @@ use crate::hypervisor::{detect_accel, ec2_uuid, Accel, Vm, VmSpec, VolumeDisk};
 use crate::ids::HostId;
 use crate::metadata::{InstanceMetadata, StdioConfig};
 use crate::net::{self, Network, Site};
+use link::Link;
 
 pub const TICK: Duration = Duration::from_millis(250);
 /// How long a graceful stop may take before the VM is ended.
@@ -82,8 +84,8 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a launch waits for its VPC's network before it fails.
 pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct Agent {
-    control: Arc<Control>,
+pub struct Agent<L: Link = Control> {
+    control: Arc<L>,
     /// The host this agent runs (registered by `register_host`).
     host: HostId,
     instances_dir: PathBuf,
@@ -108,8 +110,8 @@ pub struct Agent {
     pruned: Option<Instant>,
 }
 
-impl Agent {
-    pub fn new(control: Arc<Control>, data_dir: &Path, host: HostId) -> anyhow::Result<Agent> {
+impl<L: Link> Agent<L> {
+    pub fn new(control: Arc<L>, data_dir: &Path, host: HostId) -> anyhow::Result<Agent<L>> {
         let (accel, why) = detect_accel();
         tracing::info!(accel = ?accel, reason = %why, "agent accelerator");
         let key_path = data_dir.join("metadata-token.key");
@@ -152,15 +154,12 @@ impl Agent {
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = format!("{e:#}"), "agent pass failed");
             }
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = control.agent_wake.notified() => {}
-            }
+            control.changed(TICK).await;
         }
     }
 
     /// Heartbeats for `host` (every `Control::heartbeat_interval`), until aborted.
-    pub async fn heartbeats(control: Arc<Control>, host: HostId) {
+    pub async fn heartbeats(control: Arc<L>, host: HostId) {
         loop {
             if let Err(e) = control.heartbeat(&host).await {
                 tracing::warn!(host_id = %host, error = format!("{e:#}"), "heartbeat failed");
@@ -567,7 +566,7 @@ impl Agent {
     fn metadata_config(&self, i: &Instance, dir: &Path, volumes: &[Volume]) -> StdioConfig {
         // The instance store, then the attached volumes in device order, as EC2 lists them.
         let mut block_devices = Vec::new();
-        if self.control.catalogue.get(&i.instance_type).is_some_and(|t| t.instance_storage_gb.is_some()) {
+        if self.control.catalogue().get(&i.instance_type).is_some_and(|t| t.instance_storage_gb.is_some()) {
             block_devices.push(("ephemeral0".to_owned(), "sdb".to_owned()));
         }
         let mut devices: Vec<&str> = volumes
@@ -588,7 +587,7 @@ impl Agent {
             ami_id: i.image_id.clone(),
             instance_type: i.instance_type.clone(),
             account_id: i.owner.to_string(),
-            region: self.control.region.name.clone(),
+            region: self.control.region_name().to_owned(),
             availability_zone: i.availability_zone.clone(),
             local_ipv4: i.private_ip.clone(),
             public_ipv4: i.public_ip.clone(),
@@ -613,7 +612,7 @@ impl Agent {
             .with_context(|| format!("image {} is gone", i.image_id))?;
         let itype = self
             .control
-            .catalogue
+            .catalogue()
             .get(&i.instance_type)
             .with_context(|| format!("instance type {} left the catalogue", i.instance_type))?
             .clone();
@@ -706,7 +705,7 @@ fn restorable(
         && itype.instance_storage_gb.is_none()
 }
 
-impl Agent {
+impl<L: Link> Agent<L> {
     /// The restore of a pending instance's first launch, if it can be restored and its
     /// launch snapshot is ready.
     async fn restore_job(&self, i: &Instance, volumes: &[Volume]) -> anyhow::Result<Option<RestoreJob>> {
@@ -718,7 +717,7 @@ impl Agent {
             return Ok(None);
         }
         let Some(image) = self.control.image_for_launch(&i.image_id).await? else { return Ok(None) };
-        let Some(itype) = self.control.catalogue.get(&i.instance_type).cloned() else { return Ok(None) };
+        let Some(itype) = self.control.catalogue().get(&i.instance_type).cloned() else { return Ok(None) };
         let attached: Vec<&Volume> = volumes
             .iter()
             .filter(|v| v.instance_id.as_deref() == Some(i.id.as_str()))
