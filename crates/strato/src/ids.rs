@@ -35,7 +35,8 @@ fn is_valid(prefix: &str, s: &str) -> bool {
 macro_rules! resource_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $malformed:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
         pub struct $name(String);
 
         impl $name {
@@ -136,7 +137,8 @@ resource_id!(
     DhcpOptionsId, "dopt", "InvalidDhcpOptionID.Malformed");
 
 /// A 12-digit AWS account id, as it appears in `OwnerId`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct AccountId(String);
 
 impl AccountId {

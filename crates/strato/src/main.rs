@@ -86,6 +86,27 @@ enum Command {
         #[command(subcommand)]
         command: HostCommand,
     },
+    /// Make this machine a host of a running control plane, without access to its database:
+    /// joins with a token from `strato host token` (once; the host's id and credential are
+    /// then kept in DATA_DIR/agent.json), registers its capacity, heartbeats and runs the
+    /// instances placed on it. --storage-dir must be the control plane's storage (images,
+    /// volumes) as this machine sees it. Plain HTTP, so the control plane must be on
+    /// loopback (TLS is not built yet).
+    Agent {
+        /// The control plane's EC2 endpoint, e.g. http://127.0.0.1:8787.
+        #[arg(long)]
+        control_plane: String,
+        /// A join token (first start only).
+        #[arg(long, env = "STRATO_JOIN_TOKEN")]
+        token: Option<String>,
+        /// The zone this host serves; every zone by default.
+        #[arg(long)]
+        az: Option<String>,
+        #[arg(long, default_value_t = strato::control::hosts::VCPU_OVERCOMMIT)]
+        vcpu_overcommit: f64,
+        #[arg(long, default_value_t = strato::control::instances::MEMORY_OVERCOMMIT)]
+        memory_overcommit: f64,
+    },
     /// Measure the system.
     Bench {
         #[command(subcommand)]
@@ -194,6 +215,12 @@ enum HostCommand {
     /// Remove a host that is down for good (a decommissioned machine). Refused while it is
     /// up or has instances that are not stopped; its stopped instances start elsewhere.
     Remove { host_id: String },
+    /// Make a join token for one host (`strato agent --token`), good once.
+    Token {
+        /// Minutes until it expires.
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -426,6 +453,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Host { command: HostCommand::Token { ttl_minutes } } => {
+            let token = open(&at).await?.create_join_token(Duration::from_secs(ttl_minutes * 60)).await?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Agent { control_plane, token, az, vcpu_overcommit, memory_overcommit } => {
+            let spec = strato::control::hosts::HostSpec::this_machine(az, vcpu_overcommit, memory_overcommit);
+            let storage = at.storage_dir.clone().unwrap_or_else(|| at.data_dir.clone());
+            server::run_agent(&at.data_dir, &storage, &control_plane, token.as_deref(), &spec).await
         }
         Command::Host { command: HostCommand::Remove { host_id } } => {
             let id = strato::ids::HostId::parse(&host_id).map_err(|e| anyhow::anyhow!("{e}"))?;

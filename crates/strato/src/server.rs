@@ -267,3 +267,57 @@ async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+/// `strato agent`: joins (or rejoins) the control plane at `url` and runs this machine's
+/// agent over the agent API until SIGINT or SIGTERM.
+pub async fn run_agent(
+    data_dir: &Path,
+    storage_dir: &Path,
+    url: &str,
+    token: Option<&str>,
+    spec: &crate::control::hosts::HostSpec,
+) -> anyhow::Result<()> {
+    use crate::agent::remote::{call, loopback_addr, Joined, RemoteLink};
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let file = data_dir.join("agent.json");
+    let joined: Joined = match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = token.context("this host has not joined yet: give --token (from `strato host token`)")?;
+            let answer =
+                call(&loopback_addr(url)?, None, "join", &serde_json::json!({"token": token, "spec": spec})).await?;
+            let joined = Joined {
+                control_plane: url.to_owned(),
+                host_id: serde_json::from_value(answer["host_id"].clone())?,
+                credential: answer["credential"].as_str().context("no credential")?.to_owned(),
+            };
+            let tmp = file.with_extension("tmp");
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                f.write_all(&serde_json::to_vec(&joined)?)?;
+            }
+            std::fs::rename(&tmp, &file)?;
+            joined
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
+    };
+    let link = Arc::new(RemoteLink::connect(&joined, spec, storage_dir).await?);
+    println!(
+        "This machine is host {} ({} vCPUs, {} MiB), serving {}, for the control plane at {}.",
+        joined.host_id,
+        spec.vcpus,
+        spec.memory_mib,
+        spec.zone.as_deref().unwrap_or("every zone"),
+        joined.control_plane
+    );
+    let _ = std::io::stdout().flush();
+    let agent = crate::agent::Agent::new(link.clone(), data_dir, joined.host_id.clone())?;
+    let heartbeats = crate::agent::Agent::<RemoteLink>::heartbeats(link, joined.host_id.clone());
+    tokio::select! {
+        _ = async { tokio::join!(agent.run(), heartbeats) } => {}
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}

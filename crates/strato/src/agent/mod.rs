@@ -57,6 +57,7 @@
 //! A VM's one NIC is a tap on its VPC's bridge; QEMU runs in the VPC's namespace.
 
 pub mod link;
+pub mod remote;
 pub mod sim;
 pub mod snapshot;
 

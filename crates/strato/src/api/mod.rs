@@ -176,7 +176,31 @@ pub struct ApiState {
 
 /// The axum router: every path and method goes to the one pipeline.
 pub fn router(state: Arc<ApiState>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(state)
+    axum::Router::new()
+        .route("/strato-agent/v1/{method}", axum::routing::post(agent_call))
+        .fallback(handle)
+        .with_state(state)
+}
+
+/// The agent API (`agent::remote`): JSON in and out, `{"error": ...}` when refused.
+async fn agent_call(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (status, value) = match crate::agent::remote::serve_call(&state.control, auth, &method, &body).await {
+        Ok(v) => (axum::http::StatusCode::OK, v),
+        Err(crate::agent::remote::Refused(code, message)) => {
+            tracing::warn!(method, code, message, "agent call refused");
+            (
+                axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                serde_json::json!({ "error": message }),
+            )
+        }
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -48,7 +48,7 @@ pub const HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 pub const VCPU_OVERCOMMIT: f64 = 16.0;
 
 /// What a host reports of itself when it registers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct HostSpec {
     pub name: String,
     /// The zone it serves; `None` for every zone.
@@ -348,6 +348,7 @@ impl Control {
 
 /// What one host's agent does this pass: its instances, and which volumes and snapshots
 /// are its work.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Duties {
     pub host: HostId,
     /// The instances placed on this host that are not terminated.
@@ -546,6 +547,69 @@ pub async fn monitor(control: std::sync::Arc<Control>, me: HostId) {
             Err(e) => tracing::warn!(error = format!("{e:#}"), "host monitor lease"),
         }
         tokio::time::sleep(control.heartbeat_interval()).await;
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+impl Control {
+    /// A join token for one host, good once until `ttl` from now (`strato host token`).
+    pub async fn create_join_token(&self, ttl: std::time::Duration) -> anyhow::Result<String> {
+        let token = format!("sjt-{}", hex::encode(rand::random::<[u8; 24]>()));
+        let now = Utc::now();
+        let mut tx = self.store().begin_write().await?;
+        sqlx::query("INSERT INTO join_tokens (token_hash, expires_at, created_at) VALUES ($1, $2, $3)")
+            .bind(sha256_hex(&token))
+            .bind(ts(&(now + chrono::Duration::from_std(ttl)?)))
+            .bind(ts(&now))
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// A host joins with a join token (used up by this): it is registered and gets its
+    /// credential, which only it knows (the database keeps its hash). `None` when the token
+    /// is unknown, used or expired.
+    pub async fn join_host(&self, token: &str, spec: &HostSpec) -> anyhow::Result<Option<(HostId, String)>> {
+        let mut tx = self.store().begin_write().await?;
+        let expires: Option<String> = sqlx::query_scalar("SELECT expires_at FROM join_tokens WHERE token_hash = $1")
+            .bind(sha256_hex(token))
+            .fetch_optional(tx.conn())
+            .await?;
+        let Some(expires) = expires else { return Ok(None) };
+        sqlx::query("DELETE FROM join_tokens WHERE token_hash = $1").bind(sha256_hex(token)).execute(tx.conn()).await?;
+        tx.commit().await?;
+        if parse_ts(&expires) <= Utc::now() {
+            return Ok(None);
+        }
+        let id = self.register_host(None, spec).await?;
+        let credential = hex::encode(rand::random::<[u8; 32]>());
+        let mut tx = self.store().begin_write().await?;
+        sqlx::query("UPDATE hosts SET credential_hash = $1 WHERE id = $2")
+            .bind(sha256_hex(&credential))
+            .bind(id.as_str())
+            .execute(tx.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(Some((id, credential)))
+    }
+
+    /// Whether `credential` is the one `host` got when it joined.
+    pub async fn host_credential_ok(&self, host: &HostId, credential: &str) -> anyhow::Result<bool> {
+        use subtle::ConstantTimeEq;
+        let mut c = self.store().read().await?;
+        let hash: Option<Option<String>> = sqlx::query_scalar("SELECT credential_hash FROM hosts WHERE id = $1")
+            .bind(host.as_str())
+            .fetch_optional(&mut *c)
+            .await?;
+        Ok(match hash.flatten() {
+            Some(h) => bool::from(h.as_bytes().ct_eq(sha256_hex(credential).as_bytes())),
+            None => false,
+        })
     }
 }
 

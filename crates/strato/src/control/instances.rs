@@ -35,7 +35,7 @@ pub const MAX_USER_DATA: usize = 16 * 1024;
 pub const TERMINATED_VISIBLE_HOURS: i64 = 1;
 
 /// An EBS volume attached to an instance, as its `blockDeviceMapping` shows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BlockDevice {
     pub device: String,
     pub volume_id: String,
@@ -57,7 +57,7 @@ impl BlockDevice {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Instance {
     pub id: InstanceId,
     pub owner: AccountId,

@@ -77,7 +77,7 @@ pub struct SecurityGroup {
 }
 
 /// One rule of a security group: one protocol and port range, and exactly one peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SgRule {
     pub id: SecurityGroupRuleId,
     pub group_id: SecurityGroupId,
@@ -89,7 +89,7 @@ pub struct SgRule {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Peer {
     Ipv4(String),
     Ipv6(String),
@@ -108,7 +108,7 @@ impl SgRule {
 }
 
 /// A machine image (AMI): a root disk and the kernel that boots it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Image {
     pub id: ImageId,
     pub owner: AccountId,

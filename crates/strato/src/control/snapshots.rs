@@ -16,7 +16,7 @@ use crate::api::query::{Filter, TagSpec};
 use crate::ids::{AccountId, SnapshotId, VolumeId};
 use crate::store::{self, parse_ts, ts};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub id: SnapshotId,
     pub owner: AccountId,

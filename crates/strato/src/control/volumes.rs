@@ -32,7 +32,7 @@ use crate::store::{self, instances as idb, parse_ts, ts};
 /// How many volumes one instance can have attached (its VM's spare hot-plug ports).
 pub const MAX_ATTACHED: usize = 8;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Volume {
     pub id: VolumeId,
     pub owner: AccountId,
@@ -61,7 +61,7 @@ pub struct Volume {
 }
 
 /// One ModifyVolume and how far it got.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Modification {
     pub volume_id: String,
     /// modifying | completed | failed

@@ -38,7 +38,7 @@ pub const UPLINK: &str = "up0";
 pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 /// One instance as the network sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetInstance {
     pub id: String,
     pub tap: String,
@@ -54,7 +54,7 @@ pub struct NetInstance {
 
 /// One VPC as the network sees it: its subnets, its instances with a VM on this host, and the
 /// rules of every group they use.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct VpcView {
     pub vpc_id: String,
     /// The VPC's DNS server (its base address + 2, as EC2's AmazonProvidedDNS).

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/0010_root_volumes.sql")),
     (11, include_str!("../../migrations/0011_hosts.sql")),
     (12, include_str!("../../migrations/0012_recovery.sql")),
+    (13, include_str!("../../migrations/0013_host_credentials.sql")),
 ];
 
 /// The PostgreSQL form of a migration written for SQLite: `BIGINT` for SQLite's 64-bit
