@@ -6,7 +6,9 @@
 //! HOST_ID:CREDENTIAL`. The control plane checks each report against the caller's duties: a
 //! host reports only on the instances placed on it and the volumes and snapshots that are its
 //! work, sets only the instance flags agents set, and names no files (the control plane
-//! finds a snapshot's file itself). Without TLS yet, `strato agent` accepts only a control
+//! finds a snapshot's file itself); it reads only the volumes, modifications and snapshots
+//! that are its work (the region's worker reads every snapshot: it removes the files of
+//! deleted ones). Without TLS yet, `strato agent` accepts only a control
 //! plane on loopback.
 
 use std::path::{Path, PathBuf};
@@ -84,9 +86,38 @@ pub async fn serve_call(
         }
         "heartbeat" => to(Control::heartbeat(c, &host).await?),
         "duties" => to(duties().await?),
-        "all_volumes" => to(Control::all_volumes(c).await?),
-        "modifying_volumes" => to(Control::modifying_volumes(c).await?),
-        "all_snapshots" => to(Control::all_snapshots(c).await?),
+        // A host sees the volumes, modifications and snapshots that are its work only.
+        "all_volumes" => {
+            let d = duties().await?;
+            let volumes = Control::all_volumes(c).await?;
+            to(volumes
+                .into_iter()
+                .filter(|v| d.volume(&v.availability_zone, v.instance_id.as_deref()))
+                .collect::<Vec<_>>())
+        }
+        "modifying_volumes" => {
+            let d = duties().await?;
+            let volumes = Control::all_volumes(c).await?;
+            let mods = Control::modifying_volumes(c).await?;
+            to(mods
+                .into_iter()
+                .filter(|m| {
+                    volumes.iter().any(|v| {
+                        v.id.as_str() == m.volume_id && d.volume(&v.availability_zone, v.instance_id.as_deref())
+                    })
+                })
+                .collect::<Vec<_>>())
+        }
+        "all_snapshots" => {
+            let d = duties().await?;
+            let volumes = Control::all_volumes(c).await?;
+            let snapshots = Control::all_snapshots(c).await?;
+            // The region worker removes the files of deleted snapshots: it needs them all.
+            to(snapshots
+                .into_iter()
+                .filter(|s| d.region_worker || snapshot_is_ours(&d, &volumes, s))
+                .collect::<Vec<_>>())
+        }
         "image_ids" => to(Control::image_ids(c).await.map_err(|e| Refused(500, e.to_string()))?),
         "image_for_launch" => {
             let id: String = arg(&body, "id")?;
@@ -145,12 +176,7 @@ pub async fn serve_call(
             let snapshots = Control::all_snapshots(c).await?;
             let s = snapshots.iter().find(|s| s.id == id).ok_or_else(|| Refused(404, format!("no snapshot {id}")))?;
             let volumes = Control::all_volumes(c).await?;
-            let d = duties().await?;
-            let ours = match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
-                Some(v) if s.source_snapshot.is_none() => d.volume(&v.availability_zone, v.instance_id.as_deref()),
-                _ => d.region_worker,
-            };
-            if !ours {
+            if !snapshot_is_ours(&duties().await?, &volumes, s) {
                 return Err(forbidden(format!("snapshot {id} is not this host's work")));
             }
             let ok: bool = arg(&body, "ok")?;
@@ -165,6 +191,15 @@ pub async fn serve_call(
         other => return Err(Refused(404, format!("no agent call {other}"))),
     };
     Ok(out)
+}
+
+/// A snapshot is the work of the host whose work its volume is; a copy, or one whose volume
+/// is gone, the region worker's.
+fn snapshot_is_ours(d: &Duties, volumes: &[Volume], s: &Snapshot) -> bool {
+    match volumes.iter().find(|v| v.id.as_str() == s.volume_id) {
+        Some(v) if s.source_snapshot.is_none() => d.volume(&v.availability_zone, v.instance_id.as_deref()),
+        _ => d.region_worker,
+    }
 }
 
 fn to<T: Serialize>(v: T) -> Value {
