@@ -206,7 +206,7 @@ fn a_host_joins_with_a_token_and_runs_instances_over_the_agent_api() {
     assert_eq!(status, 200, "{body}");
     let volumes: Value = serde_json::from_str(&body).expect("JSON");
     let attached: Vec<String> = volumes.as_array().unwrap().iter().map(|v| s(&v["instance_id"])).collect();
-    assert_eq!(attached, [remote.clone()], "{body}");
+    assert_eq!(attached.as_slice(), std::slice::from_ref(&remote), "{body}");
     assert_eq!(s(&describe(&local)["State"]["Name"]), "running", "the forged report changed nothing");
 
     // The token was used up: another machine cannot join with it.
