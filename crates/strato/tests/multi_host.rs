@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -116,17 +114,6 @@ impl Drop for Cluster {
     }
 }
 
-/// GET / from ip:80 (the guest's busybox httpd); the body, if it answered.
-fn http_get(ip: &str) -> Option<String> {
-    let addr: SocketAddr = format!("{ip}:80").parse().ok()?;
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, body)| body.trim().to_owned())
-}
-
 fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
@@ -134,8 +121,6 @@ fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
-
-const WEB: &str = "#!/bin/sh\nmkdir -p /www\necho \"web $(hostname)\" > /www/index.html\nbusybox httpd -p 80 -h /www\n";
 
 #[test]
 fn a_zone_survives_a_dead_host_and_its_instances_are_recovered() {
@@ -157,27 +142,11 @@ fn a_zone_survives_a_dead_host_and_its_instances_are_recovered() {
     assert_eq!(states, ["available", "available", "unavailable"], "a host in a and b, none in c");
 
     // One security group for the web servers: port 80 from this machine.
-    let g = c.aws(a, &["ec2", "create-security-group", "--group-name", "web", "--description", "web"]);
-    let g = s(&g["GroupId"]);
-    c.aws(
-        a,
-        &[
-            "ec2",
-            "authorize-security-group-ingress",
-            "--group-id",
-            &g,
-            "--protocol",
-            "tcp",
-            "--port",
-            "80",
-            "--cidr",
-            "127.0.0.1/32",
-        ],
-    );
+    let g = common::web_group(|args| c.aws(a, args));
     let run = |n: usize, subnet: &str, extra: &[&str]| {
         let mut args =
             vec!["ec2", "run-instances", "--image-id", &ami, "--instance-type", "t2.nano", "--subnet-id", subnet];
-        args.extend(["--security-group-ids", &g, "--user-data", WEB]);
+        args.extend(["--security-group-ids", &g, "--user-data", common::WEB_USER_DATA]);
         args.extend(extra);
         s(&c.aws(n, &args)["Instances"][0]["InstanceId"])
     };
@@ -188,7 +157,7 @@ fn a_zone_survives_a_dead_host_and_its_instances_are_recovered() {
     let public = |c: &Cluster, id: &str| s(&c.instance(b, id)["PublicIpAddress"]);
     for id in [&recovered, &lost, &other] {
         eventually("the web server answers", Duration::from_secs(120), || {
-            http_get(&public(&c, id)).is_some_and(|body| body.starts_with("web "))
+            common::http_get(&public(&c, id)).is_some_and(|body| body.starts_with("web "))
         });
     }
     let (ip, private) = (public(&c, &recovered), s(&c.instance(b, &recovered)["PrivateIpAddress"]));
@@ -198,7 +167,7 @@ fn a_zone_survives_a_dead_host_and_its_instances_are_recovered() {
     c.kill(a);
     let died = Instant::now();
     // The other zone's web server still answers.
-    assert!(http_get(&public(&c, &other)).is_some(), "the web server in local-1b answers");
+    assert!(common::http_get(&public(&c, &other)).is_some(), "the web server in local-1b answers");
     // The instance without recovery: running, its system check impaired, the reason given.
     eventually("the lost instance is reported impaired", Duration::from_secs(30), || {
         let st = c.aws(b, &["ec2", "describe-instance-status", "--instance-ids", &lost]);
@@ -212,7 +181,7 @@ fn a_zone_survives_a_dead_host_and_its_instances_are_recovered() {
     // The one with recovery runs again on the zone's other host: same id, addresses, and
     // its web server (user data runs at every boot) answers at the same public address.
     eventually("the recovered instance serves again", Duration::from_secs(120), || {
-        http_get(&ip).is_some_and(|body| body.starts_with("web "))
+        common::http_get(&ip).is_some_and(|body| body.starts_with("web "))
     });
     let back_after = died.elapsed();
     let i = c.instance(a2, &recovered);

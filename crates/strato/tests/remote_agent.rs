@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,16 +49,6 @@ fn aws(endpoint: &str, config: &std::path::Path, args: &[&str]) -> Value {
         .expect("aws");
     assert!(out.status.success(), "aws {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
-fn http_get(ip: &str) -> Option<String> {
-    let addr: SocketAddr = format!("{ip}:80").parse().ok()?;
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, body)| body.trim().to_owned())
 }
 
 /// A raw agent API call: (HTTP status, body).
@@ -139,20 +129,7 @@ fn a_host_joins_with_a_token_and_runs_instances_over_the_agent_api() {
         let d = aws(&["ec2", "describe-subnets", "--filters", &format!("Name=availability-zone,Values={zone}")]);
         s(&d["Subnets"][0]["SubnetId"])
     };
-    let g = s(&aws(&["ec2", "create-security-group", "--group-name", "web", "--description", "web"])["GroupId"]);
-    aws(&[
-        "ec2",
-        "authorize-security-group-ingress",
-        "--group-id",
-        &g,
-        "--protocol",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "127.0.0.1/32",
-    ]);
-    let web = "#!/bin/sh\nmkdir -p /www\necho \"web $(hostname)\" > /www/index.html\nbusybox httpd -p 80 -h /www\n";
+    let g = common::web_group(aws);
     let run = |zone: &str| {
         let r = aws(&[
             "ec2",
@@ -166,7 +143,7 @@ fn a_host_joins_with_a_token_and_runs_instances_over_the_agent_api() {
             "--security-group-ids",
             &g,
             "--user-data",
-            web,
+            common::WEB_USER_DATA,
         ]);
         s(&r["Instances"][0]["InstanceId"])
     };
@@ -175,7 +152,7 @@ fn a_host_joins_with_a_token_and_runs_instances_over_the_agent_api() {
     let describe =
         |id: &str| aws(&["ec2", "describe-instances", "--instance-ids", id])["Reservations"][0]["Instances"][0].clone();
     eventually("the remote host's web server answers", Duration::from_secs(120), || {
-        http_get(&s(&describe(&remote)["PublicIpAddress"])).is_some_and(|b| b.starts_with("web "))
+        common::http_get(&s(&describe(&remote)["PublicIpAddress"])).is_some_and(|b| b.starts_with("web "))
     });
     let console = aws(&["ec2", "get-console-output", "--instance-id", &remote]);
     assert!(s(&console["Output"]).contains("STRATO-BOOT: ready"), "{console}");

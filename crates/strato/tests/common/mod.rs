@@ -574,3 +574,38 @@ pub fn ssh(key: &Path, ip: &str, command: &str) -> Option<String> {
         .expect("ssh (openssh-client)");
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// User data that serves `web HOSTNAME` on port 80 with busybox httpd (the minimal image runs
+/// user data at every boot).
+pub const WEB_USER_DATA: &str =
+    "#!/bin/sh\nmkdir -p /www\necho \"web $(hostname)\" > /www/index.html\nbusybox httpd -p 80 -h /www\n";
+
+/// GET / from ip:80: the body, if it answered.
+pub fn http_get(ip: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = format!("{ip}:80").parse().ok()?;
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.trim().to_owned())
+}
+
+/// Makes the security group `web`, open to port 80 from this machine, with `aws`; its id.
+pub fn web_group(aws: impl Fn(&[&str]) -> Value) -> String {
+    let g = aws(&["ec2", "create-security-group", "--group-name", "web", "--description", "web"]);
+    let g = g["GroupId"].as_str().expect("GroupId").to_owned();
+    aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &g,
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        "127.0.0.1/32",
+    ]);
+    g
+}
