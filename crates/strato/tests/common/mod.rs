@@ -123,10 +123,18 @@ pub fn new_postgres_database() -> String {
     format!("{server}/{name}")
 }
 
+/// Drops a database `new_postgres_database` made; a failure is reported, not a test failure
+/// (it runs at cleanup, often in a drop).
 pub fn drop_postgres_database(url: &str) {
     let Some((server, name)) = url.rsplit_once('/') else { return };
     if name.starts_with("strato_test_") {
-        psql(&format!("{server}/postgres"), &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let out = Command::new("psql").args(["-X", "-q", "-d", &format!("{server}/postgres"), "-c", &sql]).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!("could not drop test database {name}: {}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => eprintln!("could not run psql to drop {name}: {e}"),
+        }
     }
 }
 
