@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::eventually_within as eventually;
+
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -111,14 +113,6 @@ impl Drop for Cluster {
             down(&self.database, h.dir.path());
         }
         common::drop_postgres_database(&self.database);
-    }
-}
-
-fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 

@@ -617,3 +617,12 @@ pub fn web_group(aws: impl Fn(&[&str]) -> Value) -> String {
     ]);
     g
 }
+
+/// Waits until `ok` holds, checking every 300 ms; fails the test after `limit`.
+pub fn eventually_within(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
