@@ -71,6 +71,11 @@ enum Command {
         /// 10, or what was set before).
         #[arg(long, env = "STRATO_HOST_TIMEOUT")]
         host_timeout: Option<f64>,
+        /// Also serve the agent API over TLS at this address (e.g. 10.0.0.1:8788), for
+        /// `strato agent` on other machines: a self-signed certificate, kept in the
+        /// database, that agents pin by the SHA-256 inside their join token.
+        #[arg(long, env = "STRATO_AGENT_LISTEN")]
+        agent_listen: Option<SocketAddr>,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -90,10 +95,12 @@ enum Command {
     /// joins with a token from `strato host token` (once; the host's id and credential are
     /// then kept in DATA_DIR/agent.json), registers its capacity, heartbeats and runs the
     /// instances placed on it. --storage-dir must be the control plane's storage (images,
-    /// volumes) as this machine sees it. Plain HTTP, so the control plane must be on
-    /// loopback (TLS is not built yet).
+    /// volumes) as this machine sees it. --control-plane is https://IP:PORT (a server's
+    /// --agent-listen; TLS, its certificate pinned by the token) or, on loopback only,
+    /// the plain http:// EC2 endpoint.
     Agent {
-        /// The control plane's EC2 endpoint, e.g. http://127.0.0.1:8787.
+        /// The control plane: https://IP:PORT (a server's --agent-listen) or, on this
+        /// machine's loopback, its EC2 endpoint http://127.0.0.1:8787.
         #[arg(long)]
         control_plane: String,
         /// A join token (first start only).
@@ -345,6 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             vcpu_overcommit,
             az,
             host_timeout,
+            agent_listen,
         } => {
             let pool = strato::net::parse_public_pool(&public_pool)?;
             anyhow::ensure!(
@@ -372,6 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 vcpu_overcommit,
                 zone: az,
                 host_timeout: host_timeout.map(Duration::from_secs_f64),
+                agent_listen,
             })
             .await
         }

@@ -135,6 +135,9 @@ pub struct ServeOptions<'a> {
     pub zone: Option<String>,
     /// `--host-timeout`: set for every server of the database; `None` keeps what it has.
     pub host_timeout: Option<std::time::Duration>,
+    /// `--agent-listen`: where the agent API is also served over TLS, for agents on other
+    /// machines.
+    pub agent_listen: Option<SocketAddr>,
 }
 
 /// Registers this data dir's host (its id kept in `DATA_DIR/host-id`, so a restart is the
@@ -175,6 +178,7 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
         vcpu_overcommit,
         zone,
         host_timeout,
+        agent_listen,
     } = opts;
     let mut control = open_control(data_dir, database, region).await?;
     if let Some(dir) = storage_dir {
@@ -204,6 +208,27 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     let config = write_aws_config(&control, data_dir).await?;
     let spec = crate::control::hosts::HostSpec::this_machine(zone.clone(), vcpu_overcommit, memory_overcommit);
     let host = register_host(&control, data_dir, &spec).await?;
+    let control = Arc::new(control);
+    let agent_api = match agent_listen {
+        Some(addr) => {
+            let identity = crate::agent::tls::identity(&control).await?;
+            let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+            let tls = crate::agent::tls::TlsListener::new(tcp, crate::agent::tls::server_config(&identity)?)?;
+            println!(
+                "Agents on other machines: https://{} (certificate SHA-256 {}, carried by `strato host token`).",
+                axum::serve::Listener::local_addr(&tls)?,
+                identity.fingerprint()
+            );
+            let _ = std::io::stdout().flush();
+            let router = api::agent_router(Arc::new(ApiState { control: control.clone() }));
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(tls, router).await {
+                    tracing::error!(error = %e, "the agent API listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     println!(
         "Strato is serving the EC2 API at {endpoint} (region {region}, zones {}).",
         control.region.zones.join(", ")
@@ -219,13 +244,15 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     println!("  aws ec2 describe-regions");
     let _ = std::io::stdout().flush();
     tracing::info!(%endpoint, data_dir = %data_dir.display(), "serving");
-    let control = Arc::new(control);
     let agent = crate::agent::Agent::new(control.clone(), data_dir, host.clone())?;
     let agent_task = tokio::spawn(agent.run());
     let heartbeats = tokio::spawn(crate::agent::Agent::heartbeats(control.clone(), host.clone()));
     let monitor = tokio::spawn(crate::control::hosts::monitor(control.clone(), host));
     let state = Arc::new(ApiState { control: control.clone() });
     api::serve(listener, state, shutdown_signal()).await?;
+    if let Some(t) = agent_api {
+        t.abort();
+    }
     // VMs keep running: they are daemonized QEMUs the next start adopts.
     agent_task.abort();
     heartbeats.abort();
@@ -277,19 +304,21 @@ pub async fn run_agent(
     token: Option<&str>,
     spec: &crate::control::hosts::HostSpec,
 ) -> anyhow::Result<()> {
-    use crate::agent::remote::{call, loopback_addr, Joined, RemoteLink};
+    use crate::agent::remote::{call, token_fingerprint, Endpoint, Joined, RemoteLink};
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let file = data_dir.join("agent.json");
     let joined: Joined = match std::fs::read(&file) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = token.context("this host has not joined yet: give --token (from `strato host token`)")?;
-            let answer =
-                call(&loopback_addr(url)?, None, "join", &serde_json::json!({"token": token, "spec": spec})).await?;
+            let fingerprint = token_fingerprint(token);
+            let endpoint = Endpoint::parse(url, fingerprint)?;
+            let answer = call(&endpoint, None, "join", &serde_json::json!({"token": token, "spec": spec})).await?;
             let joined = Joined {
                 control_plane: url.to_owned(),
                 host_id: serde_json::from_value(answer["host_id"].clone())?,
                 credential: answer["credential"].as_str().context("no credential")?.to_owned(),
+                fingerprint: fingerprint.map(str::to_owned),
             };
             let tmp = file.with_extension("tmp");
             {

@@ -188,3 +188,58 @@ fn a_host_joins_with_a_token_and_runs_instances_over_the_agent_api() {
         .expect("strato agent");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown, used or expired"));
 }
+
+/// Over TLS (`serve --agent-listen`): a token whose certificate fingerprint is not the
+/// server's is refused in the handshake (before the token is sent, so it stays good), the
+/// right one joins, and the host's record says so; plain HTTP to a non-loopback address is
+/// refused by the agent itself.
+#[test]
+fn a_host_joins_over_tls_pinning_the_certificate_in_its_token() {
+    let dirs: Vec<tempfile::TempDir> =
+        (0..2).map(|_| tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir")).collect();
+    let (d1, d2) = (dirs[0].path().to_owned(), dirs[1].path().to_owned());
+    let mut cmd = common::strato(&d1);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-image-build", "--agent-listen", "127.0.0.1:0"])
+        .env("STRATO_PUBLIC_POOL", common::public_pool(&d1));
+    let (serve, _endpoint, agent_api) = common::spawn_serve_with_agent_api(cmd);
+    let mut cleanup = Cleanup { serve, agent: None, dirs };
+    let agent_api = agent_api.expect("serve printed its agent API");
+    assert!(agent_api.starts_with("https://127.0.0.1:"), "{agent_api}");
+    let token = common::strato(&d1).args(["host", "token"]).output().expect("strato host token");
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let (secret, fingerprint) = token.split_once('.').expect("sjt-SECRET.FINGERPRINT");
+    assert_eq!(fingerprint.len(), 64, "{token}");
+    let agent = |url: &str, token: &str| {
+        let mut c = common::strato(&d2);
+        c.args(["--storage-dir"]).arg(&d1).args([
+            "agent",
+            "--control-plane",
+            url,
+            "--az",
+            "local-1b",
+            "--token",
+            token,
+        ]);
+        c
+    };
+
+    let forged = format!("{secret}.{}", "0".repeat(64));
+    let out = agent(&agent_api, &forged).output().expect("strato agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the one in the join token"), "{err}");
+    let out = agent("http://10.0.0.1:8787", &token).output().expect("strato agent");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback only"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut child = agent(&agent_api, &token).stdout(Stdio::piped()).spawn().expect("strato agent");
+    let stdout = child.stdout.take().expect("stdout");
+    cleanup.agent = Some(child);
+    let joined = BufReader::new(stdout).lines().next().expect("a line").expect("utf-8");
+    assert!(joined.starts_with("This machine is host h-") && joined.contains(&agent_api), "{joined}");
+    let saved: Value = serde_json::from_slice(&std::fs::read(d2.join("agent.json")).expect("agent.json")).unwrap();
+    assert_eq!(s(&saved["fingerprint"]), fingerprint);
+    let list = common::strato(&d1).args(["host", "list"]).output().expect("strato host list");
+    let list = String::from_utf8_lossy(&list.stdout);
+    let host = s(&saved["host_id"]);
+    assert!(list.lines().any(|l| l.starts_with(&host) && l.contains("local-1b") && l.contains(" up ")), "{list}");
+}

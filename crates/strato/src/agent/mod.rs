@@ -60,6 +60,7 @@ pub mod link;
 pub mod remote;
 pub mod sim;
 pub mod snapshot;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -8,8 +8,9 @@
 //! work, sets only the instance flags agents set, and names no files (the control plane
 //! finds a snapshot's file itself); it reads only the volumes, modifications and snapshots
 //! that are its work (the region's worker reads every snapshot: it removes the files of
-//! deleted ones). Without TLS yet, `strato agent` accepts only a control
-//! plane on loopback.
+//! deleted ones). Plain HTTP is for a control plane on loopback; elsewhere the agent
+//! speaks TLS to `serve --agent-listen`, pinning the certificate named in its join token
+//! (`agent::tls`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -232,12 +233,14 @@ pub struct Joined {
     pub control_plane: String,
     pub host_id: HostId,
     pub credential: String,
+    /// The control plane's certificate SHA-256 (from the join token), for https.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// The control plane over the agent API, for an agent on another machine.
 pub struct RemoteLink {
-    /// `host:port` of the control plane (loopback).
-    addr: String,
+    addr: Endpoint,
     bearer: String,
     catalogue: Catalogue,
     region: String,
@@ -246,32 +249,58 @@ pub struct RemoteLink {
     heartbeat: std::time::Duration,
 }
 
-/// `http://HOST:PORT` on loopback, as `HOST:PORT`.
-pub fn loopback_addr(url: &str) -> anyhow::Result<String> {
-    let addr = url.strip_prefix("http://").context("the control plane URL is http://HOST:PORT")?;
-    let addr = addr.trim_end_matches('/');
-    let sock: std::net::SocketAddr = addr.parse().context("the control plane URL is http://IP:PORT")?;
-    anyhow::ensure!(
-        sock.ip().is_loopback(),
-        "the control plane must be on loopback: agents speak plain HTTP (TLS is not built yet)"
-    );
-    Ok(addr.to_owned())
+/// Where the control plane's agent API is: `http://IP:PORT` (loopback only: plain HTTP) or
+/// `https://IP:PORT` (TLS, the certificate pinned by its SHA-256, from the join token).
+#[derive(Clone)]
+pub struct Endpoint {
+    addr: std::net::SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str, fingerprint: Option<&str>) -> anyhow::Result<Endpoint> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            anyhow::bail!("the control plane URL is http://IP:PORT (loopback) or https://IP:PORT");
+        };
+        let addr: std::net::SocketAddr =
+            rest.trim_end_matches('/').parse().context("the control plane URL is http(s)://IP:PORT")?;
+        if !tls {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "plain HTTP to the control plane is for loopback only: use https://IP:PORT (its `serve --agent-listen`)"
+            );
+            return Ok(Endpoint { addr, tls: None });
+        }
+        let pin = fingerprint
+            .context("an https control plane needs a join token that carries its certificate's fingerprint")?;
+        Ok(Endpoint { addr, tls: Some(tokio_rustls::TlsConnector::from(super::tls::client_config(pin)?)) })
+    }
+}
+
+/// The certificate fingerprint inside a join token (`sjt-SECRET.FINGERPRINT`), if any.
+pub fn token_fingerprint(token: &str) -> Option<&str> {
+    token.split_once('.').map(|(_, fp)| fp)
 }
 
 /// One call of the agent API.
-pub async fn call(addr: &str, bearer: Option<&str>, method: &str, body: &Value) -> anyhow::Result<Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = serde_json::to_vec(body)?;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    let auth = bearer.map(|b| format!("authorization: Bearer {b}\r\n")).unwrap_or_default();
-    let head = format!(
-        "POST {PREFIX}{method} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+pub async fn call(to: &Endpoint, bearer: Option<&str>, method: &str, body: &Value) -> anyhow::Result<Value> {
+    let addr = to.addr;
+    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connecting to {addr}: timed out"))?
+        .with_context(|| format!("connecting to {addr}"))?;
+    let raw = match &to.tls {
+        None => exchange(tcp, addr, bearer, method, body).await?,
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let tls = connector.connect(name, tcp).await.with_context(|| format!("TLS with {addr}"))?;
+            exchange(tls, addr, bearer, method, body).await?
+        }
+    };
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").context("a malformed answer")?;
     let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no status")?;
@@ -280,11 +309,39 @@ pub async fn call(addr: &str, bearer: Option<&str>, method: &str, body: &Value) 
     Ok(value)
 }
 
+/// Writes one request and reads the whole answer (the server closes the connection).
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: std::net::SocketAddr,
+    bearer: Option<&str>,
+    method: &str,
+    body: &Value,
+) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::to_vec(body)?;
+    let auth = bearer.map(|b| format!("authorization: Bearer {b}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST {PREFIX}{method} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    stream.flush().await?;
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify after a complete answer: keep what came.
+    match stream.read_to_end(&mut raw).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(raw)
+}
+
 impl RemoteLink {
     /// Registers the joined host again (its capacity, a heartbeat) and reads the region and
     /// catalogue.
     pub async fn connect(joined: &Joined, spec: &HostSpec, storage_dir: &Path) -> anyhow::Result<RemoteLink> {
-        let addr = loopback_addr(&joined.control_plane)?;
+        let addr = Endpoint::parse(&joined.control_plane, joined.fingerprint.as_deref())?;
         let bearer = format!("{}:{}", joined.host_id, joined.credential);
         let hello = call(&addr, Some(&bearer), "register", &json!({"spec": spec})).await?;
         let catalogue = Catalogue::parse(hello["catalogue"].as_str().context("no catalogue")?)?;

@@ -182,6 +182,11 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .with_state(state)
 }
 
+/// The agent API alone, for its TLS listener (`serve --agent-listen`).
+pub fn agent_router(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new().route("/strato-agent/v1/{method}", axum::routing::post(agent_call)).with_state(state)
+}
+
 /// The agent API (`agent::remote`): JSON in and out, `{"error": ...}` when refused.
 async fn agent_call(
     State(state): State<Arc<ApiState>>,

@@ -556,9 +556,12 @@ fn sha256_hex(s: &str) -> String {
 }
 
 impl Control {
-    /// A join token for one host, good once until `ttl` from now (`strato host token`).
+    /// A join token for one host, good once until `ttl` from now (`strato host token`):
+    /// `sjt-SECRET.FINGERPRINT`, the second part the SHA-256 of the control plane's agent
+    /// TLS certificate (made now if it does not exist), which the agent pins.
     pub async fn create_join_token(&self, ttl: std::time::Duration) -> anyhow::Result<String> {
-        let token = format!("sjt-{}", hex::encode(rand::random::<[u8; 24]>()));
+        let identity = crate::agent::tls::identity(self).await?;
+        let token = format!("sjt-{}.{}", hex::encode(rand::random::<[u8; 24]>()), identity.fingerprint());
         let now = Utc::now();
         let mut tx = self.store().begin_write().await?;
         sqlx::query("INSERT INTO join_tokens (token_hash, expires_at, created_at) VALUES ($1, $2, $3)")

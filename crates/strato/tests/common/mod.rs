@@ -155,13 +155,23 @@ fn drop_test_database(dir: &Path) {
 
 /// Starts `strato serve` (a command made by `strato(dir)` with its arguments) and waits
 /// for the endpoint it prints; its stdout is drained from then on.
-pub fn spawn_serve(mut cmd: Command) -> (Child, String) {
+pub fn spawn_serve(cmd: Command) -> (Child, String) {
+    let (child, endpoint, _) = spawn_serve_with_agent_api(cmd);
+    (child, endpoint)
+}
+
+/// `spawn_serve`, also returning the TLS agent API's `https://ADDR` when the server was
+/// given `--agent-listen`.
+pub fn spawn_serve_with_agent_api(mut cmd: Command) -> (Child, String, Option<String>) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starting strato serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let mut endpoint = None;
+    let (mut endpoint, mut agent_api) = (None, None);
     for line in lines.by_ref() {
         let line = line.expect("reading strato output");
+        if let Some(rest) = line.strip_prefix("Agents on other machines: ") {
+            agent_api = rest.split_whitespace().next().map(str::to_owned);
+        }
         if let Some(rest) = line.strip_prefix("Strato is serving the EC2 API at ") {
             endpoint = rest.split_whitespace().next().map(str::to_owned);
             break;
@@ -169,7 +179,7 @@ pub fn spawn_serve(mut cmd: Command) -> (Child, String) {
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, endpoint.expect("strato serve did not print its endpoint"))
+    (child, endpoint.expect("strato serve did not print its endpoint"), agent_api)
 }
 
 /// The public pool of a test data dir: its own /16 of 127.64.0.0/10 (distinct low 22 bits,
