@@ -899,6 +899,7 @@ async fn schedule_in(
             memory_mib: 1 << 20,
             vcpu_overcommit: 1.0,
             memory_overcommit: 1.0,
+            underlay: None,
         };
         let agent = SimAgent::register(control.clone(), &spec).await?.with_real_tick();
         let host = agent.host().clone();

@@ -76,6 +76,11 @@ enum Command {
         /// database, that agents pin by the SHA-256 inside their join token.
         #[arg(long, env = "STRATO_AGENT_LISTEN")]
         agent_listen: Option<SocketAddr>,
+        /// This host's address on the network between hosts (the underlay): the local end
+        /// of the VXLAN tunnels (UDP 4789, one VNI per VPC) that join a VPC's instances on
+        /// different hosts. Without it, this host's instances reach no other host's.
+        #[arg(long, env = "STRATO_UNDERLAY")]
+        underlay: Option<std::net::Ipv4Addr>,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -113,6 +118,11 @@ enum Command {
         vcpu_overcommit: f64,
         #[arg(long, default_value_t = strato::control::instances::MEMORY_OVERCOMMIT)]
         memory_overcommit: f64,
+        /// This host's address on the network between hosts (the underlay): the local end
+        /// of the VXLAN tunnels (UDP 4789, one VNI per VPC) that join a VPC's instances on
+        /// different hosts. Without it, this host's instances reach no other host's.
+        #[arg(long, env = "STRATO_UNDERLAY")]
+        underlay: Option<std::net::Ipv4Addr>,
     },
     /// Measure the system.
     Bench {
@@ -353,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             az,
             host_timeout,
             agent_listen,
+            underlay,
         } => {
             let pool = strato::net::parse_public_pool(&public_pool)?;
             anyhow::ensure!(
@@ -381,6 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 zone: az,
                 host_timeout: host_timeout.map(Duration::from_secs_f64),
                 agent_listen,
+                underlay,
             })
             .await
         }
@@ -468,8 +480,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Agent { control_plane, token, az, vcpu_overcommit, memory_overcommit } => {
-            let spec = strato::control::hosts::HostSpec::this_machine(az, vcpu_overcommit, memory_overcommit);
+        Command::Agent { control_plane, token, az, vcpu_overcommit, memory_overcommit, underlay } => {
+            let mut spec = strato::control::hosts::HostSpec::this_machine(az, vcpu_overcommit, memory_overcommit);
+            spec.underlay = underlay;
             let storage = at.storage_dir.clone().unwrap_or_else(|| at.data_dir.clone());
             server::run_agent(&at.data_dir, &storage, &control_plane, token.as_deref(), &spec).await
         }

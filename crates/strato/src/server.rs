@@ -138,6 +138,8 @@ pub struct ServeOptions<'a> {
     /// `--agent-listen`: where the agent API is also served over TLS, for agents on other
     /// machines.
     pub agent_listen: Option<SocketAddr>,
+    /// `--underlay`: this host's end of the VXLAN tunnels that carry VPCs across hosts.
+    pub underlay: Option<std::net::Ipv4Addr>,
 }
 
 /// Registers this data dir's host (its id kept in `DATA_DIR/host-id`, so a restart is the
@@ -179,6 +181,7 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
         zone,
         host_timeout,
         agent_listen,
+        underlay,
     } = opts;
     let mut control = open_control(data_dir, database, region).await?;
     if let Some(dir) = storage_dir {
@@ -206,7 +209,8 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     }
     let admin = ensure_admin(&control).await?;
     let config = write_aws_config(&control, data_dir).await?;
-    let spec = crate::control::hosts::HostSpec::this_machine(zone.clone(), vcpu_overcommit, memory_overcommit);
+    let mut spec = crate::control::hosts::HostSpec::this_machine(zone.clone(), vcpu_overcommit, memory_overcommit);
+    spec.underlay = underlay;
     let host = register_host(&control, data_dir, &spec).await?;
     let control = Arc::new(control);
     let agent_api = match agent_listen {

@@ -11,7 +11,7 @@ use common::eventually_within as eventually;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -37,20 +37,6 @@ impl Drop for Cleanup {
             let _ = common::strato(d.path()).arg("down").output();
         }
     }
-}
-
-fn aws(endpoint: &str, config: &std::path::Path, args: &[&str]) -> Value {
-    let out = Command::new(common::venv().join("bin/aws"))
-        .args(args)
-        .args(["--output", "json", "--endpoint-url", endpoint])
-        .env("AWS_CONFIG_FILE", config)
-        .env("AWS_PROFILE", "strato")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .output()
-        .expect("aws");
-    assert!(out.status.success(), "aws {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 /// A raw agent API call: (HTTP status, body).
@@ -80,7 +66,7 @@ fn a_host_joins_with_a_token_and_runs_instances_over_the_agent_api() {
     let (serve, endpoint) = common::spawn_serve(cmd);
     let mut cleanup = Cleanup { serve, agent: None, dirs };
     let config = d1.join("aws-config");
-    let aws = |args: &[&str]| aws(&endpoint, &config, args);
+    let aws = |args: &[&str]| common::aws_at(&endpoint, &config, args);
 
     // A wrong token is refused; a good one works once.
     let agent = |token: &str| {

@@ -27,7 +27,7 @@ pub trait Link: Send + Sync + 'static {
     fn all_volumes(&self) -> impl Future<Output = R<Vec<Volume>>> + Send;
     fn modifying_volumes(&self) -> impl Future<Output = R<Vec<Modification>>> + Send;
     fn all_snapshots(&self) -> impl Future<Output = R<Vec<Snapshot>>> + Send;
-    fn network_views(&self, instances: &[Instance]) -> impl Future<Output = R<Vec<VpcView>>> + Send;
+    fn network_views(&self, host: &HostId, instances: &[Instance]) -> impl Future<Output = R<Vec<VpcView>>> + Send;
     fn image_ids(&self) -> impl Future<Output = R<Vec<String>>> + Send;
     fn image_for_launch(&self, id: &str) -> impl Future<Output = R<Option<Image>>> + Send;
     fn catalogue(&self) -> &Catalogue;
@@ -73,8 +73,8 @@ impl Link for Control {
     async fn all_snapshots(&self) -> R<Vec<Snapshot>> {
         Control::all_snapshots(self).await
     }
-    async fn network_views(&self, instances: &[Instance]) -> R<Vec<VpcView>> {
-        Control::network_views(self, instances).await
+    async fn network_views(&self, host: &HostId, instances: &[Instance]) -> R<Vec<VpcView>> {
+        Control::network_views(self, host, instances).await
     }
     async fn image_ids(&self) -> R<Vec<String>> {
         Control::image_ids(self).await.map_err(|e| anyhow::anyhow!("{e}"))

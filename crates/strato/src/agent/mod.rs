@@ -195,7 +195,7 @@ impl<L: Link> Agent<L> {
             .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running | InstanceState::Stopping))
             .cloned()
             .collect();
-        let views = self.control.network_views(&on_host).await?;
+        let views = self.control.network_views(&self.host, &on_host).await?;
         let t = Instant::now();
         self.net_failed = self.net.sync(&views).await;
         if t.elapsed() > Duration::from_millis(200) {

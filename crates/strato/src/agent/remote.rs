@@ -129,7 +129,7 @@ pub async fn serve_call(
             let ids: Vec<String> = arg(&body, "instance_ids")?;
             let mine: Vec<Instance> =
                 duties().await?.instances.into_iter().filter(|i| ids.iter().any(|x| x == i.id.as_str())).collect();
-            to(Control::network_views(c, &mine).await?)
+            to(Control::network_views(c, &host, &mine).await?)
         }
         "apply" => {
             let id: InstanceId = arg(&body, "id")?;
@@ -381,7 +381,7 @@ impl Link for RemoteLink {
     async fn all_snapshots(&self) -> anyhow::Result<Vec<Snapshot>> {
         self.call("all_snapshots", json!({})).await
     }
-    async fn network_views(&self, instances: &[Instance]) -> anyhow::Result<Vec<VpcView>> {
+    async fn network_views(&self, _host: &HostId, instances: &[Instance]) -> anyhow::Result<Vec<VpcView>> {
         let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
         self.call("network_views", json!({ "instance_ids": ids })).await
     }

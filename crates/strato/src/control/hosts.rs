@@ -57,6 +57,10 @@ pub struct HostSpec {
     pub memory_mib: u64,
     pub vcpu_overcommit: f64,
     pub memory_overcommit: f64,
+    /// The local end of its VXLAN tunnels to other hosts (`--underlay`); `None`: its VPC
+    /// networks reach no other host.
+    #[serde(default)]
+    pub underlay: Option<std::net::Ipv4Addr>,
 }
 
 impl HostSpec {
@@ -66,7 +70,15 @@ impl HostSpec {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
         let vcpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        HostSpec { name, zone, vcpus, memory_mib: host_memory_mib(), vcpu_overcommit, memory_overcommit }
+        HostSpec {
+            name,
+            zone,
+            vcpus,
+            memory_mib: host_memory_mib(),
+            vcpu_overcommit,
+            memory_overcommit,
+            underlay: None,
+        }
     }
 }
 
@@ -225,10 +237,11 @@ impl Control {
         let mut tx = self.store().begin_write().await?;
         sqlx::query(
             "INSERT INTO hosts (id, name, availability_zone, vcpus, memory_mib, vcpu_overcommit, memory_overcommit,
-             registered_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             registered_at, heartbeat_at, underlay) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, availability_zone = excluded.availability_zone,
              vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, vcpu_overcommit = excluded.vcpu_overcommit,
-             memory_overcommit = excluded.memory_overcommit, heartbeat_at = excluded.heartbeat_at",
+             memory_overcommit = excluded.memory_overcommit, heartbeat_at = excluded.heartbeat_at,
+             underlay = excluded.underlay",
         )
         .bind(id.as_str())
         .bind(&spec.name)
@@ -239,6 +252,7 @@ impl Control {
         .bind(spec.memory_overcommit)
         .bind(&now)
         .bind(&now)
+        .bind(spec.underlay.map(|a| a.to_string()))
         .execute(tx.conn())
         .await?;
         let adopted = match &spec.zone {

@@ -363,9 +363,15 @@ impl Control {
 }
 
 impl Control {
-    /// What the network of each VPC must look like for these instances (those with a VM on
-    /// this host, or about to have one): subnets, addresses, MACs, and every group's rules.
-    pub async fn network_views(&self, instances: &[super::instances::Instance]) -> anyhow::Result<Vec<VpcView>> {
+    /// What the network of each VPC must look like on `host` for these instances (those
+    /// with a VM on it, or about to have one): subnets, addresses, MACs, every group's rules,
+    /// and, when the host has an underlay address, the tunnel to the VPC's instances on other
+    /// hosts that have one.
+    pub async fn network_views(
+        &self,
+        host: &crate::ids::HostId,
+        instances: &[super::instances::Instance],
+    ) -> anyhow::Result<Vec<VpcView>> {
         let mut c = self.store().read().await?;
         let with_gateway = super::gateways::vpcs_with_gateway(&mut c).await?;
         let mut by_vpc: std::collections::BTreeMap<String, VpcView> = Default::default();
@@ -414,6 +420,82 @@ impl Control {
                 });
             }
         }
+        let underlay: Option<std::net::Ipv4Addr> =
+            sqlx::query_scalar::<_, Option<String>>("SELECT underlay FROM hosts WHERE id = $1")
+                .bind(host.as_str())
+                .fetch_optional(&mut *c)
+                .await?
+                .flatten()
+                .and_then(|u| u.parse().ok());
+        for view in by_vpc.values_mut() {
+            view.router_mac = router_mac(host.as_str(), &view.vpc_id);
+            if let Some(local) = underlay {
+                view.vxlan = vxlan_of(&mut c, host.as_str(), local, &view.vpc_id).await?;
+            }
+        }
         Ok(by_vpc.into_values().collect())
     }
+}
+
+/// A host's router (bridge) MAC in a VPC.
+pub fn router_mac(host: &str, vpc_id: &str) -> String {
+    crate::agent::mac_of(&format!("router/{host}/{vpc_id}"))
+}
+
+/// The tunnel of a VPC from a host whose underlay address is `local`: the VPC's instances
+/// with a VM (or about to have one) on other hosts that have an underlay address.
+async fn vxlan_of(
+    c: &mut AnyConnection,
+    host: &str,
+    local: std::net::Ipv4Addr,
+    vpc_id: &str,
+) -> anyhow::Result<Option<crate::net::rules::Vxlan>> {
+    use crate::net::rules::{RemoteInstance, Vxlan, VxlanPeer};
+    use sqlx::Row;
+    let vni: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT vni FROM vpcs WHERE id = $1").bind(vpc_id).fetch_optional(&mut *c).await?;
+    let Some(vni) = vni.flatten().and_then(|v| u32::try_from(v).ok()).filter(|v| (1..1 << 24).contains(v)) else {
+        tracing::warn!(vpc_id, "the VPC has no usable VXLAN network identifier: it reaches no other host");
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT i.id, i.private_ip, i.security_groups, i.host_id, h.underlay FROM instances i
+         JOIN hosts h ON h.id = i.host_id
+         WHERE i.vpc_id = $1 AND i.host_id != $2 AND h.underlay IS NOT NULL
+           AND i.state IN ('pending', 'running', 'stopping', 'shutting-down')
+         ORDER BY i.id",
+    )
+    .bind(vpc_id)
+    .bind(host)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut peers = std::collections::BTreeSet::new();
+    let mut remote = Vec::new();
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let private_ip: String = r.try_get("private_ip")?;
+        let groups: String = r.try_get("security_groups")?;
+        let peer_host: String = r.try_get("host_id")?;
+        let underlay: String = r.try_get("underlay")?;
+        let (Ok(private_ip), Ok(underlay)) =
+            (private_ip.parse::<std::net::Ipv4Addr>(), underlay.parse::<std::net::Ipv4Addr>())
+        else {
+            continue;
+        };
+        if underlay == local {
+            tracing::warn!(host_id = peer_host, %underlay, "another host has this host's underlay address");
+            continue;
+        }
+        let groups: Vec<(String, String)> = serde_json::from_str(&groups).unwrap_or_default();
+        peers.insert(VxlanPeer { underlay, router_mac: router_mac(&peer_host, vpc_id) });
+        remote.push(RemoteInstance {
+            mac: crate::agent::mac_of(&id),
+            hostname: format!("ip-{}", private_ip.to_string().replace('.', "-")),
+            id,
+            private_ip,
+            groups: groups.into_iter().map(|g| g.0).collect(),
+            underlay,
+        });
+    }
+    Ok(Some(Vxlan { vni, local, peers: peers.into_iter().collect(), remote }))
 }

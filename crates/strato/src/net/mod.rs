@@ -16,6 +16,9 @@
 //!   address's transit address (100.64.0.0/10, the low 22 bits of the public address) via
 //!   the namespace, and the table `ip strato_<tag>` (see `rules`).
 //!
+//! - with `--underlay`, a VXLAN device `vx0` on the bridge (the VPC's own VNI), tunnelled
+//!   to the other hosts that have instances of the VPC (see `sync_vxlan` and `rules`).
+//!
 //! A VPC's namespace exists while one of its instances has a VM on this host. Nothing in a
 //! namespace routes anywhere but to its own instances and back to the host through the
 //! uplink, so instance traffic never reaches another network. `Network::sync` makes the
@@ -33,7 +36,7 @@ use anyhow::{bail, Context};
 use sha2::Digest;
 
 use crate::control::cidr::Ipv4Cidr;
-use rules::{HostPublic, VpcView, BRIDGE, METADATA_ADDR, UPLINK};
+use rules::{HostPublic, VpcView, BRIDGE, METADATA_ADDR, UPLINK, VXLAN};
 
 /// The default loopback pool of public addresses.
 pub const DEFAULT_PUBLIC_POOL: &str = "127.100.0.0/16";
@@ -89,6 +92,12 @@ impl Site {
 
     pub fn host_uplink(&self, vpc_id: &str) -> String {
         format!("sv{}", short_hash(&format!("{}/{vpc_id}", self.tag), 10))
+    }
+
+    /// A VXLAN device's name while it is made in the host's namespace, before it moves into
+    /// its VPC's (where it is `vx0`).
+    pub fn host_vxlan(&self, vpc_id: &str) -> String {
+        format!("vx{}", short_hash(&format!("{}/vx/{vpc_id}", self.tag), 10))
     }
 
     pub fn host_table(&self) -> String {
@@ -169,8 +178,18 @@ async fn nft_apply(netns: Option<&str>, batch: &serde_json::Value) -> anyhow::Re
     Ok(())
 }
 
-fn link_exists_on_host(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+/// Whether the host (this process's network namespace) has a link of that name. Asked over
+/// netlink (`ip`), not sysfs: /sys shows the namespace it was mounted in, which is not
+/// this process's when it was started with `nsenter --net`.
+async fn link_exists_on_host(name: &str) -> bool {
+    tokio::process::Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 async fn ns_links(ns: &str) -> anyhow::Result<Vec<String>> {
@@ -217,7 +236,7 @@ async fn ensure_vpc(site: &Site, vpc_id: &str) -> anyhow::Result<()> {
     .await?;
     let host = site.host_uplink(vpc_id);
     if !links.iter().any(|l| l == UPLINK) {
-        if link_exists_on_host(&host) {
+        if link_exists_on_host(&host).await {
             run("ip", &["link", "del", &host]).await?;
         }
         run("ip", &["link", "add", &host, "type", "veth", "peer", "name", UPLINK, "netns", &ns]).await?;
@@ -242,7 +261,7 @@ async fn remove_vpc(site: &Site, vpc_id: &str) -> anyhow::Result<()> {
         run("ip", &["netns", "del", &ns]).await?;
     }
     let host = site.host_uplink(vpc_id);
-    if link_exists_on_host(&host) {
+    if link_exists_on_host(&host).await {
         let _ = run("ip", &["link", "del", &host]).await;
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -306,6 +325,10 @@ async fn ensure_dnsmasq(site: &Site, view: &VpcView) -> anyhow::Result<()> {
     for i in &view.instances {
         hosts.push_str(&format!("{},{},{}\n", i.mac, i.private_ip, i.hostname));
     }
+    // The VPC's instances on other hosts, for their names (their DHCP never comes here).
+    for i in view.remote() {
+        hosts.push_str(&format!("{},{},{}\n", i.mac, i.private_ip, i.hostname));
+    }
     let hosts_path = dir.join("hosts");
     let hosts_changed = std::fs::read_to_string(&hosts_path).ok().as_deref() != Some(hosts.as_str());
     if hosts_changed {
@@ -350,6 +373,96 @@ async fn ensure_dnsmasq(site: &Site, view: &VpcView) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The VNI and local address of the namespace's VXLAN device, if it has one.
+async fn vxlan_params(ns: &str) -> anyhow::Result<Option<(u32, Ipv4Addr)>> {
+    if !ns_links(ns).await?.iter().any(|l| l == VXLAN) {
+        return Ok(None);
+    }
+    let out = run("ip", &["-n", ns, "-j", "-d", "link", "show", VXLAN]).await?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j -d link")?;
+    let data = &v[0]["linkinfo"]["info_data"];
+    let vni = data["id"].as_u64().and_then(|n| u32::try_from(n).ok());
+    let local = data["local"].as_str().and_then(|a| a.parse().ok());
+    // A device that is not what we make (or unreadable) counts as wrong: it is made anew.
+    Ok(Some(vni.zip(local).unwrap_or((0, Ipv4Addr::UNSPECIFIED))))
+}
+
+/// The forwarding entries of the namespace's VXLAN device that name a far end.
+async fn vxlan_fdb(ns: &str) -> anyhow::Result<BTreeSet<(String, Ipv4Addr)>> {
+    let out = run("bridge", &["-n", ns, "-j", "fdb", "show", "dev", VXLAN]).await?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing bridge -j fdb")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let mac = e.get("mac")?.as_str()?.to_owned();
+            let dst = e.get("dst")?.as_str()?.parse().ok()?;
+            Some((mac, dst))
+        })
+        .collect())
+}
+
+/// Keeps the VPC's tunnel to other hosts as the view says: a VXLAN device `vx0` on the
+/// bridge (made in the host's namespace, where its UDP socket stays on the underlay, then
+/// moved into the VPC's), no learning, a flooding entry (all-zero MAC) per peer host for
+/// broadcasts such as ARP, and an entry per MAC on another host. No tunnel in the view: no
+/// device.
+async fn sync_vxlan(site: &Site, ns: &str, view: &VpcView, applied: &mut Applied) -> anyhow::Result<()> {
+    let Some(vx) = &view.vxlan else {
+        if applied.vxlan.is_some() || vxlan_params(ns).await?.is_some() {
+            run("ip", &["-n", ns, "link", "del", VXLAN]).await?;
+        }
+        applied.vxlan = None;
+        applied.fdb.clear();
+        return Ok(());
+    };
+    let want = (vx.vni, vx.local);
+    if applied.vxlan != Some(want) {
+        let have = vxlan_params(ns).await?;
+        if have != Some(want) {
+            if have.is_some() {
+                run("ip", &["-n", ns, "link", "del", VXLAN]).await?;
+            }
+            let tmp = site.host_vxlan(&view.vpc_id);
+            if link_exists_on_host(&tmp).await {
+                run("ip", &["link", "del", &tmp]).await?;
+            }
+            let (vni, local) = (vx.vni.to_string(), vx.local.to_string());
+            run(
+                "ip",
+                &["link", "add", &tmp, "type", "vxlan", "id", &vni, "local", &local, "dstport", "4789", "nolearning"],
+            )
+            .await?;
+            run("ip", &["link", "set", &tmp, "netns", ns]).await?;
+            run("ip", &["-n", ns, "link", "set", &tmp, "name", VXLAN]).await?;
+        }
+        // The instances' MTU: a full frame is sent in a larger UDP packet (the underlay
+        // fragments it if it must).
+        run("ip", &["-n", ns, "link", "set", VXLAN, "mtu", "1500", "master", BRIDGE, "up"]).await?;
+        applied.fdb = vxlan_fdb(ns).await?;
+        applied.vxlan = Some(want);
+    }
+    const FLOOD: &str = "00:00:00:00:00:00";
+    let mut fdb: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
+    for p in &vx.peers {
+        fdb.insert((FLOOD.to_owned(), p.underlay));
+        fdb.insert((p.router_mac.clone(), p.underlay));
+    }
+    for r in &vx.remote {
+        fdb.insert((r.mac.clone(), r.underlay));
+    }
+    for (mac, dst) in applied.fdb.difference(&fdb) {
+        let _ = run("bridge", &["-n", ns, "fdb", "del", mac, "dev", VXLAN, "dst", &dst.to_string()]).await;
+    }
+    for (mac, dst) in fdb.difference(&applied.fdb) {
+        let verb = if mac == FLOOD { "append" } else { "replace" };
+        run("bridge", &["-n", ns, "fdb", verb, mac, "dev", VXLAN, "dst", &dst.to_string(), "self", "permanent"])
+            .await?;
+    }
+    applied.fdb = fdb;
+    Ok(())
+}
+
 /// What one VPC looked like at the last sync, to skip work that is already done.
 #[derive(Debug, Default)]
 struct Applied {
@@ -357,6 +470,9 @@ struct Applied {
     taps: BTreeSet<String>,
     routes: BTreeSet<Ipv4Addr>,
     ruleset: String,
+    /// The VXLAN device's VNI and local address, and its forwarding entries (MAC, far end).
+    vxlan: Option<(u32, Ipv4Addr)>,
+    fdb: BTreeSet<(String, Ipv4Addr)>,
     view: Option<VpcView>,
     /// When everything was last applied or checked.
     at: Option<std::time::Instant>,
@@ -424,9 +540,14 @@ impl Network {
             // Re-read the system: links, routes and rules are applied again.
             applied.subnets.clear();
             applied.ruleset.clear();
+            applied.vxlan = None;
         }
         if fresh || applied.subnets != view.subnets {
+            applied.vxlan = None;
             ensure_vpc(&site, &view.vpc_id).await?;
+            if !view.router_mac.is_empty() {
+                run("ip", &["-n", &ns, "link", "set", BRIDGE, "address", &view.router_mac]).await?;
+            }
             for s in &view.subnets {
                 let gw = format!("{}/{}", Ipv4Addr::from(s.first() + 1), s.prefix);
                 run("ip", &["-n", &ns, "addr", "replace", &gw, "dev", BRIDGE]).await?;
@@ -457,6 +578,7 @@ impl Network {
             run("ip", &["-n", &ns, "link", "del", tap]).await?;
             applied.taps.remove(tap);
         }
+        sync_vxlan(&site, &ns, view, applied).await.context("the VPC's VXLAN tunnel")?;
         // Routes to the public instances' transit addresses.
         let host = site.host_uplink(&view.vpc_id);
         let want_routes: BTreeSet<Ipv4Addr> = view.instances.iter().filter_map(|i| i.transit_ip).collect();

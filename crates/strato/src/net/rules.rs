@@ -14,6 +14,11 @@
 //!   drop) and B's ingress chain (a matching rule accepts, else drop). New flows coming in
 //!   from the host uplink were checked by the host table and pass. `input` (the namespace
 //!   itself) admits only DHCP, the metadata service and ICMP from instances.
+//! - With instances of the VPC on other hosts (`Vxlan`), the bridge has a port `vx0`, a
+//!   VXLAN tunnel to those hosts. A flow between hosts is checked against the sender's
+//!   egress rules on its host and the receiver's ingress rules on the receiver's (group
+//!   peers expand to the members on every host). Each host's bridge holds the same router
+//!   and DNS addresses, so ARP for them, DHCP and IPv6 do not cross the tunnel.
 //! - `ip strato_nat`: public (transit) address -> private address, per public instance.
 //!
 //! On the host, table `ip strato_<site>`: the loopback public address is rewritten to its
@@ -52,6 +57,40 @@ pub struct NetInstance {
     pub hostname: String,
 }
 
+/// An instance of the VPC whose VM is on another host, reached through the VXLAN tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteInstance {
+    pub id: String,
+    pub mac: String,
+    pub private_ip: Ipv4Addr,
+    pub groups: Vec<String>,
+    pub hostname: String,
+    /// Its host's underlay address.
+    pub underlay: Ipv4Addr,
+}
+
+/// Another host with instances of the VPC: the far end of a tunnel, and the MAC of its
+/// router (its bridge) in this VPC.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct VxlanPeer {
+    pub underlay: Ipv4Addr,
+    pub router_mac: String,
+}
+
+/// The VPC's layer 2 across hosts: a VXLAN device `vx0` on the bridge, its VNI, this host's
+/// underlay address, a flooding entry per peer host and a forwarding entry per remote MAC
+/// (no learning: the control plane says where every MAC is).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub peers: Vec<VxlanPeer>,
+    pub remote: Vec<RemoteInstance>,
+}
+
+/// The name of the VXLAN device in a VPC namespace.
+pub const VXLAN: &str = "vx0";
+
 /// One VPC as the network sees it: its subnets, its instances with a VM on this host, and the
 /// rules of every group they use.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -64,12 +103,33 @@ pub struct VpcView {
     pub subnets: Vec<Ipv4Cidr>,
     pub instances: Vec<NetInstance>,
     pub rules: BTreeMap<String, Vec<SgRule>>,
+    /// This host's router (bridge) MAC in this VPC: each host's differs, so that routed
+    /// traffic to another host's instances finds its way back.
+    #[serde(default)]
+    pub router_mac: String,
+    /// Set when the VPC reaches other hosts.
+    #[serde(default)]
+    pub vxlan: Option<Vxlan>,
 }
 
 impl VpcView {
-    /// Addresses of the instances in a group (the peers of a group rule).
+    /// Addresses of the instances in a group (the peers of a group rule), on this host and
+    /// on others.
     fn members(&self, group: &str) -> BTreeSet<Ipv4Addr> {
-        self.instances.iter().filter(|i| i.groups.iter().any(|g| g == group)).map(|i| i.private_ip).collect()
+        let local = self.instances.iter().filter(|i| i.groups.iter().any(|g| g == group)).map(|i| i.private_ip);
+        let remote = self.remote().iter().filter(|i| i.groups.iter().any(|g| g == group)).map(|i| i.private_ip);
+        local.chain(remote).collect()
+    }
+
+    pub fn remote(&self) -> &[RemoteInstance] {
+        self.vxlan.as_ref().map(|v| v.remote.as_slice()).unwrap_or_default()
+    }
+
+    /// The addresses this host's namespace answers for on every host: routers and DNS.
+    pub fn router_addrs(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.subnets.iter().map(|s| Ipv4Addr::from(s.first() + 1).to_string()).collect();
+        out.extend(self.dns_ip.map(|d| d.to_string()));
+        out
     }
 }
 
@@ -268,6 +328,50 @@ pub fn vpc_ruleset(view: &VpcView) -> Value {
             ],
         );
     }
+    if view.vxlan.is_some() {
+        // The tunnel carries instance traffic only: each host's router, DNS and DHCP serve
+        // its own instances (the same addresses exist on every host's bridge), so ARP
+        // requests for them, their ARP answers, DHCP and IPv6 neither enter nor leave
+        // through it. (Answers *to* a router, which asked for a remote instance, do.)
+        br.base_chain("output", "filter", "output", -200, "accept");
+        for (chain, dir) in [("from_vxlan", "iifname"), ("to_vxlan", "oifname")] {
+            br.chain(chain);
+            let hooks: &[&str] = if dir == "iifname" { &["forward", "input"] } else { &["forward", "output"] };
+            for hook in hooks {
+                br.rule(hook, vec![m("==", meta(dir), json!(VXLAN)), jump(chain)]);
+            }
+            br.rule(chain, vec![m("==", payload("ether", "type"), json!("ip6")), verdict("drop")]);
+            br.rule(
+                chain,
+                vec![
+                    m("==", payload("ether", "type"), json!("ip")),
+                    m("==", payload("udp", "dport"), json!({"set": [67, 68]})),
+                    verdict("drop"),
+                ],
+            );
+            let routers = view.router_addrs();
+            if !routers.is_empty() {
+                br.rule(
+                    chain,
+                    vec![
+                        m("==", payload("ether", "type"), json!("arp")),
+                        m("==", payload("arp", "operation"), json!("request")),
+                        m("==", payload("arp", "daddr ip"), json!({ "set": routers.clone() })),
+                        verdict("drop"),
+                    ],
+                );
+                br.rule(
+                    chain,
+                    vec![
+                        m("==", payload("ether", "type"), json!("arp")),
+                        m("==", payload("arp", "operation"), json!("reply")),
+                        m("==", payload("arp", "saddr ip"), json!({ "set": routers })),
+                        verdict("drop"),
+                    ],
+                );
+            }
+        }
+    }
     cmds.extend(br.into_cmds());
 
     // Security groups.
@@ -339,6 +443,11 @@ pub fn vpc_ruleset(view: &VpcView) -> Value {
             "forward",
             vec![m("==", payload("ip", "daddr"), json!(ip)), jump(&format!("ingress_{}", chain_suffix(i)))],
         );
+    }
+    // To an instance on another host: its host checks its ingress rules.
+    let remote: Vec<String> = view.remote().iter().map(|r| r.private_ip.to_string()).collect();
+    if !remote.is_empty() {
+        sg.rule("forward", vec![m("==", payload("ip", "daddr"), json!({ "set": remote })), verdict("accept")]);
     }
     cmds.extend(sg.into_cmds());
 
@@ -482,6 +591,7 @@ mod tests {
             subnets: vec![],
             instances: vec![inst(1, &["sg-a"]), inst(2, &["sg-a"]), inst(3, &["sg-b"])],
             rules,
+            ..Default::default()
         };
         let text = vpc_ruleset(&view).to_string();
         assert!(text.contains(r#"{"set":["172.31.0.11","172.31.0.12"]}"#), "{text}");
@@ -489,6 +599,48 @@ mod tests {
         assert!(!text.contains("icmpv6"));
         // sg-b has no rules: its member's chains end in drop only.
         assert!(text.contains("ingress_00000000003"));
+    }
+
+    #[test]
+    fn remote_members_count_as_group_peers_and_the_tunnel_carries_no_router_traffic() {
+        let mut rules = BTreeMap::new();
+        let by_group = Peer::Group {
+            group_id: SecurityGroupId::from_db("sg-client".into()),
+            owner: AccountId::from_db("1".into()),
+        };
+        rules.insert("sg-web".to_owned(), vec![rule("sg-web", false, "tcp", Some((80, 80)), by_group)]);
+        let remote = |n: u8, group: &str| RemoteInstance {
+            id: format!("i-r{n}"),
+            mac: format!("02:00:00:00:01:{n:02x}"),
+            private_ip: Ipv4Addr::new(172, 31, 16, n),
+            groups: vec![group.to_owned()],
+            hostname: format!("ip-r{n}"),
+            underlay: Ipv4Addr::new(198, 18, 0, 2),
+        };
+        let view = VpcView {
+            vpc_id: "vpc-1".into(),
+            dns_ip: Some(Ipv4Addr::new(172, 31, 0, 2)),
+            domain: "local-1.compute.internal".into(),
+            subnets: vec![Ipv4Cidr { addr: 0xac1f_0000, prefix: 20 }],
+            instances: vec![inst(1, &["sg-web"])],
+            rules,
+            router_mac: "02:00:00:00:00:ff".into(),
+            vxlan: Some(Vxlan {
+                vni: 7,
+                local: Ipv4Addr::new(198, 18, 0, 1),
+                peers: vec![],
+                remote: vec![remote(5, "sg-client"), remote(6, "sg-other")],
+            }),
+        };
+        let text = vpc_ruleset(&view).to_string();
+        // The web server's ingress admits the client on the other host, not the other one.
+        assert!(text.contains(r#"{"set":["172.31.16.5"]}"#), "{text}");
+        // Traffic to instances on other hosts leaves after the sender's egress check.
+        assert!(text.contains(r#""right":{"set":["172.31.16.5","172.31.16.6"]}}},{"accept":null}"#), "{text}");
+        assert!(text.contains(r#""name":"from_vxlan""#) && text.contains(r#""name":"to_vxlan""#));
+        assert!(text.contains(r#"{"set":["172.31.0.1","172.31.0.2"]}"#), "the routers' addresses: {text}");
+        let plain = vpc_ruleset(&VpcView { vxlan: None, ..view }).to_string();
+        assert!(!plain.contains("vxlan"));
     }
 
     #[test]

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../migrations/0011_hosts.sql")),
     (12, include_str!("../../migrations/0012_recovery.sql")),
     (13, include_str!("../../migrations/0013_host_credentials.sql")),
+    (14, include_str!("../../migrations/0014_vxlan.sql")),
 ];
 
 /// The PostgreSQL form of a migration written for SQLite: `BIGINT` for SQLite's 64-bit
@@ -496,7 +497,9 @@ pub async fn delete_key_pair(c: &mut AnyConnection, account: &AccountId, id: &Ke
 // ---- VPCs and subnets
 
 pub async fn insert_vpc(c: &mut AnyConnection, v: &Vpc) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO vpcs (id, account_id, cidr, is_default, instance_tenancy, enable_dns_support, enable_dns_hostnames, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+    // The VNI: one more than any VPC has (under the write lock, so never shared).
+    sqlx::query("INSERT INTO vpcs (id, account_id, cidr, is_default, instance_tenancy, enable_dns_support, enable_dns_hostnames, created_at, vni)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(vni), 0) + 1 FROM vpcs))")
         .bind(v.id.as_str())
         .bind(v.owner.as_str())
         .bind(&v.cidr)

@@ -33,6 +33,7 @@ async fn start_sim_host(
         memory_mib: h.memory_mib,
         vcpu_overcommit: 1.0,
         memory_overcommit: 1.0,
+        underlay: None,
     };
     let agent = strato::agent::sim::SimAgent::register(control, &spec).await.expect("simulated host");
     tokio::spawn(agent.run()).abort_handle()
@@ -626,6 +627,22 @@ pub fn web_group(aws: impl Fn(&[&str]) -> Value) -> String {
         "127.0.0.1/32",
     ]);
     g
+}
+
+/// The AWS CLI as the admin of the server at `endpoint` whose `aws-config` is `config`;
+/// its JSON answer (fails the test on an error).
+pub fn aws_at(endpoint: &str, config: &Path, args: &[&str]) -> Value {
+    let out = Command::new(venv().join("bin/aws"))
+        .args(args)
+        .args(["--output", "json", "--endpoint-url", endpoint])
+        .env("AWS_CONFIG_FILE", config)
+        .env("AWS_PROFILE", "strato")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .output()
+        .expect("aws");
+    assert!(out.status.success(), "aws {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 /// Waits until `ok` holds, checking every 300 ms; fails the test after `limit`.
