@@ -11,32 +11,13 @@ use common::eventually_within as eventually;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 
 fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
-}
-
-/// Ends the agent (by its pid) and both data dirs' VMs and networks, also on failure.
-struct Cleanup {
-    serve: Child,
-    agent: Option<Child>,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in [Some(&mut self.serve), self.agent.as_mut()].into_iter().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in &self.dirs {
-            let _ = common::strato(d.path()).arg("down").output();
-        }
-    }
 }
 
 /// A raw agent API call: (HTTP status, body).
@@ -64,7 +45,7 @@ fn a_host_joins_with_a_token_and_runs_instances_over_the_agent_api() {
         .env("STRATO_PUBLIC_POOL", common::public_pool(&d1))
         .env("STRATO_LAUNCH_SNAPSHOTS", "off");
     let (serve, endpoint) = common::spawn_serve(cmd);
-    let mut cleanup = Cleanup { serve, agent: None, dirs };
+    let mut cleanup = common::ServeAndAgent { serve, agent: None, dirs, agent_netns: None };
     let config = d1.join("aws-config");
     let aws = |args: &[&str]| common::aws_at(&endpoint, &config, args);
 
@@ -188,7 +169,7 @@ fn a_host_joins_over_tls_pinning_the_certificate_in_its_token() {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-image-build", "--agent-listen", "127.0.0.1:0"])
         .env("STRATO_PUBLIC_POOL", common::public_pool(&d1));
     let (serve, _endpoint, agent_api) = common::spawn_serve_with_agent_api(cmd);
-    let mut cleanup = Cleanup { serve, agent: None, dirs };
+    let mut cleanup = common::ServeAndAgent { serve, agent: None, dirs, agent_netns: None };
     let agent_api = agent_api.expect("serve printed its agent API");
     assert!(agent_api.starts_with("https://127.0.0.1:"), "{agent_api}");
     let token = common::strato(&d1).args(["host", "token"]).output().expect("strato host token");

@@ -20,8 +20,8 @@ mod common;
 use common::eventually_within as eventually;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -83,40 +83,6 @@ impl Drop for Underlay {
     }
 }
 
-/// `strato` run inside the agent's network namespace. With `nsenter --net`, not `ip netns
-/// exec`: the latter also gives the process a mount namespace of its own, and the VPC
-/// namespaces the agent makes (bind mounts under /run/netns) would be invisible outside it.
-fn strato_in(ns: &str, dir: &Path) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}"))
-        .args([common::strato_bin(), "--data-dir"])
-        .arg(dir)
-        .env("STRATO_CACHE_DIR", common::cache_dir())
-        .env("STRATO_LOG", "warn")
-        .env_remove("STRATO_DATABASE");
-    c
-}
-
-/// Ends the serve and the agent (by pid), then both data dirs' VMs and networks, also on
-/// failure; dropped before the underlay.
-struct Cleanup {
-    serve: Child,
-    agent: Option<Child>,
-    hb: String,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in [Some(&mut self.serve), self.agent.as_mut()].into_iter().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = common::strato(self.dirs[0].path()).arg("down").output();
-        let _ = strato_in(&self.hb, self.dirs[1].path()).arg("down").output();
-    }
-}
-
 /// User data that probes `target` every second (ping, then HTTP) and writes the outcome to
 /// the console as `PROBE ping=ok|fail http=BODY|fail`. (Not `wget -T`: Debian's static
 /// busybox 1.35 crashes with it.)
@@ -144,7 +110,7 @@ fn a_vpc_spans_two_hosts_with_its_security_groups_and_stays_apart_from_another()
         .env("STRATO_PUBLIC_POOL", common::public_pool(&d1))
         .env("STRATO_LAUNCH_SNAPSHOTS", "off");
     let (serve, endpoint, agent_api) = common::spawn_serve_with_agent_api(cmd);
-    let mut cleanup = Cleanup { serve, agent: None, hb: underlay.hb.clone(), dirs };
+    let mut cleanup = common::ServeAndAgent { serve, agent: None, dirs, agent_netns: Some(underlay.hb.clone()) };
     let agent_api = agent_api.expect("the serve's agent API");
     let config = d1.join("aws-config");
     let aws = |args: &[&str]| common::aws_at(&endpoint, &config, args);
@@ -152,7 +118,7 @@ fn a_vpc_spans_two_hosts_with_its_security_groups_and_stays_apart_from_another()
     // The second host joins over the underlay, with TLS.
     let token = common::strato(&d1).args(["host", "token"]).output().expect("strato host token");
     let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
-    let mut agent = strato_in(&underlay.hb, &d2);
+    let mut agent = common::strato_in_netns(&underlay.hb, &d2);
     agent.args(["--storage-dir"]).arg(&d1).args([
         "agent",
         "--control-plane",

@@ -629,6 +629,47 @@ pub fn web_group(aws: impl Fn(&[&str]) -> Value) -> String {
     g
 }
 
+/// `strato --data-dir DIR` run inside a network namespace the test made. With `nsenter
+/// --net`, not `ip netns exec`: the latter also gives the process a mount namespace of its
+/// own, and the VPC namespaces it makes (bind mounts under /run/netns) would be invisible
+/// outside it.
+pub fn strato_in_netns(ns: &str, dir: &Path) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{ns}"))
+        .args([strato_bin(), "--data-dir"])
+        .arg(dir)
+        .env("STRATO_CACHE_DIR", cache_dir())
+        .env("STRATO_LOG", "warn")
+        .env_remove("STRATO_DATABASE");
+    c
+}
+
+/// A `strato serve` (data dir `dirs[0]`) and a `strato agent` (`dirs[1]`, run in
+/// `agent_netns` if set): on drop, both are ended by pid, then each data dir's VMs and
+/// networks (`strato down`), also when the test fails.
+pub struct ServeAndAgent {
+    pub serve: Child,
+    pub agent: Option<Child>,
+    pub dirs: Vec<tempfile::TempDir>,
+    pub agent_netns: Option<String>,
+}
+
+impl Drop for ServeAndAgent {
+    fn drop(&mut self) {
+        for c in [Some(&mut self.serve), self.agent.as_mut()].into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (n, d) in self.dirs.iter().enumerate() {
+            let mut down = match (&self.agent_netns, n) {
+                (Some(ns), 1) => strato_in_netns(ns, d.path()),
+                _ => strato(d.path()),
+            };
+            let _ = down.arg("down").output();
+        }
+    }
+}
+
 /// The AWS CLI as the admin of the server at `endpoint` whose `aws-config` is `config`;
 /// its JSON answer (fails the test on an error).
 pub fn aws_at(endpoint: &str, config: &Path, args: &[&str]) -> Value {
