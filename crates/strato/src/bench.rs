@@ -887,7 +887,10 @@ async fn schedule_in(
     control.host_timeout = Duration::from_secs(2);
     let control = Arc::new(control);
     let creds = server::ensure_admin(&control).await?;
-    control.set_vcpu_quota(crate::control::ADMIN_ACCOUNT, 100_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    control
+        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, 100_000)
+        .await
+        .map_err(crate::api::error::ApiError::into_anyhow)?;
     let (_, image, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
     let zones = control.region.zones.clone();
     let mut agents = Vec::new();

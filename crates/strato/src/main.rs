@@ -494,7 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Account { command: AccountCommand::List } => {
             let control = open(&at).await?;
-            for a in control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            for a in control.accounts().await.map_err(strato::api::error::ApiError::into_anyhow)? {
                 println!(
                     "{}  {:<20} {}{}",
                     a.id,
@@ -602,7 +602,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => now,
             };
             anyhow::ensure!(from < to, "--from must be before --to");
-            let accounts = control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let accounts = control.accounts().await.map_err(strato::api::error::ApiError::into_anyhow)?;
             let selected = match &account {
                 Some(a) => Some(
                     accounts
@@ -614,7 +614,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            let lines = control.bill(selected.as_ref(), from, to, now).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let lines = control
+                .bill(selected.as_ref(), from, to, now)
+                .await
+                .map_err(strato::api::error::ApiError::into_anyhow)?;
             if json {
                 println!(
                     "{}",

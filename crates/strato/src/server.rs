@@ -38,10 +38,13 @@ pub async fn open_control(data_dir: &Path, database: Option<&str>, region: &str)
 
 /// The admin account's credentials, creating the account on first start.
 pub async fn ensure_admin(control: &Control) -> anyhow::Result<Credentials> {
-    if let Some(c) = control.credentials(ADMIN_ACCOUNT).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+    if let Some(c) = control.credentials(ADMIN_ACCOUNT).await.map_err(crate::api::error::ApiError::into_anyhow)? {
         return Ok(c);
     }
-    control.create_account(ADMIN_ACCOUNT, false).await.map_err(|e| anyhow::anyhow!("creating the admin account: {e}"))
+    control
+        .create_account(ADMIN_ACCOUNT, false)
+        .await
+        .map_err(|e| e.into_anyhow().context("creating the admin account"))
 }
 
 pub fn profile_name(account_name: &str) -> &str {
@@ -56,8 +59,8 @@ pub fn profile_name(account_name: &str) -> &str {
 pub async fn write_aws_config(control: &Control, data_dir: &Path) -> anyhow::Result<PathBuf> {
     let endpoint = endpoint(control).await?;
     let mut text = String::from("# Written by strato: one profile per account. Use with\n#   AWS_CONFIG_FILE=THIS_FILE AWS_PROFILE=strato aws ec2 describe-regions\n");
-    for account in control.accounts().await.map_err(|e| anyhow::anyhow!("{e}"))? {
-        if let Some(c) = control.credentials(&account.name).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+    for account in control.accounts().await.map_err(crate::api::error::ApiError::into_anyhow)? {
+        if let Some(c) = control.credentials(&account.name).await.map_err(crate::api::error::ApiError::into_anyhow)? {
             text.push_str(&format!(
                 "\n[profile {}]\n# account {} ({})\naws_access_key_id = {}\naws_secret_access_key = {}\nregion = {}\nendpoint_url = {}\n",
                 profile_name(&c.account_name),
@@ -95,8 +98,10 @@ pub async fn build_and_register(
     let cache = cache.to_owned();
     let progress = StderrProgress(std::time::Instant::now());
     let built = tokio::task::spawn_blocking(move || image::build(kind, &cache, force, &progress)).await??;
-    let (id, new) =
-        control.register_built(&built).await.map_err(|e| anyhow::anyhow!("registering {}: {e}", kind.slug()))?;
+    let (id, new) = control
+        .register_built(&built)
+        .await
+        .map_err(|e| e.into_anyhow().context(format!("registering {}", kind.slug())))?;
     Ok((built, id, new))
 }
 
@@ -111,8 +116,10 @@ pub async fn build_and_register_fast(
     let cache = cache.to_owned();
     let progress = StderrProgress(std::time::Instant::now());
     let kernel = tokio::task::spawn_blocking(move || image::guest_kernel(&cache, &progress)).await??;
-    let (id, new) =
-        control.register_fast(&built, &kernel).await.map_err(|e| anyhow::anyhow!("registering minimal-fast: {e}"))?;
+    let (id, new) = control
+        .register_fast(&built, &kernel)
+        .await
+        .map_err(|e| e.into_anyhow().context("registering minimal-fast"))?;
     Ok((built, id, new))
 }
 

@@ -77,10 +77,10 @@ impl Link for Control {
         Control::network_views(self, host, instances).await
     }
     async fn image_ids(&self) -> R<Vec<String>> {
-        Control::image_ids(self).await.map_err(|e| anyhow::anyhow!("{e}"))
+        Control::image_ids(self).await.map_err(crate::api::error::ApiError::into_anyhow)
     }
     async fn image_for_launch(&self, id: &str) -> R<Option<Image>> {
-        Control::image_for_launch(self, id).await.map_err(|e| anyhow::anyhow!("{e}"))
+        Control::image_for_launch(self, id).await.map_err(crate::api::error::ApiError::into_anyhow)
     }
     fn catalogue(&self) -> &Catalogue {
         &self.catalogue

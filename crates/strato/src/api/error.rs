@@ -94,6 +94,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// For a command line or a log: an internal error is its cause (which a client never
+    /// sees), anything else its code and message.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            ApiError::Internal(e) => e,
+            other => anyhow::anyhow!("{}: {other}", other.code()),
+        }
+    }
+
     /// The EC2 error code, as clients match on it.
     pub fn code(&self) -> &str {
         match self {
