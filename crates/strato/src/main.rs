@@ -455,14 +455,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let control = open(&at).await?;
             let live = control.live_instances().await?;
             println!(
-                "{:<19} {:<16} {:<11} {:>5} {:>9} {:<5} {:>9} {:>9}",
+                "{:<19} {:<16} {:<11} {:>5} {:>9} {:<5} {:>9} {:>9}  UNDERLAY",
                 "HOST", "NAME", "ZONE", "VCPUS", "MEMORY", "STATE", "HEARTBEAT", "INSTANCES"
             );
             for h in control.hosts().await? {
                 let on: Vec<_> = live.iter().filter(|i| i.host_id.as_deref() == Some(h.id.as_str())).collect();
                 let age = (chrono::Utc::now() - h.heartbeat_at).num_milliseconds() as f64 / 1000.0;
                 println!(
-                    "{:<19} {:<16} {:<11} {:>5} {:>5} MiB {:<5} {:>7.1} s {:>9}",
+                    "{:<19} {:<16} {:<11} {:>5} {:>5} MiB {:<5} {:>7.1} s {:>9}  {}",
                     h.id,
                     h.name,
                     h.zone.as_deref().unwrap_or("all"),
@@ -470,7 +470,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     h.memory_mib,
                     if control.host_live(&h) { "up" } else { "down" },
                     age,
-                    on.len()
+                    on.len(),
+                    h.underlay.as_deref().unwrap_or("-")
                 );
             }
             Ok(())

@@ -137,6 +137,11 @@ fn a_vpc_spans_two_hosts_with_its_security_groups_and_stays_apart_from_another()
     let joined = lines.next().expect("a line").expect("utf-8");
     assert!(joined.starts_with("This machine is host h-"), "{joined}");
     std::thread::spawn(move || for _ in lines {});
+    let list = common::strato(&d1).args(["host", "list"]).output().expect("strato host list");
+    let list = String::from_utf8_lossy(&list.stdout);
+    for (zone, addr) in [("local-1a", underlay.addr(1)), ("local-1b", underlay.addr(2))] {
+        assert!(list.lines().any(|l| l.contains(zone) && l.ends_with(&format!("  {addr}"))), "{list}");
+    }
 
     let images =
         aws(&["ec2", "describe-images", "--owners", "strato", "--filters", "Name=name,Values=strato-minimal-x86_64"]);

@@ -107,6 +107,8 @@ pub struct Host {
     pub memory_overcommit: f64,
     pub registered_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
+    /// Its end of the VXLAN tunnels, if it has one.
+    pub underlay: Option<String>,
 }
 
 impl Host {
@@ -138,6 +140,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Host> {
         memory_overcommit: r.try_get("memory_overcommit")?,
         registered_at: parse_ts(&r.try_get::<String, _>("registered_at")?),
         heartbeat_at: parse_ts(&r.try_get::<String, _>("heartbeat_at")?),
+        underlay: r.try_get("underlay")?,
     })
 }
 
@@ -646,6 +649,7 @@ mod tests {
             memory_overcommit: 1.0,
             registered_at: now,
             heartbeat_at: now - chrono::Duration::seconds(heartbeat_age_s),
+            underlay: None,
         }
     }
 
