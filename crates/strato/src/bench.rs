@@ -419,6 +419,23 @@ async fn fast_rounds(
             idle_cpu * 100.0
         );
         let mean_pss = mean_pss_ready;
+        // Where the guest's time went: the first instance's boot lines after the last
+        // "snapshot point" (the template's boot comes first in a restored VM's console).
+        if let Some(id) = ids.first() {
+            let console =
+                std::fs::read_to_string(dir.join("instances").join(id).join("console.log")).unwrap_or_default();
+            let own =
+                console.rfind(crate::agent::snapshot::SNAPSHOT_POINT).map_or(console.as_str(), |at| &console[at..]);
+            let steps: Vec<String> = own
+                .lines()
+                .filter_map(|l| l.strip_prefix("STRATO-BOOT: "))
+                .filter_map(|l| {
+                    let (what, t) = l.rsplit_once(" t=")?;
+                    Some(format!("{} {t}", what.split_whitespace().next()?))
+                })
+                .collect();
+            eprintln!("  {id}'s guest (uptime, s): {}", steps.join(", "));
+        }
         each.extend(times);
         all.push(whole);
         pss.push(mean_pss);

@@ -2,7 +2,8 @@
 //! Debian's): the first instance boots cold and has the agent make the launch snapshot; the next ones
 //! are restored from it, and two restored at once have nothing of their identity in
 //! common: address, MAC, hostname, SSH host key, random numbers, instance id. A restored
-//! instance keeps what it writes across stop/start (a cold boot from its root volume).
+//! instance keeps its identity across a reboot, and what it writes across stop/start (a
+//! cold boot from its root volume).
 
 mod common;
 
@@ -139,6 +140,19 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
         assert!(start.elapsed() < Duration::from_secs(30), "the restored guest never saw the volume");
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // A reboot (QEMU resets the NIC to the template's MAC): the guest keeps its identity.
+    let boots = |id: &str| console(&cloud, id).matches("STRATO-BOOT: init").count();
+    let before = boots(c);
+    cloud.aws(&["ec2", "reboot-instances", "--instance-ids", c]);
+    let start = Instant::now();
+    while boots(c) == before {
+        assert!(start.elapsed() < Duration::from_secs(60), "{c} never rebooted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after: Vec<String> = ssh_retry(&cloud, &key, c, IDENTITY).lines().map(str::to_owned).collect();
+    assert_eq!(after[..3], ids[1][..3], "{c} after a reboot");
+    assert_eq!(console(&cloud, c).matches("(identity channel)").count(), 2, "{}", console(&cloud, c));
 
     // Stop and start: a cold boot from the root volume, with what the guest wrote.
     let b = &pair[0];

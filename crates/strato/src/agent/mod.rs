@@ -214,7 +214,7 @@ impl<L: Link> Agent<L> {
             self.snapshots.prune(&self.control.image_ids().await?);
             self.pruned = Some(Instant::now());
         }
-        if let Err(e) = self.restore_pending(&live, &volumes).await {
+        if let Err(e) = self.restore_pending(&live, &volumes, &views).await {
             tracing::warn!(error = format!("{e:#}"), "restoring launches failed");
         }
         for i in &live {
@@ -710,7 +710,12 @@ fn restorable(
 impl<L: Link> Agent<L> {
     /// The restore of a pending instance's first launch, if it can be restored and its
     /// launch snapshot is ready.
-    async fn restore_job(&self, i: &Instance, volumes: &[Volume]) -> anyhow::Result<Option<RestoreJob>> {
+    async fn restore_job(
+        &self,
+        i: &Instance,
+        volumes: &[Volume],
+        views: &[net::rules::VpcView],
+    ) -> anyhow::Result<Option<RestoreJob>> {
         if i.state != InstanceState::Pending || i.generation != 0 || self.net_failed.contains(&i.vpc_id) {
             return Ok(None);
         }
@@ -731,11 +736,12 @@ impl<L: Link> Agent<L> {
             return Ok(None);
         }
         let Some(snapshot) = self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) else { return Ok(None) };
+        let view = views.iter().find(|v| v.vpc_id == i.vpc_id);
+        let Some(identity) = view.and_then(|v| snapshot::identity(v, i.id.as_str())) else { return Ok(None) };
         Ok(Some(RestoreJob {
             instance_id: i.id.to_string(),
             console_file: self.control.console_file(i.id.as_str()),
-            tap: net::tap_name(i.id.as_str()),
-            mac: mac_of(i.id.as_str()),
+            identity,
             spec: {
                 let mut spec = snapshot::spec(
                     &image,
@@ -743,7 +749,10 @@ impl<L: Link> Agent<L> {
                     disk.clone(),
                     itype.vcpus,
                     itype.memory_mib,
-                    crate::hypervisor::LaunchSnapshot::Restore { ram: snapshot.ram() },
+                    crate::hypervisor::LaunchSnapshot::Restore {
+                        ram: snapshot.ram(),
+                        tap: net::tap_name(i.id.as_str()),
+                    },
                 );
                 spec.uuid = ec2_uuid(i.id.as_str());
                 spec.netns = Some(self.net.site.netns(&i.vpc_id));
@@ -758,7 +767,12 @@ impl<L: Link> Agent<L> {
     /// Restores every pending instance that can be, all at once (each on its own task), so
     /// that a RunInstances of many does not wait for one restore after another. A failed
     /// restore is undone; the instance then boots cold in the pass's instance loop.
-    async fn restore_pending(&mut self, live: &[Instance], volumes: &[Volume]) -> anyhow::Result<()> {
+    async fn restore_pending(
+        &mut self,
+        live: &[Instance],
+        volumes: &[Volume],
+        views: &[net::rules::VpcView],
+    ) -> anyhow::Result<()> {
         // A restore cut short by a crash of the server leaves a QEMU that never ran (still
         // loading, or paused without its NIC): it ends, and the launch starts over.
         for i in live.iter().filter(|i| i.state == InstanceState::Pending && i.generation == 0) {
@@ -781,7 +795,7 @@ impl<L: Link> Agent<L> {
             if self.restore_failed.contains(i.id.as_str()) {
                 continue;
             }
-            if let Some(job) = self.restore_job(i, volumes).await? {
+            if let Some(job) = self.restore_job(i, volumes, views).await? {
                 let (id, dir, disk) = (job.instance_id.clone(), job.spec.run_dir.clone(), job.disk.clone());
                 jobs.push((id, dir, disk, tokio::spawn(job.run())));
             }
@@ -801,9 +815,13 @@ impl<L: Link> Agent<L> {
     }
 }
 
+/// How long a restored guest may take to read its identity.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One instance's launch from a launch snapshot: its root volume a copy of the template's
-/// disk, a QEMU with the template's devices loading the saved state, the instance's NIC
-/// hot-plugged, then running (see `snapshot`).
+/// disk, a QEMU with the template's devices (its NIC on the instance's tap) loading the
+/// saved state, the instance's identity written to the guest's identity channel, then
+/// running (see `snapshot`).
 struct RestoreJob {
     instance_id: String,
     /// The console's file in the storage dir.
@@ -811,8 +829,8 @@ struct RestoreJob {
     snapshot: snapshot::Snapshot,
     spec: VmSpec,
     disk: PathBuf,
-    tap: String,
-    mac: String,
+    /// The identity channel's line (`snapshot::identity`).
+    identity: String,
     accel: Accel,
 }
 
@@ -842,21 +860,23 @@ impl RestoreJob {
         q.execute("migrate-incoming", Some(serde_json::json!({"uri": uri}))).await?;
         snapshot::wait_migration(&mut q).await?;
         let loaded = t0.elapsed();
-        q.execute(
-            "netdev_add",
-            Some(
-                serde_json::json!({"type": "tap", "id": "n0", "ifname": self.tap, "script": "no", "downscript": "no"}),
-            ),
-        )
-        .await?;
-        q.execute(
-            "device_add",
-            Some(serde_json::json!({
-                "driver": "virtio-net-pci", "id": "nic0", "netdev": "n0", "mac": self.mac, "bus": "netp", "addr": "0"
-            })),
-        )
-        .await?;
+        // The guest reads it as soon as it runs; QEMU passes it on as the guest's serial
+        // port takes it (the socket's buffer holds it until then). The connection stays
+        // open until the guest answers: QEMU drops what it has not passed on when the other
+        // end closes.
+        let mut channel = tokio::net::UnixStream::connect(self.spec.identity_path())
+            .await
+            .context("connecting to the identity channel")?;
+        tokio::io::AsyncWriteExt::write_all(&mut channel, self.identity.as_bytes()).await?;
         q.execute("cont", None).await?;
+        let id = self.instance_id.clone();
+        tokio::spawn(async move {
+            let mut answer = [0u8; 16];
+            let read = tokio::io::AsyncReadExt::read(&mut channel, &mut answer);
+            if !matches!(tokio::time::timeout(IDENTITY_TIMEOUT, read).await, Ok(Ok(n)) if n > 0) {
+                tracing::warn!(instance_id = %id, "the restored guest never took its identity");
+            }
+        });
         tracing::info!(
             instance_id = %self.instance_id,
             netns = self.spec.netns.as_deref().unwrap_or_default(),

@@ -127,19 +127,29 @@ pub struct VmSpec {
 }
 
 /// How a VM takes part in a launch snapshot. The template VM and the VMs restored from it
-/// have the same devices (the migration stream needs that): no NIC at boot but an empty root
-/// port `netp` for one hot-plugged after the restore, and guest RAM in a file.
+/// have the same devices (the migration stream needs that): guest RAM in a file, a NIC with
+/// the template's MAC (`TEMPLATE_MAC`: the guest sets its own before the link goes up), and
+/// a second serial port (the guest's ttyS1) on a socket, `identity.sock` in the run dir, by
+/// which the agent hands a restored guest its identity (see `agent::snapshot`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum LaunchSnapshot {
     #[default]
     None,
     /// Boots to the snapshot point; its RAM is a shared mapping of `ram`, so that saving
-    /// with `x-ignore-shared` leaves the RAM in the file rather than in the stream.
+    /// with `x-ignore-shared` leaves the RAM in the file rather than in the stream. Its NIC
+    /// is connected to nothing.
     Template { ram: PathBuf },
     /// Starts paused for `migrate-incoming`, its RAM a private (copy-on-write) mapping of
-    /// the template's file: clones share the pages they do not write.
-    Restore { ram: PathBuf },
+    /// the template's file: clones share the pages they do not write. Its NIC is on the
+    /// instance's tap.
+    Restore { ram: PathBuf, tap: String },
 }
+
+/// The MAC of a launch snapshot's NIC as QEMU knows it (locally administered). A restored
+/// guest sets the instance's MAC (virtio-net's control queue: QEMU follows) before its link
+/// goes up, so no frame ever carries this one; after a reset QEMU shows it again and the
+/// guest sets its MAC again.
+pub const TEMPLATE_MAC: &str = "02:00:00:00:00:01";
 
 /// An EBS volume as a VM sees it.
 #[derive(Debug, Clone)]
@@ -203,6 +213,11 @@ impl VmSpec {
 
     pub fn pid_path(&self) -> PathBuf {
         self.run_dir.join("qemu.pid")
+    }
+
+    /// A launch snapshot VM's identity channel (its second serial port).
+    pub fn identity_path(&self) -> PathBuf {
+        self.run_dir.join("identity.sock")
     }
 
     /// QEMU's argument vector (no shell ever sees it). No PS/2 controller (`i8042=off`):
@@ -281,7 +296,7 @@ impl VmSpec {
         }
         match &self.snapshot {
             LaunchSnapshot::None => {}
-            LaunchSnapshot::Template { ram } | LaunchSnapshot::Restore { ram } => {
+            LaunchSnapshot::Template { ram } | LaunchSnapshot::Restore { ram, .. } => {
                 let share = if matches!(self.snapshot, LaunchSnapshot::Template { .. }) { "on" } else { "off" };
                 a.extend([
                     "-object".into(),
@@ -292,12 +307,23 @@ impl VmSpec {
                     ),
                     "-machine".into(),
                     "memory-backend=ram0".into(),
-                    "-device".into(),
-                    "pcie-root-port,id=netp,chassis=32".into(),
+                    "-chardev".into(),
+                    format!("socket,id=idc,path={},server=on,wait=off", self.identity_path().display()),
+                    "-serial".into(),
+                    "chardev:idc".into(),
                 ]);
-                if matches!(self.snapshot, LaunchSnapshot::Restore { .. }) {
-                    // Paused after the load, until its NIC is in (`cont`).
-                    a.extend(["-incoming".into(), "defer".into(), "-S".into()]);
+                match &self.snapshot {
+                    LaunchSnapshot::Restore { tap, .. } => a.extend([
+                        "-netdev".into(),
+                        format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+                        "-device".into(),
+                        format!("virtio-net-pci,id=nic0,netdev=n0,mac={TEMPLATE_MAC}"),
+                        // Paused after the load, until it has its identity (`cont`).
+                        "-incoming".into(),
+                        "defer".into(),
+                        "-S".into(),
+                    ]),
+                    _ => a.extend(["-device".into(), format!("virtio-net-pci,id=nic0,mac={TEMPLATE_MAC}")]),
                 }
             }
         }

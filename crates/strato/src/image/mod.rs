@@ -437,12 +437,32 @@ fn dir_size(path: &Path) -> u64 {
 
 /// Marks a change to one kind's recipe in its build key, so that only that kind is rebuilt
 /// (a new `BUILDER_VERSION` rebuilds everything, the guest kernel included).
-fn recipe_tag(kind: Kind) -> &'static str {
+fn recipe_tag(kind: Kind) -> String {
+    match kind {
+        // The minimal image's init and configuration files count in its key too: a change
+        // to one rebuilds it.
+        Kind::Minimal => {
+            let mut h = sha2::Sha256::new();
+            for f in MINIMAL_FILES {
+                h.update(f);
+            }
+            format!("{} files={}", recipe_number(kind), &hex::encode(h.finalize())[..12])
+        }
+        Kind::Debian12 => recipe_number(kind).to_owned(),
+    }
+}
+
+/// The minimal image's own files: its init script, inittab and DHCP hook.
+const MINIMAL_FILES: [&[u8]; 3] =
+    [include_bytes!("minimal/rcS"), include_bytes!("minimal/inittab"), include_bytes!("minimal/udhcpc.script")];
+
+fn recipe_number(kind: Kind) -> &'static str {
     match kind {
         // 3: waits at the launch-snapshot point for an Ethernet NIC; the clock from the
         // metadata's Date header. 4: uptime on every console line; the ed25519 host key
-        // made while the network comes up.
-        Kind::Minimal => " recipe=5",
+        // made while the network comes up. 6: a launch snapshot's guest takes its identity
+        // from ttyS1 (MAC, address), not from a hot-plugged NIC and DHCP.
+        Kind::Minimal => " recipe=6",
         // 2: no resolv.conf from the build host.
         Kind::Debian12 => " recipe=2",
     }
@@ -453,7 +473,7 @@ pub fn cached(kind: Kind, cache: &Path) -> Option<Built> {
     let dir = cache.join("images").join(kind.slug());
     let m: Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).ok()?).ok()?;
     // A build by another version of the builder is not current.
-    if !m.build_key.starts_with(&format!("v{BUILDER_VERSION} ")) || !m.build_key.ends_with(recipe_tag(kind)) {
+    if !m.build_key.starts_with(&format!("v{BUILDER_VERSION} ")) || !m.build_key.ends_with(&recipe_tag(kind)) {
         return None;
     }
     let kdir = cache.join("kernel").join(&m.kernel_version);
@@ -503,7 +523,7 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
     for p in &packages {
         key.push_str(&format!(" {p}={}", package_version(p)?));
     }
-    key.push_str(recipe_tag(kind));
+    key.push_str(&recipe_tag(kind));
     let dir = cache.join("images").join(kind.slug());
     let tmp = cache.join("images").join(format!("{}.tmp", kind.slug()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -592,6 +612,10 @@ fn minimal_rootfs(cache: &Path, packages: &[String], root: &Path, progress: &dyn
     for d in ["dev", "proc", "sys", "tmp", "run", "root", "var/log", "etc/dropbear", "mnt", "home"] {
         std::fs::create_dir_all(root.join(d))?;
     }
+    std::fs::create_dir_all(root.join("root/.ssh"))?;
+    // Where a launch snapshot's guest keeps its identity (see the rcS).
+    std::fs::create_dir_all(root.join("var/lib/strato"))?;
+    std::fs::set_permissions(root.join("root/.ssh"), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     // busybox applets as symlinks, where a package did not put a real program.
     let list = run("listing busybox applets", Command::new(root.join("bin/busybox")).arg("--list-full"))?;
     for applet in String::from_utf8_lossy(&list).lines() {
@@ -604,9 +628,10 @@ fn minimal_rootfs(cache: &Path, packages: &[String], root: &Path, progress: &dyn
         }
     }
     progress.step("minimal: writing the init and configuration");
-    write(root, "etc/init.d/rcS", include_bytes!("minimal/rcS"), 0o755)?;
-    write(root, "etc/inittab", include_bytes!("minimal/inittab"), 0o644)?;
-    write(root, "etc/udhcpc.script", include_bytes!("minimal/udhcpc.script"), 0o755)?;
+    let [rcs, inittab, udhcpc] = MINIMAL_FILES;
+    write(root, "etc/init.d/rcS", rcs, 0o755)?;
+    write(root, "etc/inittab", inittab, 0o644)?;
+    write(root, "etc/udhcpc.script", udhcpc, 0o755)?;
     write(
         root,
         "etc/acpi/PWRF/00000080",
