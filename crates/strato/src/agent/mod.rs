@@ -196,12 +196,15 @@ impl<L: Link> Agent<L> {
             .cloned()
             .collect();
         let views = self.control.network_views(&self.host, &on_host).await?;
+        // Restores start on the taps already there while the rest of the network syncs.
+        let volumes = self.control.all_volumes().await?;
+        self.net.make_taps(&views).await;
+        let early = self.start_restores(&live, &volumes, &views, true, &[]).await;
         let t = Instant::now();
         self.net_failed = self.net.sync(&views).await;
         if t.elapsed() > Duration::from_millis(200) {
             tracing::info!(ms = t.elapsed().as_millis() as u64, vpcs = views.len(), "network sync was slow");
         }
-        let volumes = self.control.all_volumes().await?;
         let table = on_host
             .iter()
             .filter_map(|i| {
@@ -214,9 +217,15 @@ impl<L: Link> Agent<L> {
             self.snapshots.prune(&self.control.image_ids().await?);
             self.pruned = Some(Instant::now());
         }
-        if let Err(e) = self.restore_pending(&live, &volumes, &views).await {
+        let mut restoring = early.unwrap_or_else(|e| {
             tracing::warn!(error = format!("{e:#}"), "restoring launches failed");
+            Vec::new()
+        });
+        match self.start_restores(&live, &volumes, &views, false, &restoring).await {
+            Ok(late) => restoring.extend(late),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "restoring launches failed"),
         }
+        self.finish_restores(restoring).await;
         for i in &live {
             if let Err(e) = self.reconcile(i).await {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
@@ -737,7 +746,10 @@ impl<L: Link> Agent<L> {
         }
         let Some(snapshot) = self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) else { return Ok(None) };
         let view = views.iter().find(|v| v.vpc_id == i.vpc_id);
-        let Some(identity) = view.and_then(|v| snapshot::identity(v, i.id.as_str())) else { return Ok(None) };
+        let host_key = snapshot::dropbear_host_key()?;
+        let Some(identity) = view.and_then(|v| snapshot::identity(v, i.id.as_str(), &host_key)) else {
+            return Ok(None);
+        };
         Ok(Some(RestoreJob {
             instance_id: i.id.to_string(),
             console_file: self.control.console_file(i.id.as_str()),
@@ -764,55 +776,94 @@ impl<L: Link> Agent<L> {
         }))
     }
 
-    /// Restores every pending instance that can be, all at once (each on its own task), so
-    /// that a RunInstances of many does not wait for one restore after another. A failed
-    /// restore is undone; the instance then boots cold in the pass's instance loop.
-    async fn restore_pending(
+    /// Starts restoring every pending instance that can be, all at once (each on its own
+    /// task, so that a RunInstances of many does not wait for one restore after another):
+    /// QEMU starts on the instance's tap and loads the snapshot, paused. `early`: before
+    /// the pass's network sync, only for instances whose tap is there already (QEMU would
+    /// make a missing one itself, and the sync could not); the others start after it.
+    async fn start_restores(
         &mut self,
         live: &[Instance],
         volumes: &[Volume],
         views: &[net::rules::VpcView],
-    ) -> anyhow::Result<()> {
-        // A restore cut short by a crash of the server leaves a QEMU that never ran (still
-        // loading, or paused without its NIC): it ends, and the launch starts over.
-        for i in live.iter().filter(|i| i.state == InstanceState::Pending && i.generation == 0) {
-            let dir = self.run_dir(i.id.as_str());
-            let Some(vm) = Vm::adopt(&dir) else { continue };
-            let Ok(mut q) = vm.qmp().await else { continue };
-            let half_done =
-                q.query_status().await.is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
-            drop(q);
-            if half_done {
-                tracing::warn!(instance_id = %i.id, "a restore was cut short: starting the launch over");
-                vm.kill().await;
-                if let Some(root) = volumes.iter().find(|v| v.root && v.instance_id.as_deref() == Some(i.id.as_str())) {
-                    let _ = std::fs::remove_file(self.volume_disk(root).path);
+        early: bool,
+        started: &[Restoring],
+    ) -> anyhow::Result<Vec<Restoring>> {
+        if early {
+            // A restore cut short by a crash of the server leaves a QEMU that never ran
+            // (still loading, or paused without its identity): it ends, and the launch
+            // starts over.
+            for i in live.iter().filter(|i| i.state == InstanceState::Pending && i.generation == 0) {
+                let dir = self.run_dir(i.id.as_str());
+                let Some(vm) = Vm::adopt(&dir) else { continue };
+                let Ok(mut q) = vm.qmp().await else { continue };
+                let half_done = q
+                    .query_status()
+                    .await
+                    .is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
+                drop(q);
+                if half_done {
+                    tracing::warn!(instance_id = %i.id, "a restore was cut short: starting the launch over");
+                    vm.kill().await;
+                    if let Some(root) =
+                        volumes.iter().find(|v| v.root && v.instance_id.as_deref() == Some(i.id.as_str()))
+                    {
+                        let _ = std::fs::remove_file(self.volume_disk(root).path);
+                    }
                 }
             }
         }
-        let mut jobs = Vec::new();
+        let mut out = Vec::new();
         for i in live {
-            if self.restore_failed.contains(i.id.as_str()) {
+            if self.restore_failed.contains(i.id.as_str()) || started.iter().any(|r| r.instance_id == i.id.as_str()) {
+                continue;
+            }
+            if early && !self.net.has_tap(&i.vpc_id, &net::tap_name(i.id.as_str())) {
                 continue;
             }
             if let Some(job) = self.restore_job(i, volumes, views).await? {
-                let (id, dir, disk) = (job.instance_id.clone(), job.spec.run_dir.clone(), job.disk.clone());
-                jobs.push((id, dir, disk, tokio::spawn(job.run())));
+                out.push(Restoring {
+                    instance_id: job.instance_id.clone(),
+                    vpc_id: i.vpc_id.clone(),
+                    dir: job.spec.run_dir.clone(),
+                    disk: job.disk.clone(),
+                    task: tokio::spawn(job.load()),
+                });
             }
         }
-        for (id, dir, disk, task) in jobs {
-            let result = task.await.map_err(anyhow::Error::from).and_then(|r| r);
+        Ok(out)
+    }
+
+    /// Runs the restored VMs on, once their network is in place (rules and all: a guest
+    /// never runs unfiltered). A failed restore is undone; the instance then boots cold in
+    /// the pass's instance loop.
+    async fn finish_restores(&mut self, restoring: Vec<Restoring>) {
+        for r in restoring {
+            let result = async {
+                let loaded = r.task.await??;
+                anyhow::ensure!(!self.net_failed.contains(&r.vpc_id), "the VPC's network is not in place");
+                loaded.resume().await
+            }
+            .await;
             if let Err(e) = result {
-                tracing::warn!(instance_id = %id, error = format!("{e:#}"), "restore failed; booting cold");
-                if let Some(vm) = Vm::adopt(&dir) {
+                tracing::warn!(instance_id = %r.instance_id, error = format!("{e:#}"), "restore failed; booting cold");
+                if let Some(vm) = Vm::adopt(&r.dir) {
                     vm.kill().await;
                 }
-                let _ = std::fs::remove_file(&disk);
-                self.restore_failed.insert(id);
+                let _ = std::fs::remove_file(&r.disk);
+                self.restore_failed.insert(r.instance_id);
             }
         }
-        Ok(())
     }
+}
+
+/// A restore under way (`start_restores`).
+struct Restoring {
+    instance_id: String,
+    vpc_id: String,
+    dir: PathBuf,
+    disk: PathBuf,
+    task: tokio::task::JoinHandle<anyhow::Result<Loaded>>,
 }
 
 /// How long a restored guest may take to read its identity.
@@ -834,8 +885,22 @@ struct RestoreJob {
     accel: Accel,
 }
 
+/// A restored VM, paused, that has loaded its snapshot.
+struct Loaded {
+    instance_id: String,
+    vm: Vm,
+    qmp: crate::hypervisor::qmp::Qmp,
+    identity_path: PathBuf,
+    identity: String,
+    netns: String,
+    t0: Instant,
+    started: Duration,
+    loaded: Duration,
+}
+
 impl RestoreJob {
-    async fn run(self) -> anyhow::Result<Vm> {
+    /// Copies the disk, starts QEMU and loads the snapshot.
+    async fn load(self) -> anyhow::Result<Loaded> {
         let t0 = Instant::now();
         if let Some(parent) = self.disk.parent() {
             std::fs::create_dir_all(parent)?;
@@ -859,17 +924,34 @@ impl RestoreJob {
         let uri = format!("exec:cat {}", snapshot::plain(&self.snapshot.state())?);
         q.execute("migrate-incoming", Some(serde_json::json!({"uri": uri}))).await?;
         snapshot::wait_migration(&mut q).await?;
-        let loaded = t0.elapsed();
+        Ok(Loaded {
+            instance_id: self.instance_id,
+            vm,
+            qmp: q,
+            identity_path: self.spec.identity_path(),
+            identity: self.identity,
+            netns: self.spec.netns.unwrap_or_default(),
+            t0,
+            started,
+            loaded: t0.elapsed(),
+        })
+    }
+}
+
+impl Loaded {
+    /// Hands the guest its identity and runs it.
+    async fn resume(self) -> anyhow::Result<Vm> {
+        let Loaded { instance_id, vm, qmp: mut q, identity_path, identity, netns, t0, started, loaded } = self;
+        let waited = t0.elapsed();
         // The guest reads it as soon as it runs; QEMU passes it on as the guest's serial
         // port takes it (the socket's buffer holds it until then). The connection stays
         // open until the guest answers: QEMU drops what it has not passed on when the other
         // end closes.
-        let mut channel = tokio::net::UnixStream::connect(self.spec.identity_path())
-            .await
-            .context("connecting to the identity channel")?;
-        tokio::io::AsyncWriteExt::write_all(&mut channel, self.identity.as_bytes()).await?;
+        let mut channel =
+            tokio::net::UnixStream::connect(&identity_path).await.context("connecting to the identity channel")?;
+        tokio::io::AsyncWriteExt::write_all(&mut channel, identity.as_bytes()).await?;
         q.execute("cont", None).await?;
-        let id = self.instance_id.clone();
+        let id = instance_id.clone();
         tokio::spawn(async move {
             let mut answer = [0u8; 16];
             let read = tokio::io::AsyncReadExt::read(&mut channel, &mut answer);
@@ -878,11 +960,12 @@ impl RestoreJob {
             }
         });
         tracing::info!(
-            instance_id = %self.instance_id,
-            netns = self.spec.netns.as_deref().unwrap_or_default(),
+            instance_id = %instance_id,
+            netns,
             pid = vm.pid,
             qemu_started_ms = started.as_millis() as u64,
             loaded_ms = loaded.as_millis() as u64,
+            network_ready_ms = waited.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
             "VM restored from its launch snapshot"
         );

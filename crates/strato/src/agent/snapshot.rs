@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use crate::control::model::Image;
 use crate::hypervisor::{ec2_uuid, Accel, LaunchSnapshot, Vm, VmSpec};
 
@@ -264,9 +266,10 @@ async fn build(dir: &Path, image: &Image, vcpus: u32, memory_mib: u64, accel: Ac
 
 /// What a restored guest is told through its identity channel, one line of `key=value`
 /// words (read by the minimal image's init): its MAC, its address with the subnet's prefix,
-/// the subnet's router and the VPC's DNS server, as DHCP would have given them. None when
-/// this host's view of the VPC does not have the instance (its network is not there yet).
-pub fn identity(view: &crate::net::rules::VpcView, instance_id: &str) -> Option<String> {
+/// the subnet's router and the VPC's DNS server, as DHCP would have given them, and its SSH
+/// host key (`host_key`). None when this host's view of the VPC does not have the instance
+/// (its network is not there yet).
+pub fn identity(view: &crate::net::rules::VpcView, instance_id: &str, host_key: &[u8]) -> Option<String> {
     let i = view.instances.iter().find(|i| i.id == instance_id)?;
     let ip = crate::control::cidr::Ipv4Cidr { addr: u32::from(i.private_ip), prefix: 32 };
     let subnet = view.subnets.iter().find(|s| s.contains(&ip))?;
@@ -280,8 +283,26 @@ pub fn identity(view: &crate::net::rules::VpcView, instance_id: &str) -> Option<
     if let Some(dns) = view.dns_ip {
         line.push_str(&format!(" dns={dns}"));
     }
+    line.push_str(" hostkey=");
+    line.push_str(&base64::Engine::encode(&base64::engine::general_purpose::STANDARD, host_key));
     line.push('\n');
     Some(line)
+}
+
+/// A new ed25519 SSH host key in dropbear's file format (SSH wire format: the string
+/// `ssh-ed25519`, then a string of the 32-byte seed and the 32-byte public key). The agent
+/// makes one for each restored instance: generating it takes a TCG guest's dropbearkey a
+/// few hundred milliseconds of its CPU, the host a few microseconds.
+pub fn dropbear_host_key() -> anyhow::Result<Vec<u8>> {
+    let key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| anyhow::anyhow!("generating a host key: {e}"))?;
+    let pair = key.key_data().ed25519().context("an ed25519 key")?;
+    let mut out = Vec::with_capacity(83);
+    for part in [&b"ssh-ed25519"[..], &[pair.private.to_bytes().as_slice(), pair.public.0.as_slice()].concat()] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    Ok(out)
 }
 
 /// Waits for the migration (save or load) to end.
@@ -364,14 +385,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            identity(&view, "i-a").as_deref(),
-            Some("mac=02:00:0a:00:00:09 ip=10.0.0.9/24 gw=10.0.0.1 dns=10.0.0.2\n")
+            identity(&view, "i-a", b"key").as_deref(),
+            Some("mac=02:00:0a:00:00:09 ip=10.0.0.9/24 gw=10.0.0.1 dns=10.0.0.2 hostkey=a2V5\n")
         );
         assert_eq!(
-            identity(&view, "i-b").as_deref(),
-            Some("mac=02:00:0a:00:11:04 ip=10.0.17.4/20 gw=10.0.16.1 dns=10.0.0.2\n")
+            identity(&view, "i-b", b"").as_deref(),
+            Some("mac=02:00:0a:00:11:04 ip=10.0.17.4/20 gw=10.0.16.1 dns=10.0.0.2 hostkey=\n")
         );
-        assert_eq!(identity(&view, "i-c"), None);
+        assert_eq!(identity(&view, "i-c", b""), None);
+    }
+
+    #[test]
+    fn host_keys_are_dropbear_files_and_each_new() {
+        let a = dropbear_host_key().expect("key");
+        let b = dropbear_host_key().expect("key");
+        assert_eq!(a.len(), 4 + 11 + 4 + 64);
+        assert_eq!(&a[..19], b"\0\0\0\x0bssh-ed25519\0\0\0\x40");
+        assert_ne!(a, b);
+        // The public half is the seed's.
+        let seed: [u8; 32] = a[19..51].try_into().expect("seed");
+        let public = ssh_key::private::Ed25519Keypair::from_seed(&seed).public;
+        assert_eq!(&a[51..], public.0.as_slice());
     }
 
     #[test]

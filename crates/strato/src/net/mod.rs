@@ -277,6 +277,13 @@ fn kill_pid(pid: u32, sig: i32) {
     }
 }
 
+/// A tap for an instance's QEMU, on the VPC's bridge.
+async fn add_tap(ns: &str, tap: &str) -> anyhow::Result<()> {
+    run("ip", &["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+    run("ip", &["-n", ns, "link", "set", tap, "master", BRIDGE, "up"]).await?;
+    Ok(())
+}
+
 /// The pid of this VPC's dnsmasq, if the pid file names a live dnsmasq started for it.
 fn dnsmasq_pid(dir: &Path) -> Option<u32> {
     let pid_file = dir.join("dnsmasq.pid");
@@ -498,6 +505,29 @@ impl Network {
 
     /// Makes the host match `views` (every VPC with instances on this host); returns the
     /// VPCs that failed (logged), whose instances must not boot yet.
+    /// Makes the missing taps of the VPCs whose namespace this network already made (the
+    /// first step of `sync`, which does the rest): a restore can start its QEMU on its tap
+    /// while the rules are being applied. Failures are left to `sync`.
+    pub async fn make_taps(&mut self, views: &[VpcView]) {
+        for view in views {
+            let ns = self.site.netns(&view.vpc_id);
+            let Some(applied) = self.applied.get_mut(&view.vpc_id) else { continue };
+            if applied.at.is_none() || applied.subnets != view.subnets || !Path::new("/run/netns").join(&ns).exists() {
+                continue;
+            }
+            for i in &view.instances {
+                if !applied.taps.contains(&i.tap) && add_tap(&ns, &i.tap).await.is_ok() {
+                    applied.taps.insert(i.tap.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether `sync` or `make_taps` made this tap in the VPC's namespace.
+    pub fn has_tap(&self, vpc_id: &str, tap: &str) -> bool {
+        self.applied.get(vpc_id).is_some_and(|a| a.taps.contains(tap))
+    }
+
     pub async fn sync(&mut self, views: &[VpcView]) -> BTreeSet<String> {
         let wanted: BTreeSet<&str> = views.iter().map(|v| v.vpc_id.as_str()).collect();
         let mut failed = BTreeSet::new();
@@ -570,8 +600,7 @@ impl Network {
         // Taps: one per instance, on the bridge.
         let want_taps: BTreeSet<String> = view.instances.iter().map(|i| i.tap.clone()).collect();
         for tap in want_taps.difference(&applied.taps.clone()) {
-            run("ip", &["-n", &ns, "tuntap", "add", "dev", tap, "mode", "tap"]).await?;
-            run("ip", &["-n", &ns, "link", "set", tap, "master", BRIDGE, "up"]).await?;
+            add_tap(&ns, tap).await?;
             applied.taps.insert(tap.clone());
         }
         for tap in applied.taps.clone().difference(&want_taps) {
