@@ -294,18 +294,16 @@ fn pss_mib(pid: u32) -> Option<f64> {
 
 /// `strato bench fast-launch`: rounds of `count` instances of a minimal image launched at
 /// once, booting cold and then restored from the launch snapshot.
-pub async fn fast_launch(
-    cache: &std::path::Path,
-    image: &str,
-    runs: usize,
-    count: usize,
-    instance_type: &str,
-) -> anyhow::Result<()> {
+pub async fn fast_launch(cache: &std::path::Path, rounds: &Rounds<'_>, restored_only: bool) -> anyhow::Result<()> {
+    let Rounds { image, runs, count, instance_type, .. } = *rounds;
     anyhow::ensure!(runs >= 1 && count >= 1, "--runs and --count must be at least 1");
     let mut report = Vec::new();
     for (mode, snapshots) in [("cold boot", false), ("restored", true)] {
+        if restored_only && !snapshots {
+            continue;
+        }
         let dir = std::env::temp_dir().join(format!("strato-bench-fast-{}-{snapshots}", std::process::id()));
-        let result = fast_rounds(&dir, cache, image, runs, count, instance_type, snapshots).await;
+        let result = fast_rounds(&dir, cache, rounds, snapshots).await;
         // Whatever happened, no VM (template included) or network of this run stays behind.
         crate::server::down(&dir).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -315,35 +313,54 @@ pub async fn fast_launch(
         "{image}, {instance_type}, {:?}, {runs} rounds of {count} launched at once:",
         crate::hypervisor::detect_accel().0
     );
-    for (mode, (mut each, mut all, mut pss)) in report {
+    for (mode, (mut each, mut all, mut pss, mut drop)) in report {
         println!(
-            "  {mode:<10} RunInstances to SSH login: each p50 {:5.2} s p90 {:5.2} s; whole round p50 {:5.2} s max {:5.2} s; PSS per VM p50 {:4.0} MiB",
+            "  {mode:<10} RunInstances to SSH login: each p50 {:5.2} s p90 {:5.2} s; whole round p50 {:5.2} s max {:5.2} s; per VM p50: PSS {:4.0} MiB, host MemAvailable drop {:4.0} MiB",
             percentile(&mut each, 0.5),
             percentile(&mut each, 0.9),
             percentile(&mut all, 0.5),
             percentile(&mut all, 1.0),
             percentile(&mut pss, 0.5),
+            percentile(&mut drop, 0.5),
         );
     }
     Ok(())
 }
 
-/// The rounds of one mode: (each instance's time to SSH, each round's time, PSS per VM).
+/// The host's `MemAvailable`, in MiB.
+fn mem_available_mib() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: f64 = text.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The rounds of `strato bench fast-launch`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rounds<'a> {
+    pub image: &'a str,
+    pub runs: usize,
+    /// Instances per RunInstances.
+    pub count: usize,
+    pub instance_type: &'a str,
+    /// The instances of each round stay running until the end.
+    pub keep: bool,
+}
+
+/// The rounds of one mode: (each instance's time to SSH, each round's time, PSS per VM, the
+/// host's MemAvailable drop per VM).
 async fn fast_rounds(
     dir: &std::path::Path,
     cache: &std::path::Path,
-    image: &str,
-    runs: usize,
-    count: usize,
-    instance_type: &str,
+    rounds: &Rounds<'_>,
     snapshots: bool,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let Rounds { image, runs, count, instance_type, keep } = *rounds;
     let BenchCloud {
         control, creds, addr, region, mut stream, image_id, stop, server_task, agent_task, key_path, ..
     } = BenchCloud::start(dir, cache, image, "127.96.0.0/16", snapshots).await?;
     // Big rounds need more than the default 32 vCPUs.
     control
-        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, (count * 8).max(32) as u32)
+        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, (count * runs * 8).max(32) as u32)
         .await
         .map_err(|e| anyhow::anyhow!("raising the quota: {e}"))?;
     let run = |n: usize| {
@@ -376,8 +393,11 @@ async fn fast_rounds(
         }
         let _ = signed_call(&mut stream2, &addr, &creds, &region, &terminate(ids)).await?;
     }
-    let (mut each, mut all, mut pss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut each, mut all, mut pss, mut drops) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let base_available = mem_available_mib();
+    let mut kept: Vec<String> = Vec::new();
     for round in 0..runs {
+        let available0 = mem_available_mib();
         let t0 = Instant::now();
         let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &run(count)).await?;
         anyhow::ensure!(status == 200, "RunInstances: {xml}");
@@ -393,6 +413,10 @@ async fn fast_rounds(
             times.push(l.await?.context("SSH never worked")?.as_secs_f64());
         }
         let whole = times.iter().cloned().fold(0.0, f64::max);
+        let drop = match (available0, mem_available_mib()) {
+            (Some(a), Some(b)) => (a - b) / ids.len().max(1) as f64,
+            _ => f64::NAN,
+        };
         let mean_pss = |ids: &[String]| {
             let mem: Vec<f64> = ids
                 .iter()
@@ -410,7 +434,7 @@ async fn fast_rounds(
             _ => f64::NAN,
         };
         eprintln!(
-            "round {}: {} instances, SSH login {:.2}-{:.2} s, PSS per VM {mean_pss_ready:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
+            "round {}: {} instances, SSH login {:.2}-{:.2} s, PSS per VM {mean_pss_ready:.0} MiB, host MemAvailable drop per VM {drop:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
             round + 1,
             ids.len(),
             times.iter().cloned().fold(f64::MAX, f64::min),
@@ -418,7 +442,6 @@ async fn fast_rounds(
             mean_pss(&ids),
             idle_cpu * 100.0
         );
-        let mean_pss = mean_pss_ready;
         // Where the guest's time went: the first instance's boot lines after the last
         // "snapshot point" (the template's boot comes first in a restored VM's console).
         if let Some(id) = ids.first() {
@@ -438,7 +461,22 @@ async fn fast_rounds(
         }
         each.extend(times);
         all.push(whole);
-        pss.push(mean_pss);
+        pss.push(mean_pss_ready);
+        drops.push(drop);
+        if keep {
+            kept.extend(ids);
+            let drop_all = match (base_available, mem_available_mib()) {
+                (Some(a), Some(b)) => (a - b) / kept.len() as f64,
+                _ => f64::NAN,
+            };
+            eprintln!(
+                "  {} running: PSS per VM {:.0} MiB, host MemAvailable drop per VM {drop_all:.0} MiB (since the first round), host MemAvailable {:.0} MiB",
+                kept.len(),
+                mean_pss(&kept),
+                mem_available_mib().unwrap_or(f64::NAN)
+            );
+            continue;
+        }
         let _ = signed_call(&mut stream2, &addr, &creds, &region, &terminate(ids.clone())).await?;
         for id in &ids {
             while crate::hypervisor::Vm::adopt(&dir.join("instances").join(id)).is_some() {
@@ -446,10 +484,13 @@ async fn fast_rounds(
             }
         }
     }
+    for chunk in kept.chunks(500) {
+        let _ = signed_call(&mut stream2, &addr, &creds, &region, &terminate(chunk.to_vec())).await?;
+    }
     agent_task.abort();
     let _ = stop.send(());
     let _ = server_task.await;
-    Ok((each, all, pss))
+    Ok((each, all, pss, drops))
 }
 
 /// The API of `control` on a loopback port in this process: its address, the sender that
@@ -511,7 +552,8 @@ impl BenchCloud {
             }
         };
         let (addr, stop, server_task) = api_in_process(&control).await?;
-        let spec = crate::control::hosts::HostSpec::this_machine(None, 64.0, control.memory_overcommit);
+        // 256 vCPUs per core: a density round of hundreds of idle 1-vCPU guests fits.
+        let spec = crate::control::hosts::HostSpec::this_machine(None, 256.0, control.memory_overcommit);
         let host = server::register_host(&control, dir, &spec).await?;
         let mut agent = crate::agent::Agent::new(control.clone(), dir, host.clone())?;
         agent.snapshots.enabled = launch_snapshots;

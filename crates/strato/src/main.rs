@@ -255,7 +255,9 @@ enum BenchCommand {
     },
     /// Launches a minimal image in rounds of COUNT instances at once, first booting cold,
     /// then restored from the launch snapshot: RunInstances to SSH login per instance and
-    /// for the whole round, and the host memory (PSS) per VM.
+    /// for the whole round, the host memory per VM (PSS, and the drop of the host's
+    /// MemAvailable), idle host CPU, and the first guest's boot steps. With --keep the
+    /// instances stay running round after round (density).
     FastLaunch {
         /// minimal-fast (Strato's guest kernel) or minimal (Debian's kernel)
         #[arg(long, default_value = "minimal-fast")]
@@ -267,6 +269,13 @@ enum BenchCommand {
         count: usize,
         #[arg(long, default_value = "t3.nano")]
         instance_type: String,
+        /// Only the restored rounds (for big counts: cold VMs take far more memory).
+        #[arg(long)]
+        restored_only: bool,
+        /// Each round's instances stay running (density: --runs 12 --count 25 leaves 300),
+        /// all ended at the end.
+        #[arg(long)]
+        keep: bool,
     },
     /// dd with direct I/O on a hot-plugged EBS volume inside a guest, beside the same dd on
     /// the host's disk (MB/s and ratio).
@@ -566,12 +575,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             strato::metadata::serve_stdio(&cfg, &mut stdin.lock(), &mut std::io::stdout().lock())?;
             Ok(())
         }
-        Command::Bench { command: BenchCommand::FastLaunch { image, runs, count, instance_type } } => {
+        Command::Bench {
+            command: BenchCommand::FastLaunch { image, runs, count, instance_type, restored_only, keep },
+        } => {
             anyhow::ensure!(
                 matches!(image.as_str(), "minimal" | "minimal-fast"),
                 "the images are minimal and minimal-fast"
             );
-            strato::bench::fast_launch(&cli.cache_dir, &image, runs, count, &instance_type).await
+            let rounds = strato::bench::Rounds { image: &image, runs, count, instance_type: &instance_type, keep };
+            strato::bench::fast_launch(&cli.cache_dir, &rounds, restored_only).await
         }
         Command::Bench { command: BenchCommand::Schedule { hosts, launches } } => {
             strato::bench::schedule(&cli.cache_dir, hosts, launches, cli.database.as_deref()).await
