@@ -205,6 +205,7 @@ impl<L: Link> Agent<L> {
         // Restores start on the taps already there while the rest of the network syncs.
         let volumes = self.control.all_volumes().await?;
         self.net.make_taps(&views).await;
+        self.end_cut_short_restores(&live, &volumes).await;
         let early = self.start_restores(&live, &volumes, &views, true, &[]).await;
         let t = Instant::now();
         self.net_failed = self.net.sync(&views).await;
@@ -795,30 +796,6 @@ impl<L: Link> Agent<L> {
         early: bool,
         started: &[Restoring],
     ) -> anyhow::Result<Vec<Restoring>> {
-        if early {
-            // A restore cut short by a crash of the server leaves a QEMU that never ran
-            // (still loading, or paused without its identity): it ends, and the launch
-            // starts over.
-            for i in live.iter().filter(|i| i.state == InstanceState::Pending && i.generation == 0) {
-                let dir = self.run_dir(i.id.as_str());
-                let Some(vm) = Vm::adopt(&dir) else { continue };
-                let Ok(mut q) = vm.qmp().await else { continue };
-                let half_done = q
-                    .query_status()
-                    .await
-                    .is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
-                drop(q);
-                if half_done {
-                    tracing::warn!(instance_id = %i.id, "a restore was cut short: starting the launch over");
-                    vm.kill().await;
-                    if let Some(root) =
-                        volumes.iter().find(|v| v.root && v.instance_id.as_deref() == Some(i.id.as_str()))
-                    {
-                        let _ = std::fs::remove_file(self.volume_disk(root).path);
-                    }
-                }
-            }
-        }
         let mut out = Vec::new();
         for i in live {
             if self.restore_failed.contains(i.id.as_str()) || started.iter().any(|r| r.instance_id == i.id.as_str()) {
@@ -838,6 +815,26 @@ impl<L: Link> Agent<L> {
             }
         }
         Ok(out)
+    }
+
+    /// A restore cut short by a crash of the server leaves a QEMU that never ran (still
+    /// loading, or paused without its identity): it ends, and the launch starts over.
+    async fn end_cut_short_restores(&self, live: &[Instance], volumes: &[Volume]) {
+        for i in live.iter().filter(|i| i.state == InstanceState::Pending && i.generation == 0) {
+            let dir = self.run_dir(i.id.as_str());
+            let Some(vm) = Vm::adopt(&dir) else { continue };
+            let Ok(mut q) = vm.qmp().await else { continue };
+            let half_done =
+                q.query_status().await.is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
+            drop(q);
+            if half_done {
+                tracing::warn!(instance_id = %i.id, "a restore was cut short: starting the launch over");
+                vm.kill().await;
+                if let Some(root) = volumes.iter().find(|v| v.root && v.instance_id.as_deref() == Some(i.id.as_str())) {
+                    let _ = std::fs::remove_file(self.volume_disk(root).path);
+                }
+            }
+        }
     }
 
     /// Runs the restored VMs on, once their network is in place (rules and all: a guest
