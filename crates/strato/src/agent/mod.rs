@@ -754,7 +754,9 @@ impl<L: Link> Agent<L> {
         let Some(snapshot) = self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) else { return Ok(None) };
         let view = views.iter().find(|v| v.vpc_id == i.vpc_id);
         let host_key = snapshot::dropbear_host_key()?;
-        let Some(identity) = view.and_then(|v| snapshot::identity(v, i.id.as_str(), &host_key)) else {
+        let Some(identity) =
+            view.and_then(|v| snapshot::identity(v, i.id.as_str(), &host_key, i.public_key.as_deref()))
+        else {
             return Ok(None);
         };
         Ok(Some(RestoreJob {
