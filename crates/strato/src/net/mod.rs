@@ -205,14 +205,8 @@ async fn ns_links(ns: &str) -> anyhow::Result<Vec<String>> {
 /// Creates a VPC's namespace, bridge, metadata address and uplink (what exists is kept).
 async fn ensure_vpc(site: &Site, vpc_id: &str) -> anyhow::Result<()> {
     let ns = site.netns(vpc_id);
-    if !Path::new("/run/netns").join(&ns).exists() {
-        run("ip", &["netns", "add", &ns]).await?;
-    }
+    let links = ensure_bridge(&ns).await?;
     run("ip", &["-n", &ns, "link", "set", "lo", "up"]).await?;
-    let links = ns_links(&ns).await?;
-    if !links.iter().any(|l| l == BRIDGE) {
-        run("ip", &["-n", &ns, "link", "add", BRIDGE, "type", "bridge"]).await?;
-    }
     run("ip", &["-n", &ns, "link", "set", BRIDGE, "up"]).await?;
     run("ip", &["-n", &ns, "addr", "replace", &format!("{METADATA_ADDR}/32"), "dev", "lo"]).await?;
     // Routing between subnets, bridged packets through the inet hooks (security groups
@@ -275,6 +269,20 @@ fn kill_pid(pid: u32, sig: i32) {
             libc::kill(p, sig);
         }
     }
+}
+
+/// A VPC's namespace with its bridge (the taps' and the router's), made if missing; the
+/// namespace's links.
+async fn ensure_bridge(ns: &str) -> anyhow::Result<Vec<String>> {
+    if !Path::new("/run/netns").join(ns).exists() {
+        run("ip", &["netns", "add", ns]).await?;
+    }
+    let mut links = ns_links(ns).await?;
+    if !links.iter().any(|l| l == BRIDGE) {
+        run("ip", &["-n", ns, "link", "add", BRIDGE, "type", "bridge"]).await?;
+        links.push(BRIDGE.into());
+    }
+    Ok(links)
 }
 
 /// A tap for an instance's QEMU, on the VPC's bridge.
@@ -503,14 +511,25 @@ impl Network {
         Network { site, applied: BTreeMap::new(), host_ruleset: String::new(), host_at: None, imds }
     }
 
-    /// Makes the host match `views` (every VPC with instances on this host); returns the
-    /// VPCs that failed (logged), whose instances must not boot yet.
-    /// Makes the missing taps of the VPCs whose namespace this network already made (the
-    /// first step of `sync`, which does the rest): a restore can start its QEMU on its tap
-    /// while the rules are being applied. Failures are left to `sync`.
+    /// Makes the missing taps of the VPCs whose namespace this network already made, and
+    /// for a VPC new on this host its namespace, bridge and taps (the first steps of `sync`,
+    /// which does the rest: uplink, addresses, rules, DHCP): a restore can start its QEMU
+    /// on its tap while the rest is being done. Failures are left to `sync`.
     pub async fn make_taps(&mut self, views: &[VpcView]) {
         for view in views {
             let ns = self.site.netns(&view.vpc_id);
+            if !self.applied.contains_key(&view.vpc_id) && !Path::new("/run/netns").join(&ns).exists() {
+                if ensure_bridge(&ns).await.is_err() {
+                    continue;
+                }
+                let applied = self.applied.entry(view.vpc_id.clone()).or_default();
+                for i in &view.instances {
+                    if add_tap(&ns, &i.tap).await.is_ok() {
+                        applied.taps.insert(i.tap.clone());
+                    }
+                }
+                continue;
+            }
             let Some(applied) = self.applied.get_mut(&view.vpc_id) else { continue };
             if applied.at.is_none() || applied.subnets != view.subnets || !Path::new("/run/netns").join(&ns).exists() {
                 continue;
@@ -528,6 +547,8 @@ impl Network {
         self.applied.get(vpc_id).is_some_and(|a| a.taps.contains(tap))
     }
 
+    /// Makes the host match `views` (every VPC with instances on this host); returns the
+    /// VPCs that failed (logged), whose instances must not boot yet.
     pub async fn sync(&mut self, views: &[VpcView]) -> BTreeSet<String> {
         let wanted: BTreeSet<&str> = views.iter().map(|v| v.vpc_id.as_str()).collect();
         let mut failed = BTreeSet::new();
