@@ -285,6 +285,18 @@ fn host_cpu() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// The CPU time a process has used (user and system), in seconds.
+fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state is field 3, utime and stime 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
 /// A process's proportional set size (shared pages split among their users), in MiB.
 fn pss_mib(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
@@ -398,6 +410,7 @@ async fn fast_rounds(
     let mut kept: Vec<String> = Vec::new();
     for round in 0..runs {
         let available0 = mem_available_mib();
+        let cpu0 = host_cpu();
         let t0 = Instant::now();
         let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &run(count)).await?;
         anyhow::ensure!(status == 200, "RunInstances: {xml}");
@@ -413,6 +426,19 @@ async fn fast_rounds(
             times.push(l.await?.context("SSH never worked")?.as_secs_f64());
         }
         let whole = times.iter().cloned().fold(0.0, f64::max);
+        // Where the round's CPU went, by the last login: all of the host's, and the part
+        // the new VMs' QEMUs used (their start, load and guest).
+        let qemu_cpu: f64 = ids
+            .iter()
+            .filter_map(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id)))
+            .filter_map(|vm| process_cpu_s(vm.pid))
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let host_cpu_s = match (cpu0, host_cpu()) {
+            (Some((b0, _)), Some((b1, _))) => (b1 - b0) as f64 / hz,
+            _ => f64::NAN,
+        };
         let drop = match (available0, mem_available_mib()) {
             (Some(a), Some(b)) => (a - b) / ids.len().max(1) as f64,
             _ => f64::NAN,
@@ -434,11 +460,13 @@ async fn fast_rounds(
             _ => f64::NAN,
         };
         eprintln!(
-            "round {}: {} instances, SSH login {:.2}-{:.2} s, PSS per VM {mean_pss_ready:.0} MiB, host MemAvailable drop per VM {drop:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
+            "round {}: {} instances, SSH login {:.2}-{:.2} s, host CPU to the last login {:.2} s per VM (its QEMU {:.2} s), PSS per VM {mean_pss_ready:.0} MiB, host MemAvailable drop per VM {drop:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
             round + 1,
             ids.len(),
             times.iter().cloned().fold(f64::MAX, f64::min),
             whole,
+            host_cpu_s / ids.len().max(1) as f64,
+            qemu_cpu / ids.len().max(1) as f64,
             mean_pss(&ids),
             idle_cpu * 100.0
         );
