@@ -577,6 +577,10 @@ fn a_volume_is_hot_plugged_kept_and_moved() {
     ]);
     let c = s(&r["Instances"][0]["InstanceId"]);
     assert_eq!(ssh_retry(&cloud, &key, &c, "cat /root/marker").trim(), "written-before-the-image");
+    // But not A's SSH host key: each instance has its own.
+    let host_key = "dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key | grep Fingerprint";
+    let (key_a, key_c) = (ssh_retry(&cloud, &key, &a, host_key), ssh_retry(&cloud, &key, &c, host_key));
+    assert!(key_a.contains("Fingerprint") && key_a != key_c, "A: {key_a}, C: {key_c}");
 
     // Without NoReboot the VM is paused for the copy and runs on afterwards.
     let paused = s(&cloud.aws(&["ec2", "create-image", "--instance-id", &c, "--name", "from-c"])["ImageId"]);
