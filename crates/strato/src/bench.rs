@@ -285,6 +285,15 @@ fn host_cpu() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// The number of translated blocks in a TCG VM's translation cache (HMP `info jit`); None
+/// under KVM or when QEMU does not say.
+async fn tcg_blocks(vm: &crate::hypervisor::Vm) -> Option<u64> {
+    let mut q = vm.qmp().await.ok()?;
+    let out = q.execute("human-monitor-command", Some(serde_json::json!({"command-line": "info jit"}))).await.ok()?;
+    let text = out.as_str()?;
+    text.lines().find_map(|l| l.strip_prefix("TB count")).and_then(|n| n.trim().parse().ok())
+}
+
 /// The CPU time a process has used (user and system), in seconds.
 fn process_cpu_s(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -452,6 +461,12 @@ async fn fast_rounds(
             mem.iter().sum::<f64>() / mem.len().max(1) as f64
         };
         let mean_pss_ready = mean_pss(&ids);
+        // How much guest code TCG translated for the first VM by then (each block is
+        // translated once per QEMU: a restored VM starts with none).
+        let blocks = match ids.first().and_then(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id))) {
+            Some(vm) => tcg_blocks(&vm).await,
+            None => None,
+        };
         // Then idle for a while: memory and the host CPU they take doing nothing.
         let busy0 = host_cpu();
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -460,13 +475,14 @@ async fn fast_rounds(
             _ => f64::NAN,
         };
         eprintln!(
-            "round {}: {} instances, SSH login {:.2}-{:.2} s, host CPU to the last login {:.2} s per VM (its QEMU {:.2} s), PSS per VM {mean_pss_ready:.0} MiB, host MemAvailable drop per VM {drop:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
+            "round {}: {} instances, SSH login {:.2}-{:.2} s, host CPU to the last login {:.2} s per VM (its QEMU {:.2} s; the first VM's TCG blocks {}), PSS per VM {mean_pss_ready:.0} MiB, host MemAvailable drop per VM {drop:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
             round + 1,
             ids.len(),
             times.iter().cloned().fold(f64::MAX, f64::min),
             whole,
             host_cpu_s / ids.len().max(1) as f64,
             qemu_cpu / ids.len().max(1) as f64,
+            blocks.map_or("?".to_string(), |b| b.to_string()),
             mean_pss(&ids),
             idle_cpu * 100.0
         );
