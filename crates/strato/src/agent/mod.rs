@@ -752,11 +752,14 @@ impl<L: Link> Agent<L> {
             return Ok(None);
         }
         let Some(snapshot) = self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) else { return Ok(None) };
-        let view = views.iter().find(|v| v.vpc_id == i.vpc_id);
-        let host_key = snapshot::dropbear_host_key()?;
-        let Some(identity) =
-            view.and_then(|v| snapshot::identity(v, i.id.as_str(), &host_key, i.public_key.as_deref()))
+        // Its VPC's view has it once its network is there.
+        let Some(view) =
+            views.iter().find(|v| v.vpc_id == i.vpc_id && v.instances.iter().any(|n| n.id == i.id.as_str()))
         else {
+            return Ok(None);
+        };
+        let host_key = snapshot::dropbear_host_key()?;
+        let Some(identity) = snapshot::identity(view, i.id.as_str(), &host_key, i.public_key.as_deref()) else {
             return Ok(None);
         };
         Ok(Some(RestoreJob {
