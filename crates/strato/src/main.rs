@@ -255,9 +255,10 @@ enum BenchCommand {
     },
     /// Launches a minimal image in rounds of COUNT instances at once, first booting cold,
     /// then restored from the launch snapshot: RunInstances to SSH login per instance and
-    /// for the whole round, the host memory per VM (PSS, and the drop of the host's
-    /// MemAvailable), idle host CPU, and the first guest's boot steps. With --keep the
-    /// instances stay running round after round (density).
+    /// for the whole round, the host CPU used per VM until the last login (and its QEMU's
+    /// part), the host memory per VM (PSS, and the drop of the host's MemAvailable), idle
+    /// host CPU, and the first guest's boot steps and TCG translated blocks. With --keep
+    /// the instances stay running round after round (density).
     FastLaunch {
         /// minimal-fast (Strato's guest kernel) or minimal (Debian's kernel)
         #[arg(long, default_value = "minimal-fast")]
