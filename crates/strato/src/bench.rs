@@ -294,16 +294,20 @@ async fn tcg_blocks(vm: &crate::hypervisor::Vm) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("TB count")).and_then(|n| n.trim().parse().ok())
 }
 
+/// Clock ticks (`/proc`'s CPU times) in seconds.
+fn ticks_s(ticks: u64) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / hz.max(1) as f64
+}
+
 /// The CPU time a process has used (user and system), in seconds.
 fn process_cpu_s(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command's closing parenthesis: state is field 3, utime and stime 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks as f64 / hz as f64)
+    Some(ticks_s(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
 }
 
 /// A process's proportional set size (shared pages split among their users), in MiB.
@@ -437,34 +441,28 @@ async fn fast_rounds(
         let whole = times.iter().cloned().fold(0.0, f64::max);
         // Where the round's CPU went, by the last login: all of the host's, and the part
         // the new VMs' QEMUs used (their start, load and guest).
-        let qemu_cpu: f64 = ids
-            .iter()
-            .filter_map(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id)))
-            .filter_map(|vm| process_cpu_s(vm.pid))
-            .sum();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let vms = |ids: &[String]| -> Vec<crate::hypervisor::Vm> {
+            ids.iter().filter_map(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id))).collect()
+        };
+        let round_vms = vms(&ids);
+        let qemu_cpu: f64 = round_vms.iter().filter_map(|vm| process_cpu_s(vm.pid)).sum();
         let host_cpu_s = match (cpu0, host_cpu()) {
-            (Some((b0, _)), Some((b1, _))) => (b1 - b0) as f64 / hz,
+            (Some((b0, _)), Some((b1, _))) => ticks_s(b1 - b0),
             _ => f64::NAN,
         };
         let drop = match (available0, mem_available_mib()) {
             (Some(a), Some(b)) => (a - b) / ids.len().max(1) as f64,
             _ => f64::NAN,
         };
-        let mean_pss = |ids: &[String]| {
-            let mem: Vec<f64> = ids
-                .iter()
-                .filter_map(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id)))
-                .filter_map(|vm| pss_mib(vm.pid))
-                .collect();
+        let mean_pss = |vms: &[crate::hypervisor::Vm]| {
+            let mem: Vec<f64> = vms.iter().filter_map(|vm| pss_mib(vm.pid)).collect();
             mem.iter().sum::<f64>() / mem.len().max(1) as f64
         };
-        let mean_pss_ready = mean_pss(&ids);
+        let mean_pss_ready = mean_pss(&round_vms);
         // How much guest code TCG translated for the first VM by then (each block is
         // translated once per QEMU: a restored VM starts with none).
-        let blocks = match ids.first().and_then(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id))) {
-            Some(vm) => tcg_blocks(&vm).await,
+        let blocks = match round_vms.first() {
+            Some(vm) => tcg_blocks(vm).await,
             None => None,
         };
         // Then idle for a while: memory and the host CPU they take doing nothing.
@@ -483,7 +481,7 @@ async fn fast_rounds(
             host_cpu_s / ids.len().max(1) as f64,
             qemu_cpu / ids.len().max(1) as f64,
             blocks.map_or("?".to_string(), |b| b.to_string()),
-            mean_pss(&ids),
+            mean_pss(&round_vms),
             idle_cpu * 100.0
         );
         // Where the guest's time went: the first instance's boot lines after the last
@@ -516,7 +514,7 @@ async fn fast_rounds(
             eprintln!(
                 "  {} running: PSS per VM {:.0} MiB, host MemAvailable drop per VM {drop_all:.0} MiB (since the first round), host MemAvailable {:.0} MiB",
                 kept.len(),
-                mean_pss(&kept),
+                mean_pss(&vms(&kept)),
                 mem_available_mib().unwrap_or(f64::NAN)
             );
             continue;

@@ -518,22 +518,18 @@ impl Network {
     pub async fn make_taps(&mut self, views: &[VpcView]) {
         for view in views {
             let ns = self.site.netns(&view.vpc_id);
-            if !self.applied.contains_key(&view.vpc_id) && !Path::new("/run/netns").join(&ns).exists() {
-                if ensure_bridge(&ns).await.is_err() {
-                    continue;
-                }
-                let applied = self.applied.entry(view.vpc_id.clone()).or_default();
-                for i in &view.instances {
-                    if add_tap(&ns, &i.tap).await.is_ok() {
-                        applied.taps.insert(i.tap.clone());
+            let exists = Path::new("/run/netns").join(&ns).exists();
+            let applied = match self.applied.get_mut(&view.vpc_id) {
+                // New on this host: its namespace and bridge first.
+                None if !exists => {
+                    if ensure_bridge(&ns).await.is_err() {
+                        continue;
                     }
+                    self.applied.entry(view.vpc_id.clone()).or_default()
                 }
-                continue;
-            }
-            let Some(applied) = self.applied.get_mut(&view.vpc_id) else { continue };
-            if applied.at.is_none() || applied.subnets != view.subnets || !Path::new("/run/netns").join(&ns).exists() {
-                continue;
-            }
+                Some(a) if exists && a.at.is_some() && a.subnets == view.subnets => a,
+                _ => continue,
+            };
             for i in &view.instances {
                 if !applied.taps.contains(&i.tap) && add_tap(&ns, &i.tap).await.is_ok() {
                     applied.taps.insert(i.tap.clone());

@@ -215,17 +215,18 @@ impl Store {
     /// so an error anywhere leaves no half-done change.
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let mut tx = match self.backend {
+        let tx = match self.backend {
             // SQLite: the file's write lock at once, waited for (busy_timeout) while another
             // process writes, such as `strato account create` beside a running server. A
             // deferred transaction takes it at its first write instead, and fails at once
             // if the other process wrote since this one's first read.
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+                tx
+            }
         };
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
-        }
         Ok(WriteTx { tx, _guard: guard })
     }
 
