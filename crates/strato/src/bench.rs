@@ -6,6 +6,7 @@
 //! measures a running `strato serve` instead. Client and server share the machine's cores,
 //! so the numbers are a floor for the server alone.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -323,12 +324,13 @@ pub async fn fast_launch(cache: &std::path::Path, rounds: &Rounds<'_>, restored_
     let Rounds { image, runs, count, instance_type, .. } = *rounds;
     anyhow::ensure!(runs >= 1 && count >= 1, "--runs and --count must be at least 1");
     let mut report = Vec::new();
-    for (mode, snapshots) in [("cold boot", false), ("restored", true)] {
+    // The warm pool holds a whole round.
+    for (mode, snapshots, pool) in [("cold boot", false, 0), ("restored", true, 0), ("warm pool", true, count)] {
         if restored_only && !snapshots {
             continue;
         }
-        let dir = std::env::temp_dir().join(format!("strato-bench-fast-{}-{snapshots}", std::process::id()));
-        let result = fast_rounds(&dir, cache, rounds, snapshots).await;
+        let dir = std::env::temp_dir().join(format!("strato-bench-fast-{}-{snapshots}-{pool}", std::process::id()));
+        let result = fast_rounds(&dir, cache, rounds, snapshots, pool).await;
         // Whatever happened, no VM (template included) or network of this run stays behind.
         crate::server::down(&dir).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -350,6 +352,26 @@ pub async fn fast_launch(cache: &std::path::Path, rounds: &Rounds<'_>, restored_
         );
     }
     Ok(())
+}
+
+/// Waits until the agent's warm pool holds `size` warm VMs (the console of each says so);
+/// their QEMUs' CPU time so far, by pid.
+async fn wait_warm_pool(dir: &std::path::Path, size: usize) -> anyhow::Result<HashMap<u32, f64>> {
+    let t0 = Instant::now();
+    loop {
+        let warm: Vec<crate::hypervisor::Vm> = std::fs::read_dir(dir.join("warm-pool"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| crate::hypervisor::Vm::adopt(&e.path()))
+            .filter(|vm| vm.console().contains("warm: waiting for an instance"))
+            .collect();
+        if warm.len() >= size {
+            return Ok(warm.iter().filter_map(|vm| Some((vm.pid, process_cpu_s(vm.pid)?))).collect());
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(60 + 20 * size as u64), "the warm pool never filled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The host's `MemAvailable`, in MiB.
@@ -378,11 +400,12 @@ async fn fast_rounds(
     cache: &std::path::Path,
     rounds: &Rounds<'_>,
     snapshots: bool,
+    pool: usize,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
     let Rounds { image, runs, count, instance_type, keep } = *rounds;
     let BenchCloud {
         control, creds, addr, region, mut stream, image_id, stop, server_task, agent_task, key_path, ..
-    } = BenchCloud::start(dir, cache, image, "127.96.0.0/16", snapshots).await?;
+    } = BenchCloud::start(dir, cache, image, "127.96.0.0/16", snapshots, pool).await?;
     // Big rounds need more than the default 32 vCPUs.
     control
         .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, (count * runs * 8).max(32) as u32)
@@ -422,6 +445,9 @@ async fn fast_rounds(
     let base_available = mem_available_mib();
     let mut kept: Vec<String> = Vec::new();
     for round in 0..runs {
+        // A full warm pool first; its VMs' CPU so far (their restore and warm-up) is not
+        // the round's.
+        let warm_cpu = wait_warm_pool(dir, pool).await?;
         let available0 = mem_available_mib();
         let cpu0 = host_cpu();
         let t0 = Instant::now();
@@ -445,7 +471,10 @@ async fn fast_rounds(
             ids.iter().filter_map(|id| crate::hypervisor::Vm::adopt(&dir.join("instances").join(id))).collect()
         };
         let round_vms = vms(&ids);
-        let qemu_cpu: f64 = round_vms.iter().filter_map(|vm| process_cpu_s(vm.pid)).sum();
+        let qemu_cpu: f64 = round_vms
+            .iter()
+            .filter_map(|vm| Some(process_cpu_s(vm.pid)? - warm_cpu.get(&vm.pid).copied().unwrap_or(0.0)))
+            .sum();
         let host_cpu_s = match (cpu0, host_cpu()) {
             (Some((b0, _)), Some((b1, _))) => ticks_s(b1 - b0),
             _ => f64::NAN,
@@ -579,6 +608,7 @@ impl BenchCloud {
         image: &str,
         pool: &str,
         launch_snapshots: bool,
+        warm_pool: usize,
     ) -> anyhow::Result<BenchCloud> {
         let mut control = server::open_control(dir, None, "local-1").await?;
         control.public_pool = crate::control::cidr::Ipv4Cidr::parse(pool, true).context("the bench's public pool")?;
@@ -599,6 +629,7 @@ impl BenchCloud {
         let host = server::register_host(&control, dir, &spec).await?;
         let mut agent = crate::agent::Agent::new(control.clone(), dir, host.clone())?;
         agent.snapshots.enabled = launch_snapshots;
+        agent.pool.size = warm_pool;
         let heartbeats = crate::agent::Agent::heartbeats(control.clone(), host);
         let agent_task = tokio::spawn(async move {
             tokio::join!(agent.run(), heartbeats);
@@ -686,7 +717,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
     let result = async {
         // Its own public pool, beside a `strato serve` on the default one.
         let BenchCloud { control, creds, addr, region, mut stream, built, image_id, stop: tx, server_task, agent_task, key_path } =
-            BenchCloud::start(&dir, cache, image, "127.98.0.0/16", false).await?;
+            BenchCloud::start(&dir, cache, image, "127.98.0.0/16", false, 0).await?;
         let (mut api, mut to_running, mut to_metadata, mut to_ssh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let t0 = Instant::now();
@@ -882,7 +913,7 @@ pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("strato-bench-volume-{}", std::process::id()));
     let result = async {
         let BenchCloud { creds, addr, region, mut stream, image_id, stop: tx, server_task, agent_task, key_path, .. } =
-            BenchCloud::start(&dir, cache, "minimal", "127.97.0.0/16", false).await?;
+            BenchCloud::start(&dir, cache, "minimal", "127.97.0.0/16", false, 0).await?;
         macro_rules! call {
             ($body:expr) => {{
                 let body: String = $body;

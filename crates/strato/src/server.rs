@@ -276,8 +276,8 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
 /// `strato down`: ends the data dir's VMs by their pids and removes its networks.
 pub async fn down(data_dir: &Path) -> usize {
     let mut n = 0;
-    // Instances, and launch-snapshot templates being made.
-    for dir in ["instances", "launch-snapshots"] {
+    // Instances, launch-snapshot templates being made, and warm-pool VMs.
+    for dir in ["instances", "launch-snapshots", "warm-pool"] {
         if let Ok(entries) = std::fs::read_dir(data_dir.join(dir)) {
             for e in entries.flatten() {
                 if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {

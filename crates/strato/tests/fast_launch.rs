@@ -33,7 +33,7 @@ fn wait_state(cloud: &Cloud, id: &str, state: &str) {
 }
 
 /// What identifies a guest, read inside it.
-const IDENTITY: &str = "hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk '{print $4}'; \
+const IDENTITY: &str = "i=0; while [ ! -f /tmp/user-data-ran ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk '{print $4}'; \
     for f in /etc/dropbear/*host_key; do dropbearkey -y -f $f | grep Fingerprint; done; \
     head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; cat /tmp/user-data-ran";
 
@@ -90,7 +90,18 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Two at once, both restored from it.
+    // The agent's warm pool (one VM by default) fills once the snapshot is there.
+    let pool = cloud.dir.path().join("warm-pool");
+    let start = Instant::now();
+    let warm = |p: &std::path::Path| {
+        std::fs::read_to_string(p.join("console.log")).unwrap_or_default().contains("warm: waiting for an instance")
+    };
+    while !std::fs::read_dir(&pool).into_iter().flatten().flatten().any(|e| warm(&e.path())) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the warm pool never filled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Two at once, both restored from it: one takes the warm-pool VM, one is restored now.
     let pair = run("2");
     let ids: Vec<Vec<String>> = pair
         .iter()
@@ -115,6 +126,20 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
         assert_eq!(lines[lines.len() - 1], "yes", "{id} ran its user data");
         assert!(console(&cloud, id).contains(&format!("instance-id={id}")));
     }
+    let pooled: Vec<&String> = pair.iter().filter(|id| console(&cloud, id).contains("warm: waiting")).collect();
+    assert_eq!(pooled.len(), 1, "one of {pair:?} should come from the warm pool");
+    // Its warm-up's throwaway keys are gone: root's only key is the key pair's, and the
+    // host key is the one the agent made for the instance (a new one to the client).
+    let ssh_dir = ssh_retry(&cloud, &key, pooled[0], "ls -a /root/.ssh; wc -l < /root/.ssh/authorized_keys; ls /run");
+    assert_eq!(ssh_dir.split_whitespace().collect::<Vec<_>>()[..4], [".", "..", "authorized_keys", "1"], "{ssh_dir}");
+    assert!(!ssh_dir.contains("warm-key"), "{ssh_dir}");
+    let guest_key = ssh_retry(&cloud, &key, pooled[0], "dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key");
+    let guest_key = guest_key.lines().find(|l| l.starts_with("ssh-ed25519")).expect("the host key").to_owned();
+    let ip = s(&instance(&cloud, pooled[0])["PublicIpAddress"]);
+    let scan = std::process::Command::new("ssh-keyscan").args(["-t", "ed25519", &ip]).output().expect("ssh-keyscan");
+    let served = String::from_utf8_lossy(&scan.stdout).into_owned();
+    let key_words = guest_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert!(served.contains(&key_words), "sshd serves {served:?}, the instance's key is {guest_key:?}");
     // Nothing in common but the clock and the user data.
     for (a, b) in ids[0].iter().zip(&ids[1]).take(ids[0].len() - 2) {
         assert_ne!(a, b, "two restored instances share {a}");

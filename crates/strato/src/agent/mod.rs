@@ -59,6 +59,7 @@
 //! A VM's one NIC is a tap on its VPC's bridge; QEMU runs in the VPC's namespace.
 
 pub mod link;
+pub mod pool;
 pub mod remote;
 pub mod sim;
 pub mod snapshot;
@@ -112,6 +113,8 @@ pub struct Agent<L: Link = Control> {
     restore_failed: std::collections::HashSet<String>,
     /// When the launch snapshots of deregistered images were last looked for.
     pruned: Option<Instant>,
+    /// VMs restored and warmed up ahead of launches (`pool`).
+    pub pool: pool::Pool,
 }
 
 impl<L: Link> Agent<L> {
@@ -128,6 +131,19 @@ impl<L: Link> Agent<L> {
             }
         };
         let (volumes_dir, snapshots_dir) = (control.volumes_dir(), control.snapshots_dir());
+        let snapshots = snapshot::Snapshots::new(
+            data_dir,
+            !matches!(std::env::var("STRATO_LAUNCH_SNAPSHOTS").as_deref(), Ok("off" | "0" | "false")),
+        );
+        let consoles_dir = control.console_file("x").parent().map(Path::to_owned).unwrap_or_else(|| data_dir.into());
+        let pool = pool::Pool::new(
+            data_dir,
+            &volumes_dir,
+            &consoles_dir,
+            Site::new(data_dir),
+            accel,
+            if snapshots.enabled { pool::size_from_env() } else { 0 },
+        );
         Ok(Agent {
             control,
             host,
@@ -143,10 +159,8 @@ impl<L: Link> Agent<L> {
             powerdown_sent: HashMap::new(),
             restore_failed: Default::default(),
             pruned: None,
-            snapshots: snapshot::Snapshots::new(
-                data_dir,
-                !matches!(std::env::var("STRATO_LAUNCH_SNAPSHOTS").as_deref(), Ok("off" | "0" | "false")),
-            ),
+            snapshots,
+            pool,
         })
     }
 
@@ -154,6 +168,8 @@ impl<L: Link> Agent<L> {
     /// desired state.
     pub async fn run(mut self) {
         let control = self.control.clone();
+        // A previous run's pool VMs: their state is not known, they end.
+        self.pool.clear_leftovers().await;
         loop {
             let t = Instant::now();
             if let Err(e) = self.reconcile_once().await {
@@ -206,6 +222,7 @@ impl<L: Link> Agent<L> {
         let volumes = self.control.all_volumes().await?;
         self.net.make_taps(&views).await;
         self.end_cut_short_restores(&live, &volumes).await;
+        self.pool.collect().await;
         let early = self.start_restores(&live, &volumes, &views, true, &[]).await;
         let t = Instant::now();
         self.net_failed = self.net.sync(&views).await;
@@ -233,6 +250,7 @@ impl<L: Link> Agent<L> {
             Err(e) => tracing::warn!(error = format!("{e:#}"), "restoring launches failed"),
         }
         self.finish_restores(restoring).await;
+        self.pool.refill(live.iter().any(|i| i.state == InstanceState::Pending)).await;
         for i in &live {
             if let Err(e) = self.reconcile(i).await {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
@@ -649,6 +667,8 @@ impl<L: Link> Agent<L> {
         // Booting cold a launch that could have been restored: the snapshot for next time.
         if restorable(&self.snapshots, i, &image, &itype, &mine, &disk) {
             self.snapshots.ensure(&image, itype.vcpus, itype.memory_mib, self.accel);
+            let planned = self.snapshots.planned(&image, itype.vcpus, itype.memory_mib);
+            self.pool.want(&image, itype.vcpus, itype.memory_mib, &planned);
         }
         if !disk.exists() {
             // Made once, at the first launch; a root volume whose file went is an error,
@@ -727,7 +747,7 @@ impl<L: Link> Agent<L> {
     /// The restore of a pending instance's first launch, if it can be restored and its
     /// launch snapshot is ready.
     async fn restore_job(
-        &self,
+        &mut self,
         i: &Instance,
         volumes: &[Volume],
         views: &[net::rules::VpcView],
@@ -752,6 +772,7 @@ impl<L: Link> Agent<L> {
             return Ok(None);
         }
         let Some(snapshot) = self.snapshots.ready(&image, itype.vcpus, itype.memory_mib) else { return Ok(None) };
+        self.pool.want(&image, itype.vcpus, itype.memory_mib, &snapshot);
         // Its VPC's view has it once its network is there.
         let Some(view) =
             views.iter().find(|v| v.vpc_id == i.vpc_id && v.instances.iter().any(|n| n.id == i.id.as_str()))
@@ -810,27 +831,72 @@ impl<L: Link> Agent<L> {
                 continue;
             }
             if let Some(job) = self.restore_job(i, volumes, views).await? {
+                let task = match self.pool.take(&job.snapshot) {
+                    Some(warm) => match self.take_warm(warm, &job, &i.vpc_id).await {
+                        Ok(loaded) => tokio::spawn(async move { Ok(loaded) }),
+                        Err(e) => {
+                            // The next pass launches it (its tap is made again first).
+                            tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "taking a warm-pool VM failed");
+                            continue;
+                        }
+                    },
+                    None => {
+                        let (id, dir, disk) = (job.instance_id.clone(), job.spec.run_dir.clone(), job.disk.clone());
+                        out.push(Restoring {
+                            instance_id: id,
+                            vpc_id: i.vpc_id.clone(),
+                            dir,
+                            disk,
+                            task: tokio::spawn(job.load()),
+                        });
+                        continue;
+                    }
+                };
                 out.push(Restoring {
                     instance_id: job.instance_id.clone(),
                     vpc_id: i.vpc_id.clone(),
                     dir: job.spec.run_dir.clone(),
                     disk: job.disk.clone(),
-                    task: tokio::spawn(job.load()),
+                    task,
                 });
             }
         }
         Ok(out)
     }
 
+    /// Hands a warm-pool VM to a restore job's instance (`pool::adopt`): it then waits for
+    /// its identity like a restored VM that has loaded its snapshot.
+    async fn take_warm(&mut self, warm: pool::Warm, job: &RestoreJob, vpc_id: &str) -> anyhow::Result<Loaded> {
+        let t0 = Instant::now();
+        let tap = net::tap_name(&job.instance_id);
+        let run_dir = &job.spec.run_dir;
+        let vm = pool::adopt(warm, &mut self.net, vpc_id, &tap, &job.disk, &job.console_file, run_dir).await?;
+        std::fs::write(run_dir.join(IDENTITY_PENDING), b"")?;
+        Ok(Loaded {
+            instance_id: job.instance_id.clone(),
+            vm,
+            qmp: None,
+            identity_path: job.spec.identity_path(),
+            identity: job.identity.clone(),
+            netns: job.spec.netns.clone().unwrap_or_default(),
+            t0,
+            started: Duration::ZERO,
+            loaded: t0.elapsed(),
+        })
+    }
+
     /// A restore cut short by a crash of the server leaves a QEMU that never ran (still
-    /// loading, or paused without its identity): it ends, and the launch starts over.
+    /// loading, or paused without its identity), or a warm-pool VM taken but not yet given
+    /// its identity: it ends, and the launch starts over.
     async fn end_cut_short_restores(&self, live: &[Instance], volumes: &[Volume]) {
         for i in live.iter().filter(|i| i.state == InstanceState::Pending && i.generation == 0) {
             let dir = self.run_dir(i.id.as_str());
             let Some(vm) = Vm::adopt(&dir) else { continue };
             let Ok(mut q) = vm.qmp().await else { continue };
-            let half_done =
-                q.query_status().await.is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
+            let half_done = dir.join(IDENTITY_PENDING).exists()
+                || q.query_status()
+                    .await
+                    .is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
             drop(q);
             if half_done {
                 tracing::warn!(instance_id = %i.id, "a restore was cut short: starting the launch over");
@@ -879,6 +945,9 @@ struct Restoring {
     task: tokio::task::JoinHandle<anyhow::Result<Loaded>>,
 }
 
+/// In a taken warm-pool VM's run directory until its identity is written.
+const IDENTITY_PENDING: &str = "identity.pending";
+
 /// How long a restored guest may take to read its identity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -902,7 +971,8 @@ struct RestoreJob {
 struct Loaded {
     instance_id: String,
     vm: Vm,
-    qmp: crate::hypervisor::qmp::Qmp,
+    /// None for a warm-pool VM, which runs already.
+    qmp: Option<crate::hypervisor::qmp::Qmp>,
     identity_path: PathBuf,
     identity: String,
     netns: String,
@@ -940,7 +1010,7 @@ impl RestoreJob {
         Ok(Loaded {
             instance_id: self.instance_id,
             vm,
-            qmp: q,
+            qmp: Some(q),
             identity_path: self.spec.identity_path(),
             identity: self.identity,
             netns: self.spec.netns.unwrap_or_default(),
@@ -954,7 +1024,8 @@ impl RestoreJob {
 impl Loaded {
     /// Hands the guest its identity and runs it.
     async fn resume(self) -> anyhow::Result<Vm> {
-        let Loaded { instance_id, vm, qmp: mut q, identity_path, identity, netns, t0, started, loaded } = self;
+        let Loaded { instance_id, vm, qmp, identity_path, identity, netns, t0, started, loaded } = self;
+        let pooled = qmp.is_none();
         let waited = t0.elapsed();
         // The guest reads it as soon as it runs; QEMU passes it on as the guest's serial
         // port takes it (the socket's buffer holds it until then). The connection stays
@@ -963,7 +1034,15 @@ impl Loaded {
         let mut channel =
             tokio::net::UnixStream::connect(&identity_path).await.context("connecting to the identity channel")?;
         tokio::io::AsyncWriteExt::write_all(&mut channel, identity.as_bytes()).await?;
-        q.execute("cont", None).await?;
+        match qmp {
+            Some(mut q) => {
+                q.execute("cont", None).await?;
+            }
+            // A warm-pool VM runs already: it reads the line at once.
+            None => {
+                let _ = std::fs::remove_file(vm.run_dir.join(IDENTITY_PENDING));
+            }
+        }
         let id = instance_id.clone();
         tokio::spawn(async move {
             let mut answer = [0u8; 16];
@@ -980,6 +1059,7 @@ impl Loaded {
             loaded_ms = loaded.as_millis() as u64,
             network_ready_ms = waited.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
+            warm_pool = pooled,
             "VM restored from its launch snapshot"
         );
         Ok(vm)

@@ -79,6 +79,10 @@ impl Snapshot {
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
     }
+    /// Its name: image, size and format (`Snapshots::key`).
+    pub fn key(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
 }
 
 /// The kernel command line of a template and of every VM restored from it.
@@ -140,8 +144,13 @@ impl Snapshots {
 
     /// The complete snapshot for this image and size, if there is one.
     pub fn ready(&self, image: &Image, vcpus: u32, memory_mib: u64) -> Option<Snapshot> {
-        let dir = self.dir.join(Self::key(image, vcpus, memory_mib));
-        dir.join("state").exists().then_some(Snapshot { dir })
+        let s = self.planned(image, vcpus, memory_mib);
+        s.state().exists().then_some(s)
+    }
+
+    /// Where the snapshot for this image and size is (or will be, once made).
+    pub fn planned(&self, image: &Image, vcpus: u32, memory_mib: u64) -> Snapshot {
+        Snapshot { dir: self.dir.join(Self::key(image, vcpus, memory_mib)) }
     }
 
     /// Starts making the snapshot for this image and size in the background, unless it is
@@ -305,7 +314,7 @@ pub fn identity(
 /// Bytes as a printf format that prints exactly them: letters and digits as they are,
 /// every other byte a three-digit octal escape (so no `%`, `\\`, space or glob character is
 /// left, and no digit after an escape is read as part of it).
-fn printf_escaped(bytes: &[u8]) -> String {
+pub fn printf_escaped(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|&b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("\\{b:03o}") })
@@ -336,6 +345,19 @@ pub fn dropbear_host_key() -> anyhow::Result<Vec<u8>> {
         out.extend_from_slice(part);
     }
     Ok(out)
+}
+
+/// The public half of a key made by `dropbear_host_key`, as the base64 of an OpenSSH
+/// `ssh-ed25519` line.
+pub fn dropbear_public_key(key: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let public = key.get(51..83)?;
+    let mut wire = Vec::with_capacity(51);
+    for part in [&b"ssh-ed25519"[..], public] {
+        wire.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        wire.extend_from_slice(part);
+    }
+    Some(base64::engine::general_purpose::STANDARD.encode(wire))
 }
 
 /// Waits for the migration (save or load) to end.
@@ -449,6 +471,16 @@ mod tests {
         let seed: [u8; 32] = a[19..51].try_into().expect("seed");
         let public = ssh_key::private::Ed25519Keypair::from_seed(&seed).public;
         assert_eq!(&a[51..], public.0.as_slice());
+    }
+
+    #[test]
+    fn the_public_half_is_an_openssh_key() {
+        let key = dropbear_host_key().expect("key");
+        let seed: [u8; 32] = key[19..51].try_into().expect("seed");
+        let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        let openssh = ssh_key::PublicKey::from(pair.public).to_openssh().expect("openssh");
+        assert_eq!(openssh, format!("ssh-ed25519 {}", dropbear_public_key(&key).expect("public")));
+        assert_eq!(dropbear_public_key(&key[..60]), None);
     }
 
     #[test]

@@ -347,6 +347,10 @@ pub fn huge_pages() -> bool {
     std::env::var("STRATO_VM_HUGEPAGES").is_ok_and(|v| v == "on")
 }
 
+/// In a run directory that QEMU was not started in: the one it was (its command line names
+/// that one's socket).
+pub const HOME_FILE: &str = "started-in";
+
 /// A running QEMU, by pid and run directory.
 #[derive(Debug, Clone)]
 pub struct Vm {
@@ -358,7 +362,8 @@ impl Vm {
     /// Starts QEMU; returns once it has daemonized (the guest boots on).
     pub fn launch(spec: &VmSpec, accel: Accel) -> anyhow::Result<Vm> {
         std::fs::create_dir_all(&spec.run_dir).with_context(|| format!("creating {}", spec.run_dir.display()))?;
-        for p in [spec.qmp_path(), spec.pid_path()] {
+        // A warm-pool VM's `HOME_FILE` (its run dir became this instance's) is not this one's.
+        for p in [spec.qmp_path(), spec.pid_path(), spec.run_dir.join(HOME_FILE)] {
             let _ = std::fs::remove_file(p);
         }
         let mut cmd = match &spec.netns {
@@ -392,11 +397,16 @@ impl Vm {
     }
 
     /// Finds a VM again from its run directory: the pid file must name a live QEMU whose
-    /// command line points at this directory.
+    /// command line points at this directory, or at the one it was started in (`HOME_FILE`:
+    /// a warm-pool VM's directory is renamed to its instance's).
     pub fn adopt(run_dir: &Path) -> Option<Vm> {
         let pid: u32 = std::fs::read_to_string(run_dir.join("qemu.pid")).ok()?.trim().parse().ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let marker = run_dir.join("qmp.sock").display().to_string();
+        let home = match std::fs::read_to_string(run_dir.join(HOME_FILE)) {
+            Ok(h) => PathBuf::from(h.trim_end()),
+            Err(_) => run_dir.to_owned(),
+        };
+        let marker = home.join("qmp.sock").display().to_string();
         let ours = cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&marker));
         ours.then(|| Vm { pid, run_dir: run_dir.to_owned() })
     }

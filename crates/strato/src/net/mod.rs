@@ -100,6 +100,37 @@ impl Site {
         format!("vx{}", short_hash(&format!("{}/vx/{vpc_id}", self.tag), 10))
     }
 
+    /// The prefix of this data dir's warm-pool taps (`agent::pool`), which wait, down and
+    /// on no bridge, in the agent's own namespace until a launch takes their VM.
+    pub fn pool_tap_prefix(&self) -> String {
+        format!("sp{}", self.tag)
+    }
+
+    /// Makes a warm-pool tap (left down: whatever its guest sends goes nowhere).
+    pub async fn add_pool_tap(&self, tap: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(tap.starts_with(&self.pool_tap_prefix()), "{tap} is not a warm-pool tap");
+        run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+        Ok(())
+    }
+
+    /// Removes a warm-pool tap, or every one of this data dir (`None`).
+    pub async fn remove_pool_taps(&self, only: Option<&str>) {
+        let prefix = self.pool_tap_prefix();
+        let names: Vec<String> = match only {
+            Some(t) => vec![t.to_owned()],
+            None => std::fs::read_dir("/sys/class/net")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect(),
+        };
+        for n in names.iter().filter(|n| n.starts_with(&prefix)) {
+            let _ = run("ip", &["link", "del", n]).await;
+        }
+    }
+
     pub fn host_table(&self) -> String {
         format!("strato_{}", self.tag)
     }
@@ -130,6 +161,7 @@ impl Site {
             }
         }
         let _ = run("nft", &["delete", "table", "ip", &self.host_table()]).await;
+        self.remove_pool_taps(None).await;
     }
 }
 
@@ -536,6 +568,29 @@ impl Network {
                 }
             }
         }
+    }
+
+    /// Puts a warm-pool tap, whose QEMU runs on, in place of an instance's tap: moved into
+    /// the VPC's namespace (made by `make_taps`, with a tap of that name, unused, that it
+    /// replaces), renamed and put on the bridge. The VPC's rules name taps, so they apply.
+    pub async fn adopt_pool_tap(&mut self, pool_tap: &str, vpc_id: &str, tap: &str) -> anyhow::Result<()> {
+        let ns = self.site.netns(vpc_id);
+        anyhow::ensure!(self.has_tap(vpc_id, tap), "the VPC's namespace has no tap {tap} yet");
+        let result = async {
+            run("ip", &["link", "set", "dev", pool_tap, "netns", &ns]).await?;
+            run("ip", &["-n", &ns, "link", "del", tap]).await?;
+            run("ip", &["-n", &ns, "link", "set", "dev", pool_tap, "name", tap, "master", BRIDGE, "up"]).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // Made again by the next pass.
+            let _ = run("ip", &["-n", &ns, "link", "del", pool_tap]).await;
+            if let Some(a) = self.applied.get_mut(vpc_id) {
+                a.taps.remove(tap);
+            }
+        }
+        result
     }
 
     /// Whether `sync` or `make_taps` made this tap in the VPC's namespace.
