@@ -254,7 +254,9 @@ enum BenchCommand {
         launches: usize,
     },
     /// Launches a minimal image in rounds of COUNT instances at once, first booting cold,
-    /// then restored from the launch snapshot: RunInstances to SSH login per instance and
+    /// then restored from the launch snapshot, then taken from a warm pool of COUNT VMs
+    /// (filled before each round; a pool VM's CPU before it is taken is not counted):
+    /// RunInstances to SSH login per instance and
     /// for the whole round, the host CPU used per VM until the last login (and its QEMU's
     /// part), the host memory per VM (PSS, and the drop of the host's MemAvailable), idle
     /// host CPU, and the first guest's boot steps and TCG translated blocks. With --keep

@@ -9,7 +9,9 @@
 //!   from it (`snapshot`), all such instances of a pass at once, before the loop below: QEMU
 //!   starts and loads while the network syncs (for instances whose tap is already there;
 //!   the others after the sync), and runs, given its identity, only once the VPC's rules
-//!   are in place; a failed restore is undone and the instance boots cold.
+//!   are in place; a failed restore is undone and the instance boots cold. A VM of the warm
+//!   pool (`pool`: restored ahead and warmed up) is taken instead when there is one; the
+//!   pool is refilled once the host has had no launch for a while.
 //! - `pending` with no VM: create the root volume's file (a qcow2 overlay on the image,
 //!   `DATA_DIR/volumes/<vol>.qcow2`, once), write the metadata config, launch QEMU with it
 //!   as `vda` and the attached data volumes; report `Booted` (EC2's `running` means the VM

@@ -45,8 +45,9 @@ const WARM_TIMEOUT: Duration = Duration::from_secs(90);
 /// After a pool VM failed to warm up, how long before another try.
 const RETRY_AFTER: Duration = Duration::from_secs(300);
 /// How long the host must have had no launch before a pool VM is warmed: the VMs just
-/// launched are still booting, and a warm-up would take CPU from them.
-const QUIET: Duration = Duration::from_secs(3);
+/// launched are still booting, and a warm-up would take CPU from them (20 taken at once
+/// were all SSH-ready only ~5 s later; a warm-up 3 s after them slowed the last ones).
+const QUIET: Duration = Duration::from_secs(10);
 
 /// What a snapshot's pool VMs are made from.
 #[derive(Clone)]

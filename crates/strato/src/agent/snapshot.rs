@@ -23,7 +23,8 @@
 //! up, sets the address as DHCP would have, keeps the line for its reboots, and continues its
 //! boot: clock from the metadata service, metadata, key (again), user data. (The first
 //! format hot-plugged the instance's NIC after the restore and ran DHCP: 0.35 s more; sshd
-//! after the metadata, as in a cold boot, was 0.3 s more.)
+//! after the metadata, as in a cold boot, was 0.3 s more.) The warm pool (`pool`) restores
+//! such VMs ahead of their launch.
 //!
 //! Files: `DATA_DIR/launch-snapshots/<ami>-<vcpus>c-<MiB>m/` with `disk.qcow2`, `ram`,
 //! `state`, `console.log`; made under `.tmp` and renamed when complete, so a crash leaves
