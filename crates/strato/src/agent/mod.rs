@@ -1000,15 +1000,7 @@ impl RestoreJob {
         let (spec, accel) = (self.spec.clone(), self.accel);
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
         let started = t0.elapsed();
-        let mut q = vm.qmp().await?;
-        q.execute(
-            "migrate-set-capabilities",
-            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )
-        .await?;
-        let uri = format!("exec:cat {}", snapshot::plain(&self.snapshot.state())?);
-        q.execute("migrate-incoming", Some(serde_json::json!({"uri": uri}))).await?;
-        snapshot::wait_migration(&mut q).await?;
+        let q = snapshot::load(&vm, &self.snapshot).await?;
         Ok(Loaded {
             instance_id: self.instance_id,
             vm,

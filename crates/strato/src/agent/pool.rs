@@ -256,15 +256,7 @@ async fn warm(
         spec.uuid = ec2_uuid(&format!("warm-pool/{}", w.run_dir.display()));
         let identity_path = spec.identity_path();
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;
-        let mut q = vm.qmp().await?;
-        q.execute(
-            "migrate-set-capabilities",
-            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
-        )
-        .await?;
-        let uri = format!("exec:cat {}", snapshot::plain(&kind.snapshot.state())?);
-        q.execute("migrate-incoming", Some(serde_json::json!({"uri": uri}))).await?;
-        snapshot::wait_migration(&mut q).await?;
+        let mut q = snapshot::load(&vm, &kind.snapshot).await?;
         let mut channel =
             tokio::net::UnixStream::connect(&identity_path).await.context("connecting to the identity channel")?;
         tokio::io::AsyncWriteExt::write_all(&mut channel, warm_line()?.as_bytes()).await?;

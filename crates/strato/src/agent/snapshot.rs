@@ -361,6 +361,21 @@ pub fn dropbear_public_key(key: &[u8]) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(wire))
 }
 
+/// Loads the snapshot's device state into a QEMU started paused for it (`Restore`); its QMP
+/// connection, to run it on.
+pub async fn load(vm: &Vm, snapshot: &Snapshot) -> anyhow::Result<crate::hypervisor::qmp::Qmp> {
+    let mut q = vm.qmp().await?;
+    q.execute(
+        "migrate-set-capabilities",
+        Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    )
+    .await?;
+    let uri = format!("exec:cat {}", plain(&snapshot.state())?);
+    q.execute("migrate-incoming", Some(serde_json::json!({"uri": uri}))).await?;
+    wait_migration(&mut q).await?;
+    Ok(q)
+}
+
 /// Waits for the migration (save or load) to end.
 pub async fn wait_migration(q: &mut crate::hypervisor::qmp::Qmp) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
