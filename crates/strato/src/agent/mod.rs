@@ -140,8 +140,8 @@ impl<L: Link> Agent<L> {
         let consoles_dir = control.console_file("x").parent().map(Path::to_owned).unwrap_or_else(|| data_dir.into());
         let pool = pool::Pool::new(
             data_dir,
-            &volumes_dir,
-            &consoles_dir,
+            &volumes_dir.join("warm-pool").join(host.as_str()),
+            &consoles_dir.join("warm-pool").join(host.as_str()),
             Site::new(data_dir),
             accel,
             if snapshots.enabled { pool::size_from_env() } else { 0 },
@@ -695,7 +695,10 @@ impl<L: Link> Agent<L> {
             }
             None => None,
         };
-        let _ = std::fs::remove_file(dir.join("metadata.log"));
+        // A warm-pool VM's marker, if taking it failed.
+        for stale in ["metadata.log", IDENTITY_PENDING] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
         let tap = net::tap_name(i.id.as_str());
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
         let spec = VmSpec {
@@ -873,7 +876,6 @@ impl<L: Link> Agent<L> {
         let tap = net::tap_name(&job.instance_id);
         let run_dir = &job.spec.run_dir;
         let vm = pool::adopt(warm, &mut self.net, vpc_id, &tap, &job.disk, &job.console_file, run_dir).await?;
-        std::fs::write(run_dir.join(IDENTITY_PENDING), b"")?;
         Ok(Loaded {
             instance_id: job.instance_id.clone(),
             vm,
@@ -948,7 +950,7 @@ struct Restoring {
 }
 
 /// In a taken warm-pool VM's run directory until its identity is written.
-const IDENTITY_PENDING: &str = "identity.pending";
+pub(crate) const IDENTITY_PENDING: &str = "identity.pending";
 
 /// How long a restored guest may take to read its identity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -995,7 +997,9 @@ impl RestoreJob {
         std::fs::rename(&tmp, &self.disk)?;
         std::fs::create_dir_all(&self.spec.run_dir)?;
         // The console starts with the template's boot; the restored VM appends.
-        let _ = std::fs::remove_file(self.spec.run_dir.join("metadata.log"));
+        for stale in ["metadata.log", IDENTITY_PENDING] {
+            let _ = std::fs::remove_file(self.spec.run_dir.join(stale));
+        }
         fresh_console(&self.spec.console_path(), &self.console_file, Some(&self.snapshot.console()))?;
         let (spec, accel) = (self.spec.clone(), self.accel);
         let vm = tokio::task::spawn_blocking(move || Vm::launch(&spec, accel)).await??;

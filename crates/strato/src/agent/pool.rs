@@ -18,8 +18,9 @@
 //! and the console file are renamed to the instance's (QEMU keeps its open files), the run
 //! directory too (`hypervisor::HOME_FILE` names the one QEMU was started in); then, once the
 //! VPC's rules are in place, the guest is written its identity as in any restore. Files:
-//! `DATA_DIR/warm-pool/<name>/` (run dir), `STORAGE_DIR/volumes/warm-pool/<name>.qcow2`,
-//! `STORAGE_DIR/consoles/warm-pool/<name>.log`, so that the renames stay on one filesystem.
+//! `DATA_DIR/warm-pool/<name>/` (run dir), `STORAGE_DIR/volumes/warm-pool/<host>/<name>.qcow2`,
+//! `STORAGE_DIR/consoles/warm-pool/<host>/<name>.log`, so that the renames stay on one
+//! filesystem (and each host clears only its own when its agent starts).
 //!
 //! The pool holds `STRATO_WARM_POOL` VMs (default 1, 0 turns it off) for each snapshot that
 //! a launch on this host used or made, warmed one at a time while no launch is pending
@@ -105,19 +106,14 @@ pub fn size_from_env() -> usize {
 }
 
 impl Pool {
-    pub fn new(
-        data_dir: &Path,
-        volumes_dir: &Path,
-        consoles_dir: &Path,
-        site: Site,
-        accel: Accel,
-        size: usize,
-    ) -> Pool {
+    /// `disks` and `consoles`: this host's own directories in the storage dir (which other
+    /// hosts may share).
+    pub fn new(data_dir: &Path, disks: &Path, consoles: &Path, site: Site, accel: Accel, size: usize) -> Pool {
         Pool {
             size,
             dir: data_dir.join("warm-pool"),
-            disks: volumes_dir.join("warm-pool"),
-            consoles: consoles_dir.join("warm-pool"),
+            disks: disks.to_owned(),
+            consoles: consoles.to_owned(),
             site,
             accel,
             wanted: HashMap::new(),
@@ -318,8 +314,10 @@ pub async fn adopt(
         }
         std::fs::rename(&w.disk, disk).context("moving the pool VM's disk")?;
         std::fs::rename(&w.console, console).context("moving the pool VM's console")?;
-        // Its QEMU's command line names the directory it started in.
+        // Its QEMU's command line names the directory it started in; until the identity is
+        // written, a crash of the agent leaves a VM to end (`end_cut_short_restores`).
         std::fs::write(w.run_dir.join(HOME_FILE), w.run_dir.display().to_string())?;
+        std::fs::write(w.run_dir.join(super::IDENTITY_PENDING), b"")?;
         if run_dir.exists() {
             std::fs::remove_dir_all(run_dir)?;
         }
@@ -340,6 +338,7 @@ pub async fn adopt(
         Err(e) => {
             let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
             let _ = std::fs::remove_dir_all(&w.run_dir);
+            let _ = std::fs::remove_file(run_dir.join(super::IDENTITY_PENDING));
             // The root disk, if it moved already: the launch makes its own.
             if !w.disk.exists() {
                 let _ = std::fs::remove_file(disk);
