@@ -223,9 +223,17 @@ fn a_vpc_spans_two_hosts_with_its_security_groups_and_stays_apart_from_another()
     eventually("A (group client) reaches B's web server on the other host", Duration::from_secs(240), || {
         console(&a).iter().any(|l| l.contains(&format!("http=web ip-{}", b_ip.replace('.', "-"))))
     });
-    eventually("D reaches E, its own VPC's instance at B's address", Duration::from_secs(120), || {
-        console(&d).iter().any(|l| l.contains("http=vpc2 "))
-    });
+    let start = std::time::Instant::now();
+    while !console(&d).iter().any(|l| l.contains("http=vpc2 ")) {
+        let out = |id: &str| s(&aws(&["ec2", "get-console-output", "--instance-id", id])["Output"]);
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for D reaches E, its own VPC's instance at B's address; D:\n{}\nE:\n{}",
+            out(&d),
+            out(&e)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     eventually("C (group other) pings B but is refused HTTP", Duration::from_secs(120), || {
         console(&c).iter().any(|l| l == "PROBE ping=ok http=fail")
     });
