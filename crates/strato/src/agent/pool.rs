@@ -94,8 +94,10 @@ pub struct Pool {
     accel: Accel,
     wanted: HashMap<String, Kind>,
     ready: Vec<Warm>,
-    warming: Option<tokio::task::JoinHandle<anyhow::Result<Warm>>>,
-    failed_at: Option<Instant>,
+    /// The warm-up under way: its snapshot, its task.
+    warming: Option<(String, tokio::task::JoinHandle<anyhow::Result<Warm>>)>,
+    /// When a warm-up last failed, per snapshot (that one is not warmed for `RETRY_AFTER`).
+    failed: HashMap<String, Instant>,
     /// When a launch was last pending on this host.
     busy_at: Option<Instant>,
 }
@@ -119,7 +121,7 @@ impl Pool {
             wanted: HashMap::new(),
             ready: Vec::new(),
             warming: None,
-            failed_at: None,
+            failed: HashMap::new(),
             busy_at: None,
         }
     }
@@ -177,27 +179,28 @@ impl Pool {
             tracing::info!(snapshot = %w.key, "ending a warm-pool VM of a snapshot that is gone");
             w.discard(&self.site).await;
         }
-        if self.busy_at.is_some_and(|t| t.elapsed() < QUIET)
-            || self.warming.is_some()
-            || self.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER)
-        {
+        if self.busy_at.is_some_and(|t| t.elapsed() < QUIET) || self.warming.is_some() {
             return;
         }
         let lacking = self.wanted.values().find(|k| {
             let key = k.snapshot.key();
-            k.snapshot.state().exists() && self.ready.iter().filter(|w| w.key == key).count() < self.size
+            k.snapshot.state().exists()
+                && self.failed.get(&key).is_none_or(|t| t.elapsed() >= RETRY_AFTER)
+                && self.ready.iter().filter(|w| w.key == key).count() < self.size
         });
         if let Some(kind) = lacking.cloned() {
+            let key = kind.snapshot.key();
             let (dir, disks, consoles, site, accel) =
                 (self.dir.clone(), self.disks.clone(), self.consoles.clone(), self.site.clone(), self.accel);
-            self.warming = Some(tokio::spawn(async move { warm(&dir, &disks, &consoles, &site, accel, kind).await }));
+            let task = tokio::spawn(async move { warm(&dir, &disks, &consoles, &site, accel, kind).await });
+            self.warming = Some((key, task));
         }
     }
 
     /// Puts a VM that finished warming up into the pool.
     pub async fn collect(&mut self) {
-        if self.warming.as_ref().is_some_and(|t| t.is_finished()) {
-            if let Some(task) = self.warming.take() {
+        if self.warming.as_ref().is_some_and(|(_, t)| t.is_finished()) {
+            if let Some((key, task)) = self.warming.take() {
                 match task.await {
                     Ok(Ok(w)) => {
                         tracing::info!(snapshot = %w.key, pid = w.pid, "warm-pool VM ready");
@@ -205,9 +208,12 @@ impl Pool {
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(error = format!("{e:#}"), "a warm-pool VM failed to warm up");
-                        self.failed_at = Some(Instant::now());
+                        self.failed.insert(key, Instant::now());
                     }
-                    Err(e) => tracing::warn!(error = %e, "the warm-up task failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the warm-up task failed");
+                        self.failed.insert(key, Instant::now());
+                    }
                 }
             }
         }
