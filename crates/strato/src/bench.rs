@@ -820,6 +820,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
                 volumes: Vec::new(),
                 ephemeral: None,
                 snapshot: Default::default(),
+                identity: None,
             };
             let (accel, _) = crate::hypervisor::detect_accel();
             let t0 = Instant::now();

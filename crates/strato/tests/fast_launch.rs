@@ -83,6 +83,10 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
     let first = run("1").remove(0);
     assert!(ssh_retry(&cloud, &key, &first, "cat /tmp/user-data-ran").contains("yes"));
     assert!(!console(&cloud, &first).contains("STRATO-BOOT: restored"), "{}", console(&cloud, &first));
+    // Strato's kernel reads its identity from QEMU's firmware file (no DHCP, no dropbearkey);
+    // Debian's has no fw_cfg driver built in, and takes DHCP.
+    let fw_cfg = image == "strato-minimal-fast-x86_64";
+    assert_eq!(console(&cloud, &first).contains("(fw_cfg identity)"), fw_cfg, "{}", console(&cloud, &first));
     let snapshots = cloud.dir.path().join("launch-snapshots");
     let start = Instant::now();
     while !std::fs::read_dir(&snapshots).into_iter().flatten().flatten().any(|e| e.path().join("state").exists()) {
@@ -189,5 +193,11 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
     cloud.aws(&["ec2", "start-instances", "--instance-ids", b]);
     assert_eq!(ssh_retry(&cloud, &key, b, "cat /root/kept").trim(), "kept");
     assert!(!console(&cloud, b).contains("snapshot point"), "a start boots cold");
+    // Its host key is still the one it had (the firmware file's new one is for a first boot).
+    let fingerprints =
+        |lines: &[String]| lines.iter().filter(|l| l.starts_with("Fingerprint")).cloned().collect::<Vec<_>>();
+    let b_now: Vec<String> = ssh_retry(&cloud, &key, b, IDENTITY).lines().map(str::to_owned).collect();
+    assert_eq!(fingerprints(&b_now), fingerprints(&ids[0]), "{b}'s host key changed at its start");
+    assert_eq!(console(&cloud, b).contains("(fw_cfg identity)"), fw_cfg, "{}", console(&cloud, b));
     cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &first, &pair[0], &pair[1]]);
 }

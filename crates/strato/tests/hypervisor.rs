@@ -61,6 +61,7 @@ async fn launch_adopt_and_power_off() {
         volumes: Vec::new(),
         ephemeral: None,
         snapshot: Default::default(),
+        identity: None,
     };
     let vm = Vm::launch(&spec, accel).expect("launch");
     let mut guard = Guard(Some(vm.clone()));

@@ -115,6 +115,7 @@ pub fn spec(
         volumes: Vec::new(),
         ephemeral: None,
         snapshot: mode,
+        identity: None,
     }
 }
 
@@ -276,8 +277,9 @@ async fn build(dir: &Path, image: &Image, vcpus: u32, memory_mib: u64, accel: Ac
     }
 }
 
-/// What a restored guest is told through its identity channel, one line of `key=value`
-/// words (read by the minimal image's init): its MAC, its address with the subnet's prefix,
+/// What a restored guest is told through its identity channel (and a cold-booted one finds
+/// in its firmware file, `hypervisor::IDENTITY_FW_CFG`), one line of `key=value` words
+/// (read by the minimal image's init): the instance id, its MAC, its address with the subnet's prefix,
 /// the subnet's router and the VPC's DNS server, as DHCP would have given them, its SSH
 /// host key (`host_key`, in printf's escapes: the init writes it with the shell's `printf`,
 /// no program to start), and the key pair's public key (`ssh_key`, an OpenSSH line; sent
@@ -294,7 +296,7 @@ pub fn identity(
     let ip = crate::control::cidr::Ipv4Cidr { addr: u32::from(i.private_ip), prefix: 32 };
     let subnet = view.subnets.iter().find(|s| s.contains(&ip))?;
     let mut line = format!(
-        "mac={} ip={}/{} gw={}",
+        "id={instance_id} mac={} ip={}/{} gw={}",
         i.mac,
         i.private_ip,
         subnet.prefix,
@@ -457,11 +459,11 @@ mod tests {
         };
         assert_eq!(
             identity(&view, "i-a", b"key", Some("ssh-ed25519 AAAAC3Nza+/= my key *")).as_deref(),
-            Some("mac=02:00:0a:00:00:09 ip=10.0.0.9/24 gw=10.0.0.1 dns=10.0.0.2 hostkey=key sshkey=ssh-ed25519,AAAAC3Nza+/=\n")
+            Some("id=i-a mac=02:00:0a:00:00:09 ip=10.0.0.9/24 gw=10.0.0.1 dns=10.0.0.2 hostkey=key sshkey=ssh-ed25519,AAAAC3Nza+/=\n")
         );
         assert_eq!(
             identity(&view, "i-b", b"", None).as_deref(),
-            Some("mac=02:00:0a:00:11:04 ip=10.0.17.4/20 gw=10.0.16.1 dns=10.0.0.2 hostkey=\n")
+            Some("id=i-b mac=02:00:0a:00:11:04 ip=10.0.17.4/20 gw=10.0.16.1 dns=10.0.0.2 hostkey=\n")
         );
         assert_eq!(identity(&view, "i-c", b"", None), None);
         // A key line that is not two plain words is not sent (the metadata service gives it).

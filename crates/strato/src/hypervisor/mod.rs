@@ -124,6 +124,9 @@ pub struct VmSpec {
     pub ephemeral: Option<PathBuf>,
     /// Part of a launch snapshot (see `agent::snapshot`), or not.
     pub snapshot: LaunchSnapshot,
+    /// A cold boot's identity line (`agent::snapshot::identity`), handed to the guest as the
+    /// firmware file `opt/strato/identity` (fw_cfg): a file QEMU reads at its start.
+    pub identity: Option<PathBuf>,
 }
 
 /// How a VM takes part in a launch snapshot. The template VM and the VMs restored from it
@@ -144,6 +147,10 @@ pub enum LaunchSnapshot {
     /// instance's tap.
     Restore { ram: PathBuf, tap: String },
 }
+
+/// The fw_cfg name of a cold boot's identity (the guest reads
+/// /sys/firmware/qemu_fw_cfg/by_name/opt/strato/identity/raw).
+pub const IDENTITY_FW_CFG: &str = "opt/strato/identity";
 
 /// The MAC of a launch snapshot's NIC as QEMU knows it (locally administered). A restored
 /// guest sets the instance's MAC (virtio-net's control queue: QEMU follows) before its link
@@ -267,6 +274,9 @@ impl VmSpec {
         ]);
         if let Some(i) = &self.initrd {
             a.extend(["-initrd".into(), i.display().to_string()]);
+        }
+        if let Some(f) = &self.identity {
+            a.extend(["-fw_cfg".into(), format!("name={IDENTITY_FW_CFG},file={}", f.display())]);
         }
         // Behind its own root port, so that it enumerates after the root disk (vda).
         if let Some(e) = &self.ephemeral {
@@ -468,6 +478,7 @@ mod tests {
             volumes: Vec::new(),
             ephemeral: None,
             snapshot: LaunchSnapshot::None,
+            identity: Some("/run/strato/i-1/identity".into()),
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");
@@ -476,6 +487,7 @@ mod tests {
         assert!(joined.contains("-daemonize"));
         assert!(joined.contains("file=/d.qcow2,format=qcow2,if=virtio"));
         assert!(joined.contains("-initrd /i"));
+        assert!(joined.contains("-fw_cfg name=opt/strato/identity,file=/run/strato/i-1/identity"));
         assert!(Vm::adopt(Path::new("/nonexistent")).is_none());
     }
 }

@@ -750,6 +750,7 @@ fn debian_rootfs(kernel: &Kernel, root: &Path, progress: &dyn Progress) -> anyho
 const GUEST_KERNEL_REQUIRED: &[&str] = &[
     "PVH",
     "SERIAL_8250_CONSOLE",
+    "FW_CFG_SYSFS",
     "DEVTMPFS_MOUNT",
     "PCI_MSI",
     "HOTPLUG_PCI_PCIE",
