@@ -821,6 +821,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
                 ephemeral: None,
                 snapshot: Default::default(),
                 identity: None,
+                paused: false,
             };
             let (accel, _) = crate::hypervisor::detect_accel();
             let t0 = Instant::now();

@@ -62,6 +62,7 @@ async fn launch_adopt_and_power_off() {
         ephemeral: None,
         snapshot: Default::default(),
         identity: None,
+        paused: false,
     };
     let vm = Vm::launch(&spec, accel).expect("launch");
     let mut guard = Guard(Some(vm.clone()));

@@ -226,6 +226,11 @@ impl<L: Link> Agent<L> {
         self.end_cut_short_restores(&live, &volumes).await;
         self.pool.collect().await;
         let early = self.start_restores(&live, &volumes, &views, true, &[]).await;
+        let restoring: Vec<String> = match &early {
+            Ok(r) => r.iter().map(|r| r.instance_id.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        self.start_cold_early(&live, &views, &restoring).await;
         let t = Instant::now();
         self.net_failed = self.net.sync(&views).await;
         if t.elapsed() > Duration::from_millis(200) {
@@ -496,7 +501,7 @@ impl<L: Link> Agent<L> {
                 if self.net_failed.contains(&i.vpc_id) && waited < NETWORK_TIMEOUT {
                     return Ok(());
                 }
-                match self.launch(i, &dir, views).await {
+                match self.launch(i, &dir, views, false).await {
                     Ok(_) => {
                         self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
                     }
@@ -511,7 +516,20 @@ impl<L: Link> Agent<L> {
                     }
                 }
             }
-            (InstanceState::Pending, Some(_)) => {
+            (InstanceState::Pending, Some(vm)) => {
+                // Started before the network sync (`start_cold_early`): its link comes up
+                // now that the VPC's rules are there.
+                if dir.join(NETWORK_HELD).exists() {
+                    if self.net_failed.contains(&i.vpc_id) {
+                        // It starts again once its network is there.
+                        vm.kill().await;
+                        let _ = std::fs::remove_file(dir.join(NETWORK_HELD));
+                        return Ok(());
+                    }
+                    let mut q = vm.qmp().await?;
+                    q.execute("set_link", Some(serde_json::json!({"name": "n0", "up": true}))).await?;
+                    let _ = std::fs::remove_file(dir.join(NETWORK_HELD));
+                }
                 self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
             }
             (InstanceState::Running, Some(vm)) => {
@@ -642,7 +660,45 @@ impl<L: Link> Agent<L> {
         StdioConfig { metadata: md, token_key: self.token_key.clone(), log: Some(dir.join("metadata.log")) }
     }
 
-    async fn launch(&mut self, i: &Instance, dir: &Path, views: &[net::rules::VpcView]) -> anyhow::Result<Vm> {
+    /// Cold boots (pending, with no VM and not being restored) whose tap is there already
+    /// start before the pass's network sync, at most `EARLY_COLD` a pass, their NIC's link
+    /// down (set by QMP before the guest runs at all: QEMU drops what either side sends):
+    /// the guest boots while its VPC's namespace, rules, DHCP and metadata service are
+    /// made, and `reconcile` brings the link up after a sync that did not fail (or ends the
+    /// VM, to start again once the network is there). The others start after the sync.
+    async fn start_cold_early(&mut self, live: &[Instance], views: &[net::rules::VpcView], restoring: &[String]) {
+        let mut started = 0;
+        for i in live {
+            if started == EARLY_COLD {
+                break;
+            }
+            if i.state != InstanceState::Pending
+                || restoring.iter().any(|r| r == i.id.as_str())
+                || !self.net.has_tap(&i.vpc_id, &net::tap_name(i.id.as_str()))
+            {
+                continue;
+            }
+            let dir = self.run_dir(i.id.as_str());
+            if Vm::adopt(&dir).is_some() {
+                continue;
+            }
+            match self.launch(i, &dir, views, true).await {
+                Ok(_) => started += 1,
+                Err(e) => {
+                    tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "early start failed; it starts after the network sync");
+                }
+            }
+        }
+    }
+
+    /// Boots an instance cold; `hold`: with its NIC's link down (see `start_cold_early`).
+    async fn launch(
+        &mut self,
+        i: &Instance,
+        dir: &Path,
+        views: &[net::rules::VpcView],
+        hold: bool,
+    ) -> anyhow::Result<Vm> {
         let image = self
             .control
             .image_for_launch(&i.image_id)
@@ -695,8 +751,8 @@ impl<L: Link> Agent<L> {
             }
             None => None,
         };
-        // A warm-pool VM's marker, if taking it failed.
-        for stale in ["metadata.log", IDENTITY_PENDING] {
+        // A warm-pool VM's marker, if taking it failed; an early start's, if it ended.
+        for stale in ["metadata.log", IDENTITY_PENDING, NETWORK_HELD] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let tap = net::tap_name(i.id.as_str());
@@ -718,6 +774,7 @@ impl<L: Link> Agent<L> {
             ephemeral,
             snapshot: Default::default(),
             identity: identity.clone(),
+            paused: hold,
         };
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
         fresh_console(&spec.console_path(), &self.control.console_file(i.id.as_str()), None)?;
@@ -729,6 +786,21 @@ impl<L: Link> Agent<L> {
             let _ = std::fs::remove_file(f);
         }
         let vm = launched??;
+        if hold {
+            let held = async {
+                std::fs::write(dir.join(NETWORK_HELD), b"")?;
+                let mut q = vm.qmp().await?;
+                q.execute("set_link", Some(serde_json::json!({"name": "n0", "up": false}))).await?;
+                q.execute("cont", None).await?;
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = held {
+                vm.kill().await;
+                let _ = std::fs::remove_file(dir.join(NETWORK_HELD));
+                return Err(e.context("holding the NIC's link down"));
+            }
+        }
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "QEMU started");
         tracing::info!(instance_id = %i.id, pid = vm.pid, accel = ?accel, vcpus = itype.vcpus, memory_mib = itype.memory_mib, "VM started");
         Ok(vm)
@@ -983,6 +1055,13 @@ struct Restoring {
 
 /// In a taken warm-pool VM's run directory until its identity is written.
 pub(crate) const IDENTITY_PENDING: &str = "identity.pending";
+
+/// In a run dir: its VM started before its network was made, the NIC's link held down.
+const NETWORK_HELD: &str = "network.held";
+
+/// Cold boots started before a pass's network sync, at most (each takes ~0.1 s to start,
+/// which the sync and the rest then wait for).
+const EARLY_COLD: usize = 4;
 
 /// How long a restored guest may take to read its identity.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -144,8 +144,12 @@ impl Pool {
     /// A snapshot that launches on this host use: its pool is kept full.
     pub fn want(&mut self, image: &Image, vcpus: u32, memory_mib: u64, snapshot: &Snapshot) {
         if self.size > 0 {
-            let kind = Kind { image: image.clone(), vcpus, memory_mib, snapshot: snapshot.clone() };
-            self.wanted.insert(snapshot.key(), kind);
+            self.wanted.entry(snapshot.key()).or_insert_with(|| Kind {
+                image: image.clone(),
+                vcpus,
+                memory_mib,
+                snapshot: snapshot.clone(),
+            });
         }
     }
 

@@ -116,6 +116,7 @@ pub fn spec(
         ephemeral: None,
         snapshot: mode,
         identity: None,
+        paused: false,
     }
 }
 

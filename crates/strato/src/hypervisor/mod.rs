@@ -127,6 +127,9 @@ pub struct VmSpec {
     /// A cold boot's identity line (`agent::snapshot::identity`), handed to the guest as the
     /// firmware file `opt/strato/identity` (fw_cfg): a file QEMU reads at its start.
     pub identity: Option<PathBuf>,
+    /// A cold boot that starts paused (`-S`), for the caller to set its NIC's link before
+    /// it runs (`cont`).
+    pub paused: bool,
 }
 
 /// How a VM takes part in a launch snapshot. The template VM and the VMs restored from it
@@ -277,6 +280,9 @@ impl VmSpec {
         }
         if let Some(f) = &self.identity {
             a.extend(["-fw_cfg".into(), format!("name={IDENTITY_FW_CFG},file={}", f.display())]);
+        }
+        if self.paused && self.snapshot == LaunchSnapshot::None {
+            a.push("-S".into());
         }
         // Behind its own root port, so that it enumerates after the root disk (vda).
         if let Some(e) = &self.ephemeral {
@@ -479,6 +485,7 @@ mod tests {
             ephemeral: None,
             snapshot: LaunchSnapshot::None,
             identity: Some("/run/strato/i-1/identity".into()),
+            paused: false,
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");
@@ -488,6 +495,9 @@ mod tests {
         assert!(joined.contains("file=/d.qcow2,format=qcow2,if=virtio"));
         assert!(joined.contains("-initrd /i"));
         assert!(joined.contains("-fw_cfg name=opt/strato/identity,file=/run/strato/i-1/identity"));
+        assert!(!a.contains(&"-S".to_owned()));
+        let paused = VmSpec { paused: true, ..spec.clone() };
+        assert!(paused.argv(Accel::Tcg).contains(&"-S".to_owned()));
         assert!(Vm::adopt(Path::new("/nonexistent")).is_none());
     }
 }

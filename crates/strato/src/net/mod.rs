@@ -118,13 +118,7 @@ impl Site {
         let prefix = self.pool_tap_prefix();
         let names: Vec<String> = match only {
             Some(t) => vec![t.to_owned()],
-            None => std::fs::read_dir("/sys/class/net")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect(),
+            None => links(&[]).await.unwrap_or_default(),
         };
         for n in names.iter().filter(|n| n.starts_with(&prefix)) {
             let _ = run("ip", &["link", "del", n]).await;
@@ -225,7 +219,16 @@ async fn link_exists_on_host(name: &str) -> bool {
 }
 
 async fn ns_links(ns: &str) -> anyhow::Result<Vec<String>> {
-    let out = run("ip", &["-n", ns, "-j", "link", "show"]).await?;
+    links(&["-n", ns]).await
+}
+
+/// The names of the links `ip ARGS -j link show` lists (no ARGS: the namespace this
+/// process runs in, which /sys/class/net need not show: an agent started by
+/// `nsenter --net` sees the host's sysfs).
+async fn links(args: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut argv = args.to_vec();
+    argv.extend(["-j", "link", "show"]);
+    let out = run("ip", &argv).await?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j link")?;
     Ok(v.as_array()
         .into_iter()
