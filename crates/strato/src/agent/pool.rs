@@ -306,7 +306,7 @@ fn warm_line() -> anyhow::Result<String> {
 /// pool VM is ended (and whatever moved is left for the normal launch to replace).
 pub async fn adopt(
     w: Warm,
-    net: &mut crate::net::Network,
+    net: &crate::net::Network,
     vpc_id: &str,
     tap: &str,
     disk: &Path,

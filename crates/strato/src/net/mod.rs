@@ -576,7 +576,8 @@ impl Network {
     /// Puts a warm-pool tap, whose QEMU runs on, in place of an instance's tap: moved into
     /// the VPC's namespace (made by `make_taps`, with a tap of that name, unused, that it
     /// replaces), renamed and put on the bridge. The VPC's rules name taps, so they apply.
-    pub async fn adopt_pool_tap(&mut self, pool_tap: &str, vpc_id: &str, tap: &str) -> anyhow::Result<()> {
+    /// Several run at once (`&self`); after a failure the caller calls `forget_tap`.
+    pub async fn adopt_pool_tap(&self, pool_tap: &str, vpc_id: &str, tap: &str) -> anyhow::Result<()> {
         let ns = self.site.netns(vpc_id);
         anyhow::ensure!(self.has_tap(vpc_id, tap), "the VPC's namespace has no tap {tap} yet");
         let result = async {
@@ -587,13 +588,21 @@ impl Network {
         }
         .await;
         if result.is_err() {
-            // Made again by the next pass.
             let _ = run("ip", &["-n", &ns, "link", "del", pool_tap]).await;
-            if let Some(a) = self.applied.get_mut(vpc_id) {
-                a.taps.remove(tap);
-            }
         }
         result
+    }
+
+    /// After a failed take-over of a warm-pool VM: the instance's tap, in whatever state
+    /// the failure left it, goes, and the next pass makes it again.
+    pub async fn forget_tap(&mut self, vpc_id: &str, tap: &str) {
+        let ns = self.site.netns(vpc_id);
+        if ns_links(&ns).await.is_ok_and(|l| l.iter().any(|n| n == tap)) {
+            let _ = run("ip", &["-n", &ns, "link", "del", tap]).await;
+        }
+        if let Some(a) = self.applied.get_mut(vpc_id) {
+            a.taps.remove(tap);
+        }
     }
 
     /// Whether `sync` or `make_taps` made this tap in the VPC's namespace.
