@@ -940,7 +940,16 @@ impl<L: Link> Agent<L> {
             if early && !self.net.has_tap(&i.vpc_id, &net::tap_name(i.id.as_str())) {
                 continue;
             }
-            if let Some(job) = self.restore_job(i, volumes, views).await? {
+            // One that cannot be prepared is skipped (the next pass tries again), so that
+            // the pool VMs already taken for others are handed over.
+            let job = match self.restore_job(i, volumes, views).await {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "preparing a restore failed");
+                    continue;
+                }
+            };
+            if let Some(job) = job {
                 match self.pool.take(&job.snapshot) {
                     Some(warm) => takes.push((job, warm, i.vpc_id.clone())),
                     None => {
