@@ -959,16 +959,20 @@ impl<L: Link> Agent<L> {
                 }
             }
         }
-        // The warm-pool take-overs all at once (each is three `ip` runs and renames: one
-        // after another, 20 of them held every instance's identity back by ~0.9 s).
-        let net = &self.net;
-        let taken = futures_util::future::join_all(takes.into_iter().map(|(job, warm, vpc_id)| async move {
-            let result = Self::take_warm(net, warm, &job, &vpc_id).await;
-            (job, vpc_id, result)
-        }))
-        .await;
-        for (job, vpc_id, result) in taken {
-            match result {
+        // The warm-pool take-overs: all taps at once (`adopt_pool_taps`: three `ip` runs per
+        // tap, one after another, held 20 instances' identities back by ~0.9 s), then the
+        // renames.
+        let moves: Vec<net::PoolTapMove> = takes
+            .iter()
+            .map(|(job, warm, vpc_id)| net::PoolTapMove {
+                pool_tap: warm.tap.clone(),
+                vpc_id: vpc_id.clone(),
+                tap: net::tap_name(&job.instance_id),
+            })
+            .collect();
+        let moved = self.net.adopt_pool_taps(&moves).await;
+        for ((job, warm, vpc_id), tap_moved) in takes.into_iter().zip(moved) {
+            match Self::take_warm(&self.net.site, warm, tap_moved, &job).await {
                 Ok(loaded) => out.push(Restoring::of(&job, &vpc_id, tokio::spawn(async move { Ok(loaded) }))),
                 Err(e) => {
                     // The next pass launches it (its tap is made again first).
@@ -982,11 +986,15 @@ impl<L: Link> Agent<L> {
 
     /// Hands a warm-pool VM to a restore job's instance (`pool::adopt`): it then waits for its
     /// identity like a restored VM that has loaded its snapshot.
-    async fn take_warm(net: &Network, warm: pool::Warm, job: &RestoreJob, vpc_id: &str) -> anyhow::Result<Loaded> {
+    async fn take_warm(
+        site: &Site,
+        warm: pool::Warm,
+        tap_moved: anyhow::Result<()>,
+        job: &RestoreJob,
+    ) -> anyhow::Result<Loaded> {
         let t0 = Instant::now();
-        let tap = net::tap_name(&job.instance_id);
         let run_dir = &job.spec.run_dir;
-        let vm = pool::adopt(warm, net, vpc_id, &tap, &job.disk, &job.console_file, run_dir).await?;
+        let vm = pool::adopt(warm, tap_moved, site, &job.disk, &job.console_file, run_dir).await?;
         Ok(Loaded {
             instance_id: job.instance_id.clone(),
             vm,

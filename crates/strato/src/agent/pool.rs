@@ -301,22 +301,21 @@ fn warm_line() -> anyhow::Result<String> {
     ))
 }
 
-/// Moves a pool VM's tap, disk, console and run directory to the instance's (`tap`, in its
-/// VPC's namespace; `disk`; `console`, the shared console file; `run_dir`). On failure the
-/// pool VM is ended (and whatever moved is left for the normal launch to replace).
+/// Moves a pool VM's disk, console and run directory to the instance's (`disk`; `console`,
+/// the shared console file; `run_dir`), once its tap moved (`tap_moved`: the result of
+/// `Network::adopt_pool_taps`). On failure the pool VM is ended (and whatever moved is left
+/// for the normal launch to replace).
 pub async fn adopt(
     w: Warm,
-    net: &crate::net::Network,
-    vpc_id: &str,
-    tap: &str,
+    tap_moved: anyhow::Result<()>,
+    site: &Site,
     disk: &Path,
     console: &Path,
     run_dir: &Path,
 ) -> anyhow::Result<Vm> {
-    let site = net.site.clone();
     let pid = w.pid;
     let moved = async {
-        net.adopt_pool_tap(&w.tap, vpc_id, tap).await?;
+        tap_moved?;
         for p in [disk, console] {
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent)?;
