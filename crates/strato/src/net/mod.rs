@@ -175,31 +175,29 @@ async fn run(prog: &str, args: &[&str]) -> anyhow::Result<String> {
 
 /// Applies an `nft -j` batch, in a namespace or on the host.
 async fn nft_apply(netns: Option<&str>, batch: &serde_json::Value) -> anyhow::Result<()> {
+    let text = batch.to_string();
+    match netns {
+        Some(ns) => run_with_input("ip", &["netns", "exec", ns, "nft", "-j", "-f", "-"], &text).await,
+        None => run_with_input("nft", &["-j", "-f", "-"], &text).await,
+    }
+}
+
+/// Runs a program with `input` on its stdin; fails, with its stderr, if it does.
+async fn run_with_input(prog: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", ns, "nft", "-j", "-f", "-"]);
-            c
-        }
-        None => {
-            let mut c = tokio::process::Command::new("nft");
-            c.args(["-j", "-f", "-"]);
-            c
-        }
-    };
-    let mut child = cmd
+    let mut child = tokio::process::Command::new(prog)
+        .args(args)
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .context("running nft")?;
+        .with_context(|| format!("running {prog}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(batch.to_string().as_bytes()).await?;
+        stdin.write_all(input.as_bytes()).await?;
     }
     let out = child.wait_with_output().await?;
     if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{prog}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -221,21 +219,9 @@ async fn link_exists_on_host(name: &str) -> bool {
 /// `ip ARGS -force -batch -` with `cmds` on its stdin (names Strato made, never user
 /// strings); fails if any command did.
 async fn ip_batch(args: &[&str], cmds: &str) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("ip")
-        .args(args)
-        .args(["-force", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running ip -batch")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(cmds.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    anyhow::ensure!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr).trim());
-    Ok(())
+    let mut argv = args.to_vec();
+    argv.extend(["-force", "-batch", "-"]);
+    run_with_input("ip", &argv, cmds).await
 }
 
 async fn ns_links(ns: &str) -> anyhow::Result<Vec<String>> {
@@ -597,25 +583,18 @@ impl Network {
             };
             let missing: Vec<&str> =
                 view.instances.iter().map(|i| i.tap.as_str()).filter(|t| !applied.taps.contains(*t)).collect();
-            match missing[..] {
-                [] => {}
-                [one] => {
-                    if add_tap(&ns, one).await.is_ok() {
-                        applied.taps.insert(one.to_owned());
-                    }
-                }
-                _ => {
-                    let cmds: String = missing
-                        .iter()
-                        .map(|t| format!("tuntap add dev {t} mode tap\nlink set {t} master {BRIDGE} up\n"))
-                        .collect();
-                    // What failed shows in the links read back.
-                    let _ = ip_batch(&["-n", &ns], &cmds).await;
-                    let there = ns_links(&ns).await.unwrap_or_default();
-                    for t in missing.iter().filter(|t| there.iter().any(|l| l == *t)) {
-                        applied.taps.insert((*t).to_owned());
-                    }
-                }
+            if missing.is_empty() {
+                continue;
+            }
+            let cmds: String = missing
+                .iter()
+                .map(|t| format!("tuntap add dev {t} mode tap\nlink set {t} master {BRIDGE} up\n"))
+                .collect();
+            // What failed shows in the links read back.
+            let _ = ip_batch(&["-n", &ns], &cmds).await;
+            let there = ns_links(&ns).await.unwrap_or_default();
+            for t in missing.iter().filter(|t| there.iter().any(|l| l == *t)) {
+                applied.taps.insert((*t).to_owned());
             }
         }
     }
