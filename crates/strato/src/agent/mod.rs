@@ -28,7 +28,7 @@
 //!
 //! Volumes (after the instances): `creating` -> make the qcow2 file, report available;
 //! `deleting` -> remove it, report gone; an attachment `attaching` -> hot-plug it into the
-//! instance's VM (`blockdev-add` + `device_add` into a free PCIe root port), or, with no VM,
+//! instance's VM (`blockdev-add` + `device_add` into a free slot of its hot-plug bridge), or, with no VM,
 //! report it attached (it is on the command line at the next boot); `detaching` -> `device_del`
 //! (the guest lets go), then `blockdev-del`, report detached. Once per agent start, every
 //! attached volume of a running VM is checked to be in it, and plugged in if not.
@@ -1325,7 +1325,8 @@ async fn device_present(q: &mut crate::hypervisor::qmp::Qmp, id: &str) -> anyhow
     Ok(list.as_array().into_iter().flatten().any(|p| p["name"] == id))
 }
 
-/// Hot-plugs a volume into the first free root port of a VM.
+/// Hot-plugs a volume into the first free slot of a VM's hot-plug bridge (or, in a VM started
+/// before VMs had one, into its first free PCIe root port).
 async fn hotplug(vm: &Vm, disk: &VolumeDisk) -> anyhow::Result<()> {
     let mut q = vm.qmp().await?;
     if device_present(&mut q, &disk.device_id()).await? {
@@ -1336,14 +1337,16 @@ async fn hotplug(vm: &Vm, disk: &VolumeDisk) -> anyhow::Result<()> {
         tracing::debug!(error = %e, "blockdev-add");
     }
     let mut last = None;
-    for port in 0..MAX_ATTACHED as u32 {
-        match q.execute("device_add", Some(disk.device(port))).await {
+    let slots = (0..MAX_ATTACHED as u32).map(|n| disk.device(n));
+    let legacy = (0..MAX_ATTACHED as u32).map(|n| disk.legacy_device(n));
+    for device in slots.chain(legacy) {
+        match q.execute("device_add", Some(device)).await {
             Ok(_) => return Ok(()),
             Err(e) => last = Some(e),
         }
     }
     let _ = q.execute("blockdev-del", Some(serde_json::json!({"node-name": disk.node()}))).await;
-    anyhow::bail!("no free hot-plug port took the volume: {}", last.map(|e| e.to_string()).unwrap_or_default())
+    anyhow::bail!("no free hot-plug slot took the volume: {}", last.map(|e| e.to_string()).unwrap_or_default())
 }
 
 /// A stable locally administered MAC for an instance.

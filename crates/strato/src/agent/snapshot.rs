@@ -45,9 +45,10 @@ use crate::hypervisor::{ec2_uuid, Accel, LaunchSnapshot, Vm, VmSpec};
 
 /// The console line at which the template's init waits for its NIC.
 pub const SNAPSHOT_POINT: &str = "STRATO-BOOT: snapshot point";
-/// The devices of the snapshots made by this version (part of each snapshot's name). 2: the
-/// NIC in the template and an identity channel (1 was a NIC hot-plugged after the restore).
-const FORMAT: &str = "v2";
+/// The devices of the snapshots made by this version (part of each snapshot's name). 3: one
+/// hot-plug bridge in place of eight PCIe root ports; 2: the NIC in the template and an
+/// identity channel (1 was a NIC hot-plugged after the restore).
+const FORMAT: &str = "v3";
 /// How long a template may take to reach the snapshot point.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// After a failed build, how long before another try.
@@ -413,13 +414,15 @@ mod tests {
         let data = tempfile::tempdir().expect("temp dir");
         let mut s = Snapshots::new(data.path(), true);
         let dir = data.path().join("launch-snapshots");
-        // ami-0aaa-4c-512m: a snapshot of the first format, with other devices.
+        // ami-0aaa-4c-512m: a snapshot of the first format, ami-0aaa-8c-512m-v2 of the
+        // second (eight root ports), with other devices.
         for name in [
-            "ami-0aaa-2c-512m-v2",
-            "ami-0aaa-1c-512m-v2",
+            "ami-0aaa-2c-512m-v3",
+            "ami-0aaa-1c-512m-v3",
             "ami-0aaa-4c-512m",
-            "ami-0bbb-2c-512m-v2",
-            "ami-0bbb-1c-512m-v2.tmp",
+            "ami-0aaa-8c-512m-v2",
+            "ami-0bbb-2c-512m-v3",
+            "ami-0bbb-1c-512m-v3.tmp",
         ] {
             std::fs::create_dir_all(dir.join(name)).expect("mkdir");
             std::fs::write(dir.join(name).join("state"), b"x").expect("write");
@@ -431,7 +434,7 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["ami-0aaa-1c-512m-v2", "ami-0aaa-2c-512m-v2"]);
+        assert_eq!(left, ["ami-0aaa-1c-512m-v3", "ami-0aaa-2c-512m-v3"]);
     }
 
     #[test]
