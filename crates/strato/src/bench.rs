@@ -450,6 +450,7 @@ async fn fast_rounds(
         let warm_cpu = wait_warm_pool(dir, pool).await?;
         let available0 = mem_available_mib();
         let cpu0 = host_cpu();
+        let tries0 = SSH_TRIES.load(std::sync::atomic::Ordering::Relaxed);
         let t0 = Instant::now();
         let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &run(count)).await?;
         anyhow::ensure!(status == 200, "RunInstances: {xml}");
@@ -501,8 +502,9 @@ async fn fast_rounds(
             (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
             _ => f64::NAN,
         };
+        let tries = SSH_TRIES.load(std::sync::atomic::Ordering::Relaxed) - tries0;
         eprintln!(
-            "round {}: {} instances, SSH login {:.2}-{:.2} s, host CPU to the last login {:.2} s per VM (its QEMU {:.2} s; the first VM's TCG blocks {}), PSS per VM {mean_pss_ready:.0} MiB, host MemAvailable drop per VM {drop:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
+            "round {}: {} instances, SSH login {:.2}-{:.2} s ({tries} ssh runs), host CPU to the last login {:.2} s per VM (its QEMU {:.2} s; the first VM's TCG blocks {}), PSS per VM {mean_pss_ready:.0} MiB, host MemAvailable drop per VM {drop:.0} MiB; idle 10 s later: PSS per VM {:.0} MiB, host CPU busy {:.0}%",
             round + 1,
             ids.len(),
             times.iter().cloned().fold(f64::MAX, f64::min),
@@ -682,6 +684,9 @@ impl BenchCloud {
 /// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
 /// probed first with short connection attempts (a connect to an address nobody has yet
 /// waits for ARP to give up, which would measure the probe rather than the guest).
+/// How many `ssh` logins the bench has tried (each costs the guest a key exchange).
+static SSH_TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
         let probe = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect((ip, 22))).await;
@@ -689,6 +694,7 @@ async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
+        SSH_TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = tokio::process::Command::new("ssh")
             .arg("-i")
             .arg(key)
