@@ -173,12 +173,8 @@ impl<L: Link> Agent<L> {
         // A previous run's pool VMs: their state is not known, they end.
         self.pool.clear_leftovers().await;
         loop {
-            let t = Instant::now();
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = format!("{e:#}"), "agent pass failed");
-            }
-            if t.elapsed() > Duration::from_secs(1) {
-                tracing::info!(ms = t.elapsed().as_millis() as u64, "agent pass was slow");
             }
             control.changed(TICK).await;
         }
@@ -199,6 +195,7 @@ impl<L: Link> Agent<L> {
     }
 
     pub async fn reconcile_once(&mut self) -> anyhow::Result<()> {
+        let mut phases = Phases::new();
         let duties = self.control.duties(&self.host).await?;
         let live = duties.instances.clone();
         // Fencing: a VM here whose instance now runs on another host (recovered elsewhere
@@ -222,20 +219,25 @@ impl<L: Link> Agent<L> {
         let views = self.control.network_views(&self.host, &on_host).await?;
         // Restores start on the taps already there while the rest of the network syncs.
         let volumes = self.control.all_volumes().await?;
-        self.net.make_taps(&views).await;
+        phases.mark("read");
         self.end_cut_short_restores(&live, &volumes).await;
         self.pool.collect().await;
-        let early = self.start_restores(&live, &volumes, &views, true, &[]).await;
+        // Launches that take a warm-pool VM bring its tap: no tap of their own is made.
+        let takes = self.take_pool_vms(&live, &volumes, &views).await;
+        let brought: std::collections::HashSet<String> =
+            takes.iter().map(|(job, _, _)| net::tap_name(&job.instance_id)).collect();
+        self.net.make_taps(&views, &brought).await;
+        phases.mark("taps");
+        let early = self.start_restores(&live, &volumes, &views, true, &[], takes).await;
+        phases.mark("restores");
         let restoring: Vec<String> = match &early {
             Ok(r) => r.iter().map(|r| r.instance_id.clone()).collect(),
             Err(_) => Vec::new(),
         };
         self.start_cold_early(&live, &views, &restoring).await;
-        let t = Instant::now();
+        phases.mark("cold");
         self.net_failed = self.net.sync(&views).await;
-        if t.elapsed() > Duration::from_millis(200) {
-            tracing::info!(ms = t.elapsed().as_millis() as u64, vpcs = views.len(), "network sync was slow");
-        }
+        phases.mark("sync");
         let table = on_host
             .iter()
             .filter_map(|i| {
@@ -252,17 +254,19 @@ impl<L: Link> Agent<L> {
             tracing::warn!(error = format!("{e:#}"), "restoring launches failed");
             Vec::new()
         });
-        match self.start_restores(&live, &volumes, &views, false, &restoring).await {
+        match self.start_restores(&live, &volumes, &views, false, &restoring, Vec::new()).await {
             Ok(late) => restoring.extend(late),
             Err(e) => tracing::warn!(error = format!("{e:#}"), "restoring launches failed"),
         }
         self.finish_restores(restoring).await;
+        phases.mark("resumes");
         self.pool.refill(live.iter().any(|i| i.state == InstanceState::Pending)).await;
         for i in &live {
             if let Err(e) = self.reconcile(i, &views).await {
                 tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "reconcile failed");
             }
         }
+        phases.mark("instances");
         // Read again: the instances' passes may have changed volumes (a termination
         // detaches them), and this pass should act on that at once.
         let volumes = self.control.all_volumes().await?;
@@ -302,6 +306,8 @@ impl<L: Link> Agent<L> {
             }
             self.control.volume_modified(&m.volume_id, result.is_ok()).await?;
         }
+        phases.mark("volumes");
+        phases.log_if_slow(views.len());
         Ok(())
     }
 
@@ -918,7 +924,35 @@ impl<L: Link> Agent<L> {
         }))
     }
 
-    /// Starts restoring every pending instance that can be, all at once (each on its own
+    /// The pending launches that take a warm-pool VM of their snapshot (`pool`), each with
+    /// its restore job, the VM taken out of the pool, and its VPC.
+    async fn take_pool_vms(
+        &mut self,
+        live: &[Instance],
+        volumes: &[Volume],
+        views: &[net::rules::VpcView],
+    ) -> Vec<(RestoreJob, pool::Warm, String)> {
+        let mut takes = Vec::new();
+        for i in live {
+            if self.restore_failed.contains(i.id.as_str()) {
+                continue;
+            }
+            // One that cannot be prepared is skipped (the next pass tries again).
+            match self.restore_job(i, volumes, views).await {
+                Ok(Some(job)) => {
+                    if let Some(warm) = self.pool.take(&job.snapshot) {
+                        takes.push((job, warm, i.vpc_id.clone()));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "preparing a restore failed"),
+            }
+        }
+        takes
+    }
+
+    /// Hands the warm-pool VMs of `takes` (`take_pool_vms`) to their instances, and starts
+    /// restoring every other pending instance that can be, all at once (each on its own
     /// task, so that a RunInstances of many does not wait for one restore after another):
     /// QEMU starts on the instance's tap and loads the snapshot, paused. `early`: before
     /// the pass's network sync, only for instances whose tap is there already (QEMU would
@@ -930,35 +964,9 @@ impl<L: Link> Agent<L> {
         views: &[net::rules::VpcView],
         early: bool,
         started: &[Restoring],
+        takes: Vec<(RestoreJob, pool::Warm, String)>,
     ) -> anyhow::Result<Vec<Restoring>> {
         let mut out = Vec::new();
-        let mut takes = Vec::new();
-        for i in live {
-            if self.restore_failed.contains(i.id.as_str()) || started.iter().any(|r| r.instance_id == i.id.as_str()) {
-                continue;
-            }
-            if early && !self.net.has_tap(&i.vpc_id, &net::tap_name(i.id.as_str())) {
-                continue;
-            }
-            // One that cannot be prepared is skipped (the next pass tries again), so that
-            // the pool VMs already taken for others are handed over.
-            let job = match self.restore_job(i, volumes, views).await {
-                Ok(job) => job,
-                Err(e) => {
-                    tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "preparing a restore failed");
-                    continue;
-                }
-            };
-            if let Some(job) = job {
-                match self.pool.take(&job.snapshot) {
-                    Some(warm) => takes.push((job, warm, i.vpc_id.clone())),
-                    None => {
-                        let task = tokio::spawn(job.clone().load());
-                        out.push(Restoring::of(&job, &i.vpc_id, task));
-                    }
-                }
-            }
-        }
         // The warm-pool take-overs: all taps at once (`adopt_pool_taps`: three `ip` runs per
         // tap, one after another, held 20 instances' identities back by ~0.9 s), then the
         // renames.
@@ -970,7 +978,10 @@ impl<L: Link> Agent<L> {
                 tap: net::tap_name(&job.instance_id),
             })
             .collect();
+        let t = Instant::now();
         let moved = self.net.adopt_pool_taps(&moves).await;
+        let taps_ms = t.elapsed().as_millis() as u64;
+        let taken: Vec<String> = takes.iter().map(|(job, _, _)| job.instance_id.clone()).collect();
         for ((job, warm, vpc_id), tap_moved) in takes.into_iter().zip(moved) {
             match Self::take_warm(&self.net.site, warm, tap_moved, &job).await {
                 Ok(loaded) => out.push(Restoring::of(&job, &vpc_id, tokio::spawn(async move { Ok(loaded) }))),
@@ -979,6 +990,34 @@ impl<L: Link> Agent<L> {
                     tracing::warn!(instance_id = %job.instance_id, error = format!("{e:#}"), "taking a warm-pool VM failed");
                     self.net.forget_tap(&vpc_id, &net::tap_name(&job.instance_id)).await;
                 }
+            }
+        }
+        if !moves.is_empty() {
+            tracing::debug!(
+                taps_ms,
+                takes_ms = t.elapsed().as_millis() as u64 - taps_ms,
+                n = moves.len(),
+                "warm-pool take-overs"
+            );
+        }
+        for i in live {
+            if self.restore_failed.contains(i.id.as_str())
+                || started.iter().any(|r| r.instance_id == i.id.as_str())
+                || taken.iter().any(|t| t == i.id.as_str())
+            {
+                continue;
+            }
+            if early && !self.net.has_tap(&i.vpc_id, &net::tap_name(i.id.as_str())) {
+                continue;
+            }
+            // One that cannot be prepared is skipped (the next pass tries again).
+            match self.restore_job(i, volumes, views).await {
+                Ok(Some(job)) => {
+                    let task = tokio::spawn(job.clone().load());
+                    out.push(Restoring::of(&job, &i.vpc_id, task));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "preparing a restore failed"),
             }
         }
         Ok(out)
@@ -1055,6 +1094,34 @@ impl<L: Link> Agent<L> {
                 let _ = std::fs::remove_file(&r.disk);
                 self.restore_failed.insert(r.instance_id);
             }
+        }
+    }
+}
+
+/// Where an agent pass's time went, logged when the pass took over a second: the parts of
+/// a launch's path (reading the desired state, taps, restores and warm-pool take-overs,
+/// early cold boots, the network sync, the restored VMs resumed, the instances, volumes).
+struct Phases {
+    start: Instant,
+    last: Instant,
+    ms: Vec<(&'static str, u128)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let now = Instant::now();
+        Phases { start: now, last: now, ms: Vec::new() }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        self.ms.push((what, self.last.elapsed().as_millis()));
+        self.last = Instant::now();
+    }
+
+    fn log_if_slow(&self, vpcs: usize) {
+        if self.start.elapsed() > Duration::from_secs(1) {
+            let phases: Vec<String> = self.ms.iter().map(|(w, ms)| format!("{w} {ms}")).collect();
+            tracing::info!(ms = self.start.elapsed().as_millis() as u64, vpcs, phases = %phases.join(", "), "agent pass was slow");
         }
     }
 }

@@ -553,11 +553,20 @@ pub struct Network {
     host_ruleset: String,
     host_at: Option<std::time::Instant>,
     pub imds: imds::Imds,
+    /// The VPCs whose namespace and bridge the last `make_taps` found or made.
+    bridged: BTreeSet<String>,
 }
 
 impl Network {
     pub fn new(site: Site, imds: imds::Imds) -> Network {
-        Network { site, applied: BTreeMap::new(), host_ruleset: String::new(), host_at: None, imds }
+        Network {
+            site,
+            applied: BTreeMap::new(),
+            host_ruleset: String::new(),
+            host_at: None,
+            imds,
+            bridged: BTreeSet::new(),
+        }
     }
 
     /// Makes the missing taps of the VPCs whose namespace this network already made, and
@@ -565,8 +574,11 @@ impl Network {
     /// which does the rest: uplink, addresses, rules, DHCP): a restore can start its QEMU
     /// on its tap while the rest is being done. Failures are left to `sync`. A VPC's missing
     /// taps are made by one `ip -batch` (two `ip` runs per tap made 20 of them take ~0.5 s),
-    /// and those that are there after it count as made.
-    pub async fn make_taps(&mut self, views: &[VpcView]) {
+    /// and those that are there after it count as made. The taps in `brought` are not made:
+    /// their instances take a warm-pool VM, whose tap `adopt_pool_taps` moves in (making
+    /// one to delete it then cost ~18 ms a tap).
+    pub async fn make_taps(&mut self, views: &[VpcView], brought: &std::collections::HashSet<String>) {
+        self.bridged.clear();
         for view in views {
             let ns = self.site.netns(&view.vpc_id);
             let exists = Path::new("/run/netns").join(&ns).exists();
@@ -581,8 +593,13 @@ impl Network {
                 Some(a) if exists && a.at.is_some() && a.subnets == view.subnets => a,
                 _ => continue,
             };
-            let missing: Vec<&str> =
-                view.instances.iter().map(|i| i.tap.as_str()).filter(|t| !applied.taps.contains(*t)).collect();
+            self.bridged.insert(view.vpc_id.clone());
+            let missing: Vec<&str> = view
+                .instances
+                .iter()
+                .map(|i| i.tap.as_str())
+                .filter(|t| !applied.taps.contains(*t) && !brought.contains(*t))
+                .collect();
             if missing.is_empty() {
                 continue;
             }
@@ -600,16 +617,18 @@ impl Network {
     }
 
     /// Puts warm-pool taps, whose QEMUs run on, in place of instances' taps: each moved into
-    /// its VPC's namespace (made by `make_taps`, with a tap of the instance's name, unused,
-    /// that it replaces), renamed and put on the bridge. The VPC's rules name taps, so they
-    /// apply. All of a pass's take-overs in one `ip -batch` on the host and one per
-    /// namespace (three `ip` runs per tap took 20 take-overs 0.55-0.9 s); each result is
-    /// read back from the links then there. After a failure the caller calls `forget_tap`.
-    pub async fn adopt_pool_taps(&self, moves: &[PoolTapMove]) -> Vec<anyhow::Result<()>> {
+    /// its VPC's namespace (made or found by `make_taps`; a tap of the instance's name made
+    /// by an earlier pass is deleted), renamed to the instance's tap and put on the bridge.
+    /// The VPC's rules name taps, so they apply. All of a pass's take-overs in one
+    /// `ip -batch` on the host and one per namespace (three `ip` runs per tap took 20
+    /// take-overs 0.55-0.9 s); each result is read back from the links then there. The
+    /// move into a namespace costs the kernel ~17 ms a tap. After a failure the caller
+    /// calls `forget_tap`.
+    pub async fn adopt_pool_taps(&mut self, moves: &[PoolTapMove]) -> Vec<anyhow::Result<()>> {
         let mut results: Vec<anyhow::Result<()>> = moves
             .iter()
             .map(|m| {
-                anyhow::ensure!(self.has_tap(&m.vpc_id, &m.tap), "the VPC's namespace has no tap {} yet", m.tap);
+                anyhow::ensure!(self.bridged.contains(&m.vpc_id), "the VPC {} has no namespace yet", m.vpc_id);
                 Ok(())
             })
             .collect();
@@ -624,7 +643,9 @@ impl Network {
             let ns = self.site.netns(&m.vpc_id);
             host.push_str(&format!("link set dev {} netns {ns}\n", m.pool_tap));
             let cmds = by_ns.entry(ns).or_default();
-            cmds.push_str(&format!("link del {}\n", m.tap));
+            if self.has_tap(&m.vpc_id, &m.tap) {
+                cmds.push_str(&format!("link del {}\n", m.tap));
+            }
             cmds.push_str(&format!("link set dev {} name {} master {BRIDGE} up\n", m.pool_tap, m.tap));
         }
         // Failures show in the links read back below.
@@ -642,7 +663,11 @@ impl Network {
             let ns = self.site.netns(&m.vpc_id);
             let there = in_ns.get(ns.as_str()).map(Vec::as_slice).unwrap_or_default();
             let done = there.contains(&m.tap) && !there.contains(&m.pool_tap) && !on_host.contains(&m.pool_tap);
-            if !done {
+            if done {
+                if let Some(a) = self.applied.get_mut(&m.vpc_id) {
+                    a.taps.insert(m.tap.clone());
+                }
+            } else {
                 if there.contains(&m.pool_tap) {
                     let _ = run("ip", &["-n", &ns, "link", "del", &m.pool_tap]).await;
                 }
