@@ -681,12 +681,12 @@ impl BenchCloud {
     }
 }
 
-/// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
-/// probed first with short connection attempts (a connect to an address nobody has yet
-/// waits for ARP to give up, which would measure the probe rather than the guest).
 /// How many `ssh` logins the bench has tried (each costs the guest a key exchange).
 static SSH_TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
+/// probed first with short connection attempts (a connect to an address nobody has yet
+/// waits for ARP to give up, which would measure the probe rather than the guest).
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
         let probe = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect((ip, 22))).await;

@@ -937,18 +937,30 @@ impl<L: Link> Agent<L> {
             if self.restore_failed.contains(i.id.as_str()) {
                 continue;
             }
-            // One that cannot be prepared is skipped (the next pass tries again).
-            match self.restore_job(i, volumes, views).await {
-                Ok(Some(job)) => {
-                    if let Some(warm) = self.pool.take(&job.snapshot) {
-                        takes.push((job, warm, i.vpc_id.clone()));
-                    }
+            if let Some(job) = self.prepared_restore(i, volumes, views).await {
+                if let Some(warm) = self.pool.take(&job.snapshot) {
+                    takes.push((job, warm, i.vpc_id.clone()));
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "preparing a restore failed"),
             }
         }
         takes
+    }
+
+    /// `restore_job`, with a failure logged: one that cannot be prepared is skipped (the
+    /// next pass tries again).
+    async fn prepared_restore(
+        &mut self,
+        i: &Instance,
+        volumes: &[Volume],
+        views: &[net::rules::VpcView],
+    ) -> Option<RestoreJob> {
+        self.restore_job(i, volumes, views)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "preparing a restore failed"),
+            )
+            .ok()
+            .flatten()
     }
 
     /// Hands the warm-pool VMs of `takes` (`take_pool_vms`) to their instances, and starts
@@ -978,9 +990,7 @@ impl<L: Link> Agent<L> {
                 tap: net::tap_name(&job.instance_id),
             })
             .collect();
-        let t = Instant::now();
         let moved = self.net.adopt_pool_taps(&moves).await;
-        let taps_ms = t.elapsed().as_millis() as u64;
         let taken: Vec<String> = takes.iter().map(|(job, _, _)| job.instance_id.clone()).collect();
         for ((job, warm, vpc_id), tap_moved) in takes.into_iter().zip(moved) {
             match Self::take_warm(&self.net.site, warm, tap_moved, &job).await {
@@ -992,14 +1002,6 @@ impl<L: Link> Agent<L> {
                 }
             }
         }
-        if !moves.is_empty() {
-            tracing::debug!(
-                taps_ms,
-                takes_ms = t.elapsed().as_millis() as u64 - taps_ms,
-                n = moves.len(),
-                "warm-pool take-overs"
-            );
-        }
         for i in live {
             if self.restore_failed.contains(i.id.as_str())
                 || started.iter().any(|r| r.instance_id == i.id.as_str())
@@ -1010,14 +1012,9 @@ impl<L: Link> Agent<L> {
             if early && !self.net.has_tap(&i.vpc_id, &net::tap_name(i.id.as_str())) {
                 continue;
             }
-            // One that cannot be prepared is skipped (the next pass tries again).
-            match self.restore_job(i, volumes, views).await {
-                Ok(Some(job)) => {
-                    let task = tokio::spawn(job.clone().load());
-                    out.push(Restoring::of(&job, &i.vpc_id, task));
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(instance_id = %i.id, error = format!("{e:#}"), "preparing a restore failed"),
+            if let Some(job) = self.prepared_restore(i, volumes, views).await {
+                let task = tokio::spawn(job.clone().load());
+                out.push(Restoring::of(&job, &i.vpc_id, task));
             }
         }
         Ok(out)

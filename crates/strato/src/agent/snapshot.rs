@@ -46,8 +46,8 @@ use crate::hypervisor::{ec2_uuid, Accel, LaunchSnapshot, Vm, VmSpec};
 /// The console line at which the template's init waits for its NIC.
 pub const SNAPSHOT_POINT: &str = "STRATO-BOOT: snapshot point";
 /// The devices of the snapshots made by this version (part of each snapshot's name). 3: one
-/// hot-plug bridge in place of eight PCIe root ports, no SATA controller or SMBus; 2: the NIC in the template and an
-/// identity channel (1 was a NIC hot-plugged after the restore).
+/// hot-plug bridge in place of eight PCIe root ports, no SATA controller or SMBus; 2: the
+/// NIC in the template and an identity channel (1 was a NIC hot-plugged after the restore).
 const FORMAT: &str = "v3";
 /// How long a template may take to reach the snapshot point.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
