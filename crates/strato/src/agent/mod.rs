@@ -770,7 +770,7 @@ impl<L: Link> Agent<L> {
             memory_mib: itype.memory_mib,
             kernel: image.kernel_path.clone().into(),
             initrd: image.initrd_path.clone().map(Into::into),
-            cmdline: format!("{} root=/dev/vda", image.cmdline),
+            cmdline: snapshot::boot_cmdline(&image),
             root_disk: disk,
             uuid: ec2_uuid(i.id.as_str()),
             netdev: Some((netdev, mac_of(i.id.as_str()))),

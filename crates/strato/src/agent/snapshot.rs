@@ -87,9 +87,19 @@ impl Snapshot {
     }
 }
 
+/// The kernel command line of an instance booted cold: the image's, its root, and for
+/// Strato's images (whose kernels' `CONFIG_HZ` Strato knows) `lpj=` (`guest_lpj`).
+pub fn boot_cmdline(image: &Image) -> String {
+    let lpj = match crate::hypervisor::guest_lpj() {
+        Some(lpj) if image.owner.as_str() == crate::control::images::STRATO_OWNER_ID => format!(" lpj={lpj}"),
+        _ => String::new(),
+    };
+    format!("{} root=/dev/vda{lpj}", image.cmdline)
+}
+
 /// The kernel command line of a template and of every VM restored from it.
 pub fn cmdline(image: &Image) -> String {
-    format!("{} root=/dev/vda strato.snapshot", image.cmdline)
+    format!("{} strato.snapshot", boot_cmdline(image))
 }
 
 /// The template's devices, which every restored VM repeats.

@@ -18,7 +18,7 @@ use super::Control;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::query::{Filter, TagSpec};
 use crate::ids::{AccountId, ImageId, SnapshotId};
-use crate::image::{Built, KERNEL_CMDLINE};
+use crate::image::{Built, GUEST_KERNEL_CMDLINE, KERNEL_CMDLINE};
 use crate::store;
 
 /// The owner id of the images Strato builds (no account can have it: account ids never
@@ -187,6 +187,8 @@ struct Boot<'a> {
     kernel: &'a Path,
     initrd: Option<&'a Path>,
     build_key: String,
+    /// The kernel command line (`root=` comes from the launcher).
+    cmdline: String,
 }
 
 fn stage_files(dir: &Path, disk: &Path, disk_name: &str, kernel: &Path, initrd: Option<&Path>) -> ApiResult<()> {
@@ -328,16 +330,23 @@ impl Control {
     /// Registers an image built by `strato image build` as Strato's own, public. A no-op when
     /// the same build is already registered; a new build replaces the old registration.
     pub async fn register_built(&self, built: &Built) -> ApiResult<(ImageId, bool)> {
-        let boot =
-            Boot { kernel: &built.kernel, initrd: Some(&built.initrd), build_key: built.manifest.build_key.clone() };
+        let boot = Boot {
+            kernel: &built.kernel,
+            initrd: Some(&built.initrd),
+            build_key: built.manifest.build_key.clone(),
+            cmdline: KERNEL_CMDLINE.into(),
+        };
         self.register_cached(built, built.kind.image_name(), built.kind.description(), boot).await
     }
 
     /// The minimal image's disk booted by Strato's guest kernel (everything built in, no
     /// initramfs): `strato-minimal-fast-x86_64`, the image instances launch fastest from.
+    /// (The kernel's path names its build: a new kernel, a new registration.)
     pub async fn register_fast(&self, built: &Built, guest_kernel: &Path) -> ApiResult<(ImageId, bool)> {
-        let build_key = format!("{} guest-kernel={}", built.manifest.build_key, guest_kernel.display());
-        let boot = Boot { kernel: guest_kernel, initrd: None, build_key };
+        let cmdline = format!("{KERNEL_CMDLINE} {GUEST_KERNEL_CMDLINE}");
+        let build_key =
+            format!("{} guest-kernel={} cmdline={cmdline}", built.manifest.build_key, guest_kernel.display());
+        let boot = Boot { kernel: guest_kernel, initrd: None, build_key, cmdline };
         self.register_cached(built, FAST_IMAGE_NAME, FAST_IMAGE_DESCRIPTION, boot).await
     }
 
@@ -376,7 +385,7 @@ impl Control {
             disk_format: "raw".into(),
             kernel_path: dir.join("vmlinux").display().to_string(),
             initrd_path: boot.initrd.map(|_| dir.join("initrd.img").display().to_string()),
-            cmdline: KERNEL_CMDLINE.into(),
+            cmdline: boot.cmdline,
             public: true,
             state: "available".into(),
             source_image_id: None,

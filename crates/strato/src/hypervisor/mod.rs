@@ -65,6 +65,48 @@ pub fn detect_accel() -> (Accel, String) {
     }
 }
 
+/// The timer frequency (`CONFIG_HZ`) of the kernels Strato's images boot: Debian's and
+/// Strato's guest kernel.
+const GUEST_HZ: u64 = 250;
+
+/// `lpj=` for the command line of the kernels of Strato's images: the loops per jiffy of
+/// their delay loop, which counts TSC cycles (the guest's TSC runs at the host's rate under
+/// TCG and KVM alike). Each vCPU after the first calibrates it otherwise, and under TCG
+/// that fails and falls back to a slow loop: ~150 ms of a 2-vCPU guest's boot (bare A/B,
+/// FACTS). The host's TSC rate measured once against the monotonic clock over 20 ms and
+/// rounded up to 10 MHz (a udelay slightly long, never short; the same value at every start
+/// of the agent); `None` on a host without an x86 TSC of constant rate.
+pub fn guest_lpj() -> Option<u64> {
+    static LPJ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *LPJ.get_or_init(|| {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+        if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+            return None;
+        }
+        let hz = tsc_hz()?;
+        let step = 10_000_000;
+        Some(hz.div_ceil(step) * step / GUEST_HZ)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tsc_hz() -> Option<u64> {
+    // SAFETY: RDTSC has no preconditions on x86_64.
+    let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+    let (t0, c0) = (Instant::now(), tsc());
+    std::thread::sleep(Duration::from_millis(20));
+    let (c1, t1) = (tsc(), Instant::now());
+    let ns = t1.duration_since(t0).as_nanos();
+    let hz = u128::from(c1.checked_sub(c0)?) * 1_000_000_000 / ns.max(1);
+    u64::try_from(hz).ok().filter(|h| *h > 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn tsc_hz() -> Option<u64> {
+    None
+}
+
 /// The SMBIOS system UUID (and serial) of an instance: starting with `ec2` and equal to the
 /// serial, it tells cloud-init that it runs on EC2 (so it uses the EC2 datasource with
 /// IMDSv2 tokens). Derived from the instance id, so it stays the same across boots.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::{Built, KERNEL_CMDLINE};
+use super::{Built, GUEST_KERNEL_CMDLINE, KERNEL_CMDLINE};
 use crate::hypervisor::{ec2_uuid, metadata_netdev};
 use crate::metadata::{InstanceMetadata, StdioConfig};
 
@@ -176,7 +176,7 @@ fn kernel_args(built: &Built, opts: &Options) -> Vec<String> {
             "-kernel".into(),
             k.display().to_string(),
             "-append".into(),
-            "console=ttyS0 quiet panic=-1 root=/dev/vda rw".into(),
+            format!("{KERNEL_CMDLINE} {GUEST_KERNEL_CMDLINE} root=/dev/vda rw{}", lpj_arg()),
         ],
         None => vec![
             "-kernel".into(),
@@ -184,9 +184,14 @@ fn kernel_args(built: &Built, opts: &Options) -> Vec<String> {
             "-initrd".into(),
             built.initrd.display().to_string(),
             "-append".into(),
-            format!("{KERNEL_CMDLINE} root=/dev/vda"),
+            format!("{KERNEL_CMDLINE} root=/dev/vda{}", lpj_arg()),
         ],
     }
+}
+
+/// ` lpj=...` (`hypervisor::guest_lpj`), or nothing.
+fn lpj_arg() -> String {
+    crate::hypervisor::guest_lpj().map(|l| format!(" lpj={l}")).unwrap_or_default()
 }
 
 impl Drop for BareVm {
