@@ -355,8 +355,8 @@ pub async fn fast_launch(cache: &std::path::Path, rounds: &Rounds<'_>, restored_
 }
 
 /// Waits until the agent's warm pool holds `size` warm VMs (the console of each says so);
-/// their QEMUs' CPU time so far, by pid.
-async fn wait_warm_pool(dir: &std::path::Path, size: usize) -> anyhow::Result<HashMap<u32, f64>> {
+/// their QEMUs' CPU time so far and TCG's translated blocks, by pid.
+async fn wait_warm_pool(dir: &std::path::Path, size: usize) -> anyhow::Result<HashMap<u32, (f64, Option<u64>)>> {
     let t0 = Instant::now();
     loop {
         let warm: Vec<crate::hypervisor::Vm> = std::fs::read_dir(dir.join("warm-pool"))
@@ -367,7 +367,13 @@ async fn wait_warm_pool(dir: &std::path::Path, size: usize) -> anyhow::Result<Ha
             .filter(|vm| vm.console().contains("warm: waiting for an instance"))
             .collect();
         if warm.len() >= size {
-            return Ok(warm.iter().filter_map(|vm| Some((vm.pid, process_cpu_s(vm.pid)?))).collect());
+            let mut out = HashMap::new();
+            for vm in &warm {
+                if let Some(cpu) = process_cpu_s(vm.pid) {
+                    out.insert(vm.pid, (cpu, tcg_blocks(vm).await));
+                }
+            }
+            return Ok(out);
         }
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(60 + 20 * size as u64), "the warm pool never filled");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -474,7 +480,7 @@ async fn fast_rounds(
         let round_vms = vms(&ids);
         let qemu_cpu: f64 = round_vms
             .iter()
-            .filter_map(|vm| Some(process_cpu_s(vm.pid)? - warm_cpu.get(&vm.pid).copied().unwrap_or(0.0)))
+            .filter_map(|vm| Some(process_cpu_s(vm.pid)? - warm_cpu.get(&vm.pid).map_or(0.0, |w| w.0)))
             .sum();
         let host_cpu_s = match (cpu0, host_cpu()) {
             (Some((b0, _)), Some((b1, _))) => ticks_s(b1 - b0),
@@ -492,7 +498,11 @@ async fn fast_rounds(
         // How much guest code TCG translated for the first VM by then (each block is
         // translated once per QEMU: a restored VM starts with none).
         let blocks = match round_vms.first() {
-            Some(vm) => tcg_blocks(vm).await,
+            Some(vm) => tcg_blocks(vm).await.map(|b| match warm_cpu.get(&vm.pid).and_then(|w| w.1) {
+                // A warm-pool VM: the part translated since its take-over too.
+                Some(before) => format!("{b}, {} since its take-over", b.saturating_sub(before)),
+                None => b.to_string(),
+            }),
             None => None,
         };
         // Then idle for a while: memory and the host CPU they take doing nothing.
@@ -511,7 +521,7 @@ async fn fast_rounds(
             whole,
             host_cpu_s / ids.len().max(1) as f64,
             qemu_cpu / ids.len().max(1) as f64,
-            blocks.map_or("?".to_string(), |b| b.to_string()),
+            blocks.unwrap_or_else(|| "?".to_string()),
             mean_pss(&round_vms),
             idle_cpu * 100.0
         );
