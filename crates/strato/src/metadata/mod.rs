@@ -279,18 +279,48 @@ pub struct StdioConfig {
     pub log: Option<std::path::PathBuf>,
 }
 
-/// Answers one HTTP/1.x request read from `input`, writing the answer to `output`; used
-/// with QEMU's user-mode network (`guestfwd=...-cmd:strato metadata serve-stdio ...`).
+/// How many requests one connection may make.
+pub const MAX_REQUESTS: usize = 100;
+
+/// Answers the HTTP/1.x requests read from `input` in turn, writing the answers to
+/// `output`; used with QEMU's user-mode network (`guestfwd=...-cmd:strato metadata
+/// serve-stdio ...`, one process per connection). As EC2's service does, a connection
+/// stays open after an HTTP/1.1 request without `Connection: close` (requests sent one
+/// after another without waiting, pipelined, are answered in order), up to `MAX_REQUESTS`.
 pub fn serve_stdio(
     cfg: &StdioConfig,
     input: &mut impl std::io::BufRead,
     output: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
+    for n in 0..MAX_REQUESTS {
+        if !serve_one(cfg, input, output, n == 0, n + 1 < MAX_REQUESTS)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Answers one request read from `input`; whether the connection stays open for another
+/// (`may_keep`, an HTTP/1.1 request without `Connection: close` and without a body: the
+/// answer is HTTP/1.1 with its length; otherwise HTTP/1.0 with `Connection: close`). The
+/// `first` request of a connection is answered 400 when nothing came; a later one ends the
+/// connection quietly.
+pub fn serve_one(
+    cfg: &StdioConfig,
+    input: &mut impl std::io::BufRead,
+    output: &mut impl std::io::Write,
+    first: bool,
+    may_keep: bool,
+) -> std::io::Result<bool> {
     const MAX_LINE: usize = 8192;
     let mut line = String::new();
     input.by_ref().take(MAX_LINE as u64).read_line(&mut line)?;
+    if line.is_empty() && !first {
+        return Ok(false);
+    }
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("/").to_owned());
+    let version = parts.next().unwrap_or("");
     let mut headers = Vec::new();
     for _ in 0..100 {
         let mut h = String::new();
@@ -303,6 +333,13 @@ pub fn serve_stdio(
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let keep = may_keep
+        && !method.is_empty()
+        && version == "HTTP/1.1"
+        && !header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        && header("content-length").is_none_or(|l| l.trim() == "0")
+        && header("transfer-encoding").is_none();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let key = TokenKey(hex::decode(&cfg.token_key).unwrap_or_default());
     let a = if method.is_empty() {
@@ -316,9 +353,10 @@ pub fn serve_stdio(
             let _ = writeln!(f, "{method} {path} token={token} -> {}", a.status);
         }
     }
+    let (version, connection) = if keep { ("1.1", "keep-alive") } else { ("1.0", "close") };
     write!(
         output,
-        "HTTP/1.0 {} {}\r\nDate: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/{version} {} {}\r\nDate: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
         a.status,
         a.reason(),
         chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT"),
@@ -328,7 +366,8 @@ pub fn serve_stdio(
     if method != "HEAD" {
         output.write_all(&a.body)?;
     }
-    output.flush()
+    output.flush()?;
+    Ok(keep)
 }
 
 #[cfg(test)]
@@ -356,6 +395,43 @@ mod tests {
         let h: Vec<(String, String)> =
             token.map(|t| ("x-aws-ec2-metadata-token".to_owned(), t.to_owned())).into_iter().collect();
         answer(m, &TokenKey(b"k".to_vec()), "GET", path, &h, 1000)
+    }
+
+    /// Pipelined HTTP/1.1 requests are answered in order on one connection, which the one
+    /// with `Connection: close` ends; an HTTP/1.0 request is answered alone.
+    #[test]
+    fn keep_alive_and_pipelining() {
+        let cfg = StdioConfig { metadata: md(), token_key: hex::encode(b"k"), log: None };
+        let serve = |input: &str| {
+            let mut out = Vec::new();
+            serve_stdio(&cfg, &mut std::io::Cursor::new(input.as_bytes().to_vec()), &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let out = serve(
+            "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /latest/meta-data/public-keys/0/openssh-key HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /latest/user-data HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+             GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n",
+        );
+        let answers: Vec<&str> = out.split("HTTP/1.").skip(1).collect();
+        assert_eq!(answers.len(), 3, "{out}");
+        assert!(answers[0].starts_with("1 200 ") && answers[0].contains("Connection: keep-alive"), "{out}");
+        assert!(answers[0].ends_with("\r\n\r\ni-0123456789abcdef0"), "{out}");
+        assert!(
+            answers[1].contains("Content-Length: 22\r\n") && answers[1].ends_with("ssh-ed25519 AAAA test\n"),
+            "{out}"
+        );
+        assert!(answers[2].starts_with("0 200 ") && answers[2].contains("Connection: close"), "{out}");
+        assert!(answers[2].ends_with("echo hi\n"), "{out}");
+        // HTTP/1.0: one answer, the connection closed.
+        let out = serve("GET /latest/meta-data/instance-id HTTP/1.0\r\n\r\nGET /latest/user-data HTTP/1.0\r\n\r\n");
+        assert_eq!(out.matches("HTTP/1.").count(), 1, "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+        // A keep-alive connection the client ends after its answers: no 400 for nothing.
+        let out = serve("GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n");
+        assert_eq!(out.matches("HTTP/1.").count(), 1, "{out}");
+        // Nothing at all is a bad request.
+        assert!(serve("").starts_with("HTTP/1.0 400 "));
     }
 
     #[test]

@@ -96,32 +96,62 @@ impl Drop for Imds {
     }
 }
 
+/// Where a request's head ends in `buf` (after its blank line), if it is all there.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One connection: its requests answered in turn (`metadata::serve_one`: an HTTP/1.1
+/// request keeps the connection open, and requests sent without waiting are answered in
+/// order), until one closes it, the client does, or `MAX_REQUESTS`.
 async fn serve(mut stream: tokio::net::TcpStream, peer: SocketAddr, vpc: &str, table: Table) -> std::io::Result<()> {
     const MAX_HEAD: usize = 16 * 1024;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 2048];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    for n in 0..crate::metadata::MAX_REQUESTS {
+        // A request's head, whole; or what came before the client stopped (the first
+        // request is answered all the same, as a bad one if it is).
+        let end = loop {
+            if let Some(end) = head_end(&buf) {
+                break Some(end);
+            }
+            if buf.len() > MAX_HEAD {
+                break None;
+            }
+            let got = stream.read(&mut chunk).await?;
+            if got == 0 {
+                break None;
+            }
+            buf.extend_from_slice(&chunk[..got]);
+        };
+        if end.is_none() && n > 0 {
             break;
         }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_HEAD {
+        let head: Vec<u8> = match end {
+            Some(end) => buf.drain(..end).collect(),
+            None => std::mem::take(&mut buf),
+        };
+        let cfg = match peer.ip() {
+            IpAddr::V4(ip) => table.read().ok().and_then(|t| t.get(&(vpc.to_owned(), ip)).cloned()),
+            IpAddr::V6(_) => None,
+        };
+        let Some(cfg) = cfg else {
+            // Nobody we know: the address is not an instance of this VPC on this host.
+            stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
+            break;
+        };
+        let mut out = Vec::new();
+        let may_keep = end.is_some() && n + 1 < crate::metadata::MAX_REQUESTS;
+        let keep = crate::metadata::serve_one(&cfg, &mut std::io::Cursor::new(head), &mut out, n == 0, may_keep)?;
+        stream.write_all(&out).await?;
+        if !keep {
             break;
         }
     }
-    let cfg = match peer.ip() {
-        IpAddr::V4(ip) => table.read().ok().and_then(|t| t.get(&(vpc.to_owned(), ip)).cloned()),
-        IpAddr::V6(_) => None,
-    };
-    let Some(cfg) = cfg else {
-        // Nobody we know: the address is not an instance of this VPC on this host.
-        stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
-        return Ok(());
-    };
-    let mut input = std::io::Cursor::new(head);
-    let mut out = Vec::new();
-    crate::metadata::serve_stdio(&cfg, &mut input, &mut out)?;
-    stream.write_all(&out).await?;
     stream.shutdown().await
 }
