@@ -1115,8 +1115,16 @@ impl Phases {
         self.last = Instant::now();
     }
 
+    /// Logs the pass's phases if it took longer than `STRATO_SLOW_PASS_MS` (default 1000;
+    /// a low value shows where every launch's pass goes).
     fn log_if_slow(&self, vpcs: usize) {
-        if self.start.elapsed() > Duration::from_secs(1) {
+        static SLOW: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+        let slow = *SLOW.get_or_init(|| {
+            Duration::from_millis(
+                std::env::var("STRATO_SLOW_PASS_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000),
+            )
+        });
+        if self.start.elapsed() > slow {
             let phases: Vec<String> = self.ms.iter().map(|(w, ms)| format!("{w} {ms}")).collect();
             tracing::info!(ms = self.start.elapsed().as_millis() as u64, vpcs, phases = %phases.join(", "), "agent pass was slow");
         }
