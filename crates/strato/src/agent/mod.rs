@@ -122,7 +122,9 @@ pub struct Agent<L: Link = Control> {
 impl<L: Link> Agent<L> {
     pub fn new(control: Arc<L>, data_dir: &Path, host: HostId) -> anyhow::Result<Agent<L>> {
         let (accel, why) = detect_accel();
-        tracing::info!(accel = ?accel, reason = %why, "agent accelerator");
+        // Measured here, once (20 ms), rather than at the first launch.
+        let lpj = crate::hypervisor::guest_lpj();
+        tracing::info!(accel = ?accel, reason = %why, guest_lpj = ?lpj, "agent accelerator");
         let key_path = data_dir.join("metadata-token.key");
         let token_key = match std::fs::read_to_string(&key_path) {
             Ok(k) => k.trim().to_owned(),

@@ -72,8 +72,8 @@ const GUEST_HZ: u64 = 250;
 /// `lpj=` for the command line of the kernels of Strato's images: the loops per jiffy of
 /// their delay loop, which counts TSC cycles (the guest's TSC runs at the host's rate under
 /// TCG and KVM alike). Each vCPU after the first calibrates it otherwise, and under TCG
-/// that fails and falls back to a slow loop: ~150 ms of a 2-vCPU guest's boot (bare A/B,
-/// FACTS). The host's TSC rate measured once against the monotonic clock over 20 ms and
+/// that fails and falls back to a slow loop: ~150 ms of a 2-vCPU guest's boot (bare QEMU
+/// A/B, README). The host's TSC rate measured once against the monotonic clock over 20 ms and
 /// rounded up to 10 MHz (a udelay slightly long, never short; the same value at every start
 /// of the agent); `None` on a host without an x86 TSC of constant rate.
 pub fn guest_lpj() -> Option<u64> {
