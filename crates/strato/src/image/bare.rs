@@ -176,7 +176,7 @@ fn kernel_args(built: &Built, opts: &Options) -> Vec<String> {
             "-kernel".into(),
             k.display().to_string(),
             "-append".into(),
-            format!("{KERNEL_CMDLINE} {GUEST_KERNEL_CMDLINE} root=/dev/vda rw{}", lpj_arg()),
+            format!("{KERNEL_CMDLINE} {GUEST_KERNEL_CMDLINE} root=/dev/vda{}", lpj_arg()),
         ],
         None => vec![
             "-kernel".into(),

@@ -652,7 +652,14 @@ fn minimal_rootfs(cache: &Path, packages: &[String], root: &Path, progress: &dyn
     write(root, "etc/shells", b"/bin/sh\n", 0o644)?;
     write(root, "etc/hostname", b"strato\n", 0o644)?;
     write(root, "etc/hosts", b"127.0.0.1 localhost\n", 0o644)?;
-    write(root, "etc/fstab", b"/dev/vda / ext4 rw 0 1\n", 0o644)?;
+    // The init mounts the rest with one `mount -a -t ...` (its rcS).
+    write(
+        root,
+        "etc/fstab",
+        b"/dev/vda / ext4 rw 0 1\nproc /proc proc defaults 0 0\nsysfs /sys sysfs defaults 0 0\n\
+          devpts /dev/pts devpts defaults 0 0\ntmpfs /run tmpfs defaults 0 0\n",
+        0o644,
+    )?;
     write(root, "etc/profile", b"export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n", 0o644)?;
     write(root, "etc/strato-release", b"Strato minimal image\n", 0o644)?;
     std::os::unix::fs::symlink("/bin/busybox", root.join("sbin/init")).or_else(|e| {
@@ -774,8 +781,9 @@ const GUEST_KERNEL_REQUIRED: &[&str] = &[
 const GUEST_KERNEL_PATCH: &str = include_str!("guest-kernel.patch");
 
 /// What the guest kernel is given on its command line beyond `KERNEL_CMDLINE`: its APIC
-/// timer's frequency (`GUEST_KERNEL_PATCH`).
-pub const GUEST_KERNEL_CMDLINE: &str = "lapic_timer_hz=1000000000";
+/// timer's frequency (`GUEST_KERNEL_PATCH`), and the root mounted writable (it mounts it
+/// itself, with no initramfs: the image's init need not remount it).
+pub const GUEST_KERNEL_CMDLINE: &str = "lapic_timer_hz=1000000000 rw";
 
 /// Strato's cloud-guest kernel: Debian's `linux-source-6.1` with `guest-kernel.patch`, built
 /// with `guest-kernel.config` on top of `tinyconfig`, everything built in (about 4.5 minutes
