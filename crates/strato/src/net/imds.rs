@@ -100,10 +100,7 @@ impl Drop for Imds {
 fn head_end(buf: &[u8]) -> Option<usize> {
     let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    crlf.into_iter().chain(lf).min()
 }
 
 /// One connection: its requests answered in turn (`metadata::serve_one`: an HTTP/1.1
