@@ -90,10 +90,9 @@ impl Snapshot {
 /// The kernel command line of an instance booted cold: the image's, its root, and for
 /// Strato's images (whose kernels' `CONFIG_HZ` Strato knows) `lpj=` (`guest_lpj`).
 pub fn boot_cmdline(image: &Image) -> String {
-    let lpj = if image.owner.as_str() == crate::control::images::STRATO_OWNER_ID {
-        crate::hypervisor::lpj_arg()
-    } else {
-        String::new()
+    let lpj = match crate::hypervisor::guest_lpj() {
+        Some(lpj) if image.owner.as_str() == crate::control::images::STRATO_OWNER_ID => format!(" lpj={lpj}"),
+        _ => String::new(),
     };
     format!("{} root=/dev/vda{lpj}", image.cmdline)
 }

@@ -90,11 +90,6 @@ pub fn guest_lpj() -> Option<u64> {
     })
 }
 
-/// ` lpj=N` (`guest_lpj`) to append to a command line, or nothing.
-pub fn lpj_arg() -> String {
-    guest_lpj().map(|l| format!(" lpj={l}")).unwrap_or_default()
-}
-
 #[cfg(target_arch = "x86_64")]
 fn tsc_hz() -> Option<u64> {
     // SAFETY: RDTSC has no preconditions on x86_64.

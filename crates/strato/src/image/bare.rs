@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::{Built, GUEST_KERNEL_CMDLINE, KERNEL_CMDLINE};
-use crate::hypervisor::{ec2_uuid, lpj_arg, metadata_netdev};
+use crate::hypervisor::{ec2_uuid, metadata_netdev};
 use crate::metadata::{InstanceMetadata, StdioConfig};
 
 pub struct Options {
@@ -187,6 +187,11 @@ fn kernel_args(built: &Built, opts: &Options) -> Vec<String> {
             format!("{KERNEL_CMDLINE} root=/dev/vda{}", lpj_arg()),
         ],
     }
+}
+
+/// ` lpj=...` (`hypervisor::guest_lpj`), or nothing.
+fn lpj_arg() -> String {
+    crate::hypervisor::guest_lpj().map(|l| format!(" lpj={l}")).unwrap_or_default()
 }
 
 impl Drop for BareVm {

@@ -100,7 +100,10 @@ impl Drop for Imds {
 fn head_end(buf: &[u8]) -> Option<usize> {
     let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    crlf.into_iter().chain(lf).min()
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// One connection: its requests answered in turn (`metadata::serve_one`: an HTTP/1.1
