@@ -838,6 +838,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
                 snapshot: Default::default(),
                 identity: None,
                 paused: false,
+                qboot: false,
             };
             let (accel, _) = crate::hypervisor::detect_accel();
             let t0 = Instant::now();

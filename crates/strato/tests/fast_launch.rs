@@ -199,5 +199,33 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
     let b_now: Vec<String> = ssh_retry(&cloud, &key, b, IDENTITY).lines().map(str::to_owned).collect();
     assert_eq!(fingerprints(&b_now), fingerprints(&ids[0]), "{b}'s host key changed at its start");
     assert_eq!(console(&cloud, b).contains("(fw_cfg identity)"), fw_cfg, "{}", console(&cloud, b));
+    // Strato's kernel boots cold on qboot (Debian's on SeaBIOS): a volume still hot-plugs
+    // into it (the kernel gives the bridge its room), and it still stops on the power button.
+    let pid = std::fs::read_to_string(cloud.dir.path().join("instances").join(b).join("qemu.pid")).expect("qemu.pid");
+    let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).expect("QEMU's command line");
+    assert_eq!(String::from_utf8_lossy(&argv).contains("qboot.rom"), fw_cfg, "{b}: {}", String::from_utf8_lossy(&argv));
+    let v2 = s(&cloud.aws(&[
+        "ec2",
+        "create-volume",
+        "--availability-zone",
+        &s(&instance(&cloud, b)["Placement"]["AvailabilityZone"]),
+        "--size",
+        "1",
+    ])["VolumeId"]);
+    let start = Instant::now();
+    while cloud.aws(&["ec2", "describe-volumes", "--volume-ids", &v2])["Volumes"][0]["State"] != "available" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the volume was never made");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &v2, "--instance-id", b, "--device", "/dev/sdg"]);
+    let serial = v2.replace('-', "");
+    let start = Instant::now();
+    while !ssh_retry(&cloud, &key, b, "cat /sys/block/*/serial 2>/dev/null; true").contains(&serial) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the cold-booted guest never saw the volume");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", b]);
+    wait_state(&cloud, b, "stopped");
+    assert!(console(&cloud, b).contains("STRATO-BOOT: shutting down"), "{}", console(&cloud, b));
     cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &first, &pair[0], &pair[1]]);
 }

@@ -63,6 +63,7 @@ async fn launch_adopt_and_power_off() {
         snapshot: Default::default(),
         identity: None,
         paused: false,
+        qboot: false,
     };
     let vm = Vm::launch(&spec, accel).expect("launch");
     let mut guard = Guard(Some(vm.clone()));

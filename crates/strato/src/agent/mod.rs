@@ -123,8 +123,8 @@ impl<L: Link> Agent<L> {
     pub fn new(control: Arc<L>, data_dir: &Path, host: HostId) -> anyhow::Result<Agent<L>> {
         let (accel, why) = detect_accel();
         // Measured here, once (20 ms), rather than at the first launch.
-        let lpj = crate::hypervisor::guest_lpj();
-        tracing::info!(accel = ?accel, reason = %why, guest_lpj = ?lpj, "agent accelerator");
+        let clocks = crate::hypervisor::guest_clock_args();
+        tracing::info!(accel = ?accel, reason = %why, guest_clocks = %clocks.trim(), "agent accelerator");
         let key_path = data_dir.join("metadata-token.key");
         let token_key = match std::fs::read_to_string(&key_path) {
             Ok(k) => k.trim().to_owned(),
@@ -783,6 +783,7 @@ impl<L: Link> Agent<L> {
             snapshot: Default::default(),
             identity: identity.clone(),
             paused: hold,
+            qboot: crate::image::boots_on_qboot(&image.cmdline) && crate::hypervisor::have_qboot(),
         };
         // The console of the previous run goes; GetConsoleOutput shows this boot's.
         fresh_console(&spec.console_path(), &self.control.console_file(i.id.as_str()), None)?;

@@ -88,13 +88,15 @@ impl Snapshot {
 }
 
 /// The kernel command line of an instance booted cold: the image's, its root, and for
-/// Strato's images (whose kernels' `CONFIG_HZ` Strato knows) `lpj=` (`guest_lpj`).
+/// Strato's images (whose kernels Strato knows: their `CONFIG_HZ`, their clocks) what the
+/// host tells them of their clocks (`hypervisor::guest_clock_args`).
 pub fn boot_cmdline(image: &Image) -> String {
-    let lpj = match crate::hypervisor::guest_lpj() {
-        Some(lpj) if image.owner.as_str() == crate::control::images::STRATO_OWNER_ID => format!(" lpj={lpj}"),
-        _ => String::new(),
+    let clocks = if image.owner.as_str() == crate::control::images::STRATO_OWNER_ID {
+        crate::hypervisor::guest_clock_args()
+    } else {
+        String::new()
     };
-    format!("{} root=/dev/vda{lpj}", image.cmdline)
+    format!("{} root=/dev/vda{clocks}", image.cmdline)
 }
 
 /// The kernel command line of a template and of every VM restored from it.
@@ -128,6 +130,7 @@ pub fn spec(
         snapshot: mode,
         identity: None,
         paused: false,
+        qboot: false,
     }
 }
 

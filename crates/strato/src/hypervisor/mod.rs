@@ -69,25 +69,52 @@ pub fn detect_accel() -> (Accel, String) {
 /// Strato's guest kernel.
 const GUEST_HZ: u64 = 250;
 
-/// `lpj=` for the command line of the kernels of Strato's images: the loops per jiffy of
-/// their delay loop, which counts TSC cycles (the guest's TSC runs at the host's rate under
-/// TCG and KVM alike). Each vCPU after the first calibrates it otherwise, and under TCG
-/// that fails and falls back to a slow loop: ~150 ms of a 2-vCPU guest's boot (bare QEMU
-/// A/B, README). The host's TSC rate measured once against the monotonic clock over 20 ms and
-/// rounded up to 10 MHz (a udelay slightly long, never short; the same value at every start
-/// of the agent); `None` on a host without an x86 TSC of constant rate.
-pub fn guest_lpj() -> Option<u64> {
-    static LPJ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    *LPJ.get_or_init(|| {
+/// The guest's TSC rate as the kernels of Strato's images are told it: the host's (the
+/// guest's TSC runs at the host's rate under TCG and KVM alike), measured once against the
+/// monotonic clock over 20 ms and rounded up to 10 MHz (the same value at every start of the
+/// agent, so launch snapshots keep their command line; within the 1% the guest kernel's own
+/// refinement of it, a second after its boot, accepts). `None` on a host without an x86 TSC
+/// of constant rate.
+fn guest_tsc_hz() -> Option<u64> {
+    static HZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
         let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
         if !flags.split_whitespace().any(|f| f == "constant_tsc") {
             return None;
         }
-        let hz = tsc_hz()?;
         let step = 10_000_000;
-        Some(hz.div_ceil(step) * step / GUEST_HZ)
+        Some(tsc_hz()?.div_ceil(step) * step)
     })
+}
+
+/// Whether the host's kernel keeps its own time by the TSC: it found the TSCs of its CPUs
+/// in step, which the guest's vCPUs (host threads reading it) then are too.
+fn host_clock_is_tsc() -> bool {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .is_ok_and(|c| c.trim() == "tsc")
+}
+
+/// What the command line of a Strato image's kernel says of its clocks, to append (or
+/// nothing): `lpj=`, the loops per jiffy of the delay loop, which counts TSC cycles (each
+/// vCPU after the first calibrates it otherwise, and under TCG that fails and falls back to
+/// a slow loop: ~150 ms of a 2-vCPU guest's boot; rounded up with the rate, a udelay is
+/// slightly long, never short), and the TSC's rate (`tsc_early_khz=`), which the kernel
+/// otherwise measures against the HPET or the PIT; on a host whose own clock is the TSC,
+/// `tsc=reliable` and no ACPI PM timer (`pmtmr=0`). Each of these is a wait on a timer that
+/// a TCG guest spends in full: the TSC's calibration (~70 ms), the PM timer's check against
+/// the PIT (~35 ms), and with 2 vCPUs the TSCs' sync check, which under TCG finds them out
+/// of step and leaves the guest on the HPET, every clock read an emulated device access
+/// (bare QEMU A/B, 2 vCPUs: the init's first line 1.11 -> 1.02 s, medians of 8).
+pub fn guest_clock_args() -> String {
+    let Some(hz) = guest_tsc_hz() else {
+        return String::new();
+    };
+    let mut args = format!(" lpj={} tsc_early_khz={}", hz / GUEST_HZ, hz / 1000);
+    if host_clock_is_tsc() {
+        args.push_str(" tsc=reliable pmtmr=0");
+    }
+    args
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -173,6 +200,17 @@ pub struct VmSpec {
     /// A cold boot that starts paused (`-S`), for the caller to set its NIC's link before
     /// it runs (`cont`).
     pub paused: bool,
+    /// Boots on qboot (`QBOOT_ROM`) rather than SeaBIOS, with no `vmgenid` device: for cold
+    /// boots of kernels that can (`image::boots_on_qboot`).
+    pub qboot: bool,
+}
+
+/// QEMU's minimal firmware (Debian's `qemu-system-data`).
+pub const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
+
+/// Whether this host has qboot.
+pub fn have_qboot() -> bool {
+    Path::new(QBOOT_ROM).is_file()
 }
 
 /// How a VM takes part in a launch snapshot. The template VM and the VMs restored from it
@@ -329,9 +367,14 @@ impl VmSpec {
             format!("file,id=ser0,path={},append=on", self.console_path().display()),
             "-serial".into(),
             "chardev:ser0".into(),
+        ]);
+        if self.qboot {
+            a.extend(["-bios".into(), QBOOT_ROM.into()]);
+        } else {
             // A new generation id after a restore: the guest kernel reseeds its RNG.
-            "-device".into(),
-            "vmgenid,id=vmgenid0,guid=auto".into(),
+            a.extend(["-device".into(), "vmgenid,id=vmgenid0,guid=auto".into()]);
+        }
+        a.extend([
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_path().display()),
             "-pidfile".into(),
@@ -555,6 +598,7 @@ mod tests {
             snapshot: LaunchSnapshot::None,
             identity: Some("/run/strato/i-1/identity".into()),
             paused: false,
+            qboot: false,
         };
         let a = spec.argv(Accel::Tcg);
         let joined = a.join(" ");
@@ -590,6 +634,7 @@ mod tests {
             snapshot: LaunchSnapshot::None,
             identity: None,
             paused: false,
+            qboot: false,
         };
         let a = spec.argv(Accel::Tcg);
         assert_eq!(a.iter().filter(|x| x.starts_with("pcie-pci-bridge")).count(), 1, "{a:?}");

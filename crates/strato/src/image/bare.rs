@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::{Built, GUEST_KERNEL_CMDLINE, KERNEL_CMDLINE};
-use crate::hypervisor::{ec2_uuid, metadata_netdev};
+use crate::hypervisor::{ec2_uuid, guest_clock_args, metadata_netdev};
 use crate::metadata::{InstanceMetadata, StdioConfig};
 
 pub struct Options {
@@ -176,7 +176,7 @@ fn kernel_args(built: &Built, opts: &Options) -> Vec<String> {
             "-kernel".into(),
             k.display().to_string(),
             "-append".into(),
-            format!("{KERNEL_CMDLINE} {GUEST_KERNEL_CMDLINE} root=/dev/vda{}", lpj_arg()),
+            format!("{KERNEL_CMDLINE} {GUEST_KERNEL_CMDLINE} root=/dev/vda{}", guest_clock_args()),
         ],
         None => vec![
             "-kernel".into(),
@@ -184,14 +184,9 @@ fn kernel_args(built: &Built, opts: &Options) -> Vec<String> {
             "-initrd".into(),
             built.initrd.display().to_string(),
             "-append".into(),
-            format!("{KERNEL_CMDLINE} root=/dev/vda{}", lpj_arg()),
+            format!("{KERNEL_CMDLINE} root=/dev/vda{}", guest_clock_args()),
         ],
     }
-}
-
-/// ` lpj=...` (`hypervisor::guest_lpj`), or nothing.
-fn lpj_arg() -> String {
-    crate::hypervisor::guest_lpj().map(|l| format!(" lpj={l}")).unwrap_or_default()
 }
 
 impl Drop for BareVm {
