@@ -695,15 +695,36 @@ impl BenchCloud {
 static SSH_TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
-/// probed first with short connection attempts (a connect to an address nobody has yet
-/// waits for ARP to give up, which would measure the probe rather than the guest).
+/// probed first with overlapping connection attempts, one every 20 ms (a connect to an
+/// address nobody has yet waits for ARP or a SYN's resend, which would measure the probe
+/// rather than the guest).
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
-        let probe = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect((ip, 22))).await;
-        if !matches!(probe, Ok(Ok(_))) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
+        // Port 22 open first: a connection tried every 20 ms, each waiting up to a second (a
+        // SYN sent before the guest's NIC is up is lost, not refused), the first to connect
+        // ending the wait (the others are dropped).
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut probes = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if t0.elapsed() >= limit {
+                        return None;
+                    }
+                    let ip = ip.to_owned();
+                    probes.spawn(async move {
+                        let c = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((ip.as_str(), 22)));
+                        matches!(c.await, Ok(Ok(_)))
+                    });
+                }
+                Some(done) = probes.join_next() => {
+                    if matches!(done, Ok(true)) {
+                        break;
+                    }
+                }
+            }
         }
+        drop(probes);
         SSH_TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = tokio::process::Command::new("ssh")
             .arg("-i")
