@@ -11,7 +11,7 @@
 //! FACTS.md), so KVM also needs the host CPU's `vmx` or `svm` flag; `STRATO_ACCEL=kvm|tcg`
 //! overrides the choice.
 //!
-//! A VM on a VPC runs inside the VPC's network namespace (`ip netns exec`), on a tap the
+//! A VM on a VPC runs inside the VPC's network namespace (setns(2) before exec), on a tap the
 //! network part made there. Not here yet: hot-plugged volumes.
 
 pub mod qmp;
@@ -494,26 +494,40 @@ impl Vm {
         for p in [spec.qmp_path(), spec.pid_path(), spec.run_dir.join(HOME_FILE)] {
             let _ = std::fs::remove_file(p);
         }
-        let mut cmd = match &spec.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
-                c
-            }
-            None => Command::new("qemu-system-x86_64"),
+        // In the VPC's network namespace by setns(2) between fork and exec, as `ip netns exec`
+        // would (QEMU needs none of the mount namespace that also makes), without its
+        // process: 5-10 ms of every launch.
+        let netns = match &spec.netns {
+            Some(ns) => Some(
+                std::fs::File::open(Path::new("/run/netns").join(ns))
+                    .with_context(|| format!("opening the network namespace {ns}"))?,
+            ),
+            None => None,
         };
-        if !huge_pages() {
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let no_thp = !huge_pages();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        {
             use std::os::unix::process::CommandExt;
-            // SAFETY: between fork and exec only prctl(2) runs, which is async-signal-safe.
-            // The setting is inherited through `ip netns exec` and QEMU's daemonizing fork.
+            // SAFETY: between fork and exec only setns(2) and prctl(2) run, which are
+            // async-signal-safe; the namespace's file stays open until QEMU has started. The
+            // THP setting is inherited through QEMU's daemonizing fork.
             unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+                cmd.pre_exec(move || {
+                    if let Some(fd) = netns_fd {
+                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if no_thp {
+                        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+                    }
                     Ok(())
                 });
             }
         }
         let out = cmd.args(spec.argv(accel)).output().context("running qemu-system-x86_64")?;
+        drop(netns);
         if !out.status.success() {
             bail!(
                 "qemu-system-x86_64 failed to start ({}): {}",
