@@ -151,26 +151,7 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
 
     // A volume hot-plugs into a restored instance as into any other.
     let c = &pair[1];
-    let v = s(&cloud.aws(&[
-        "ec2",
-        "create-volume",
-        "--availability-zone",
-        &s(&instance(&cloud, c)["Placement"]["AvailabilityZone"]),
-        "--size",
-        "1",
-    ])["VolumeId"]);
-    let start = Instant::now();
-    while cloud.aws(&["ec2", "describe-volumes", "--volume-ids", &v])["Volumes"][0]["State"] != "available" {
-        assert!(start.elapsed() < Duration::from_secs(30), "the volume was never made");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cloud.aws(&["ec2", "attach-volume", "--volume-id", &v, "--instance-id", c, "--device", "/dev/sdf"]);
-    let serial = v.replace('-', "");
-    let start = Instant::now();
-    while !ssh_retry(&cloud, &key, c, "cat /sys/block/*/serial 2>/dev/null; true").contains(&serial) {
-        assert!(start.elapsed() < Duration::from_secs(30), "the restored guest never saw the volume");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    hot_plug_a_volume(&cloud, &key, c, "/dev/sdf");
 
     // A reboot (QEMU resets the NIC to the template's MAC): the guest keeps its identity.
     let boots = |id: &str| console(&cloud, id).matches("STRATO-BOOT: init").count();
@@ -204,28 +185,28 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
     let pid = std::fs::read_to_string(cloud.dir.path().join("instances").join(b).join("qemu.pid")).expect("qemu.pid");
     let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).expect("QEMU's command line");
     assert_eq!(String::from_utf8_lossy(&argv).contains("qboot.rom"), fw_cfg, "{b}: {}", String::from_utf8_lossy(&argv));
-    let v2 = s(&cloud.aws(&[
-        "ec2",
-        "create-volume",
-        "--availability-zone",
-        &s(&instance(&cloud, b)["Placement"]["AvailabilityZone"]),
-        "--size",
-        "1",
-    ])["VolumeId"]);
-    let start = Instant::now();
-    while cloud.aws(&["ec2", "describe-volumes", "--volume-ids", &v2])["Volumes"][0]["State"] != "available" {
-        assert!(start.elapsed() < Duration::from_secs(30), "the volume was never made");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cloud.aws(&["ec2", "attach-volume", "--volume-id", &v2, "--instance-id", b, "--device", "/dev/sdg"]);
-    let serial = v2.replace('-', "");
-    let start = Instant::now();
-    while !ssh_retry(&cloud, &key, b, "cat /sys/block/*/serial 2>/dev/null; true").contains(&serial) {
-        assert!(start.elapsed() < Duration::from_secs(30), "the cold-booted guest never saw the volume");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    hot_plug_a_volume(&cloud, &key, b, "/dev/sdg");
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", b]);
     wait_state(&cloud, b, "stopped");
     assert!(console(&cloud, b).contains("STRATO-BOOT: shutting down"), "{}", console(&cloud, b));
     cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &first, &pair[0], &pair[1]]);
+}
+
+/// A new 1 GiB volume attached to the instance at `device`: the guest sees its disk (by the
+/// serial, the volume id without its dash).
+fn hot_plug_a_volume(cloud: &Cloud, key: &std::path::Path, id: &str, device: &str) {
+    let zone = s(&instance(cloud, id)["Placement"]["AvailabilityZone"]);
+    let v = s(&cloud.aws(&["ec2", "create-volume", "--availability-zone", &zone, "--size", "1"])["VolumeId"]);
+    let start = Instant::now();
+    while cloud.aws(&["ec2", "describe-volumes", "--volume-ids", &v])["Volumes"][0]["State"] != "available" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the volume was never made");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cloud.aws(&["ec2", "attach-volume", "--volume-id", &v, "--instance-id", id, "--device", device]);
+    let serial = v.replace('-', "");
+    let start = Instant::now();
+    while !ssh_retry(cloud, key, id, "cat /sys/block/*/serial 2>/dev/null; true").contains(&serial) {
+        assert!(start.elapsed() < Duration::from_secs(30), "{id}'s guest never saw the volume");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
