@@ -74,18 +74,15 @@ const GUEST_HZ: u64 = 250;
 /// monotonic clock over 20 ms and rounded up to 10 MHz (the same value at every start of the
 /// agent, so launch snapshots keep their command line; within the 1% the guest kernel's own
 /// refinement of it, a second after its boot, accepts). `None` on a host without an x86 TSC
-/// of constant rate.
+/// of constant rate. Measured by `guest_clock_args`, once.
 fn guest_tsc_hz() -> Option<u64> {
-    static HZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    *HZ.get_or_init(|| {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-        let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
-        if !flags.split_whitespace().any(|f| f == "constant_tsc") {
-            return None;
-        }
-        let step = 10_000_000;
-        Some(tsc_hz()?.div_ceil(step) * step)
-    })
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+        return None;
+    }
+    let step = 10_000_000;
+    Some(tsc_hz()?.div_ceil(step) * step)
 }
 
 /// Whether the host's kernel keeps its own time by the TSC: it found the TSCs of its CPUs
@@ -106,15 +103,20 @@ fn host_clock_is_tsc() -> bool {
 /// the PIT (~35 ms), and with 2 vCPUs the TSCs' sync check, which under TCG finds them out
 /// of step and leaves the guest on the HPET, every clock read an emulated device access
 /// (bare QEMU A/B, 2 vCPUs: the init's first line 1.11 -> 1.02 s, medians of 8).
+/// Made once (the host's clocks do not change while it runs), not at every launch.
 pub fn guest_clock_args() -> String {
-    let Some(hz) = guest_tsc_hz() else {
-        return String::new();
-    };
-    let mut args = format!(" lpj={} tsc_early_khz={}", hz / GUEST_HZ, hz / 1000);
-    if host_clock_is_tsc() {
-        args.push_str(" tsc=reliable pmtmr=0");
-    }
-    args
+    static ARGS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        let Some(hz) = guest_tsc_hz() else {
+            return String::new();
+        };
+        let mut args = format!(" lpj={} tsc_early_khz={}", hz / GUEST_HZ, hz / 1000);
+        if host_clock_is_tsc() {
+            args.push_str(" tsc=reliable pmtmr=0");
+        }
+        args
+    })
+    .clone()
 }
 
 #[cfg(target_arch = "x86_64")]
