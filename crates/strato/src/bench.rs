@@ -697,7 +697,9 @@ static SSH_TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
 /// probed first with overlapping connection attempts, one every 20 ms (a connect to an
 /// address nobody has yet waits for ARP or a SYN's resend, which would measure the probe
-/// rather than the guest).
+/// rather than the guest). `ssh`'s `ConnectTimeout` bounds its key exchange too: under the
+/// load of 20 launches a guest's exchange took over 2 s, and each retry cost it another
+/// (20 t3.nano logins took 104 ssh runs at 2 s, 20 at 30 s).
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
         // Port 22 open first: a connection tried every 20 ms, each waiting up to a second (a
@@ -730,7 +732,7 @@ async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration
             .arg("-i")
             .arg(key)
             .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-            .args(["-o", "ConnectTimeout=2", "-o", "LogLevel=ERROR", &format!("root@{ip}"), "true"])
+            .args(["-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR", &format!("root@{ip}"), "true"])
             .stdin(std::process::Stdio::null())
             .output()
             .await
