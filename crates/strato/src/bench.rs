@@ -695,38 +695,33 @@ impl BenchCloud {
 static SSH_TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
-/// probed first with overlapping connection attempts, one every 20 ms (a connect to an
-/// address nobody has yet waits for ARP or a SYN's resend, which would measure the probe
-/// rather than the guest). `ssh`'s `ConnectTimeout` bounds its key exchange too: under the
+/// probed first with short connection attempts (a connect to an address nobody has yet
+/// waits for ARP or a SYN's resend, which would measure the probe rather than the guest). `ssh`'s `ConnectTimeout` bounds its key exchange too: under the
 /// load of 20 launches a guest's exchange took over 2 s, and each retry cost it another
 /// (20 t3.nano logins took 104 ssh runs at 2 s, 20 at 30 s).
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
-        // Port 22 open first: a connection tried every 20 ms, each waiting up to a second (a
-        // SYN sent before the guest's NIC is up is lost, not refused), the first to connect
-        // ending the wait (the others are dropped).
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut probes = tokio::task::JoinSet::new();
+        // Port 22 open first, one connection attempt at a time: refused or unreachable, the
+        // next 10 ms later; unanswered (a SYN sent before the guest's NIC is up is lost, or
+        // waits in the host's ARP queue), it is dropped after a window that starts at 20 ms
+        // and doubles to 1 s (a loaded guest answers slowly). A dropped attempt's SYN that
+        // gets through later is answered by the host with a reset: only the connection that
+        // counts reaches the guest's sshd, which forks a process for every one it accepts
+        // (overlapping attempts left to finish cost 20 warm-pool guests at once twice the CPU).
+        let mut window = Duration::from_millis(20);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if t0.elapsed() >= limit {
-                        return None;
-                    }
-                    let ip = ip.to_owned();
-                    probes.spawn(async move {
-                        let c = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((ip.as_str(), 22)));
-                        matches!(c.await, Ok(Ok(_)))
-                    });
+            if t0.elapsed() >= limit {
+                return None;
+            }
+            match tokio::time::timeout(window, TcpStream::connect((ip, 22))).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(_)) => {
+                    window = Duration::from_millis(20);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Some(done) = probes.join_next() => {
-                    if matches!(done, Ok(true)) {
-                        break;
-                    }
-                }
+                Err(_) => window = (window * 2).min(Duration::from_secs(1)),
             }
         }
-        drop(probes);
         SSH_TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = tokio::process::Command::new("ssh")
             .arg("-i")
