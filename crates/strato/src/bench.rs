@@ -696,9 +696,10 @@ static SSH_TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 
 /// Tries `ssh root@ip true` with the key until it works; the time it took. Port 22 is
 /// probed first with short connection attempts (a connect to an address nobody has yet
-/// waits for ARP or a SYN's resend, which would measure the probe rather than the guest). `ssh`'s `ConnectTimeout` bounds its key exchange too: under the
-/// load of 20 launches a guest's exchange took over 2 s, and each retry cost it another
-/// (20 t3.nano logins took 104 ssh runs at 2 s, 20 at 30 s).
+/// waits for ARP or a SYN's resend, which would measure the probe rather than the guest).
+/// `ssh`'s `ConnectTimeout` bounds its key exchange too: under the load of 20 launches a
+/// guest's exchange took over 2 s, and each retry cost it another (20 t3.nano logins took
+/// 104 ssh runs at 2 s, 20 at 30 s).
 async fn ssh_login(key: &std::path::Path, ip: &str, t0: Instant, limit: Duration) -> Option<Duration> {
     while t0.elapsed() < limit {
         // Port 22 open first, one connection attempt at a time: refused or unreachable, the

@@ -56,8 +56,8 @@ pub fn tcg_tb_mib() -> Option<u32> {
 /// With many 2-vCPU VMs busy at once on few host cores, a guest vCPU that waits for the
 /// other (an IPI's answer, a lock) spins at full speed while that one's thread waits for a
 /// host core; in one thread the wait (`pause`) hands over to the other vCPU at once. 20
-/// t3.nano from the warm pool at once: QEMU CPU per VM 1.06 -> 0.62 s, the last login
-/// 11.8 -> 7.1 s; but one restored alone 0.73 -> 1.13 s (its two vCPUs no longer run side
+/// t3.nano from the warm pool at once: QEMU CPU per VM 0.46 -> 0.32 s, the last login
+/// 5.41 -> 4.00 s; but one restored alone 0.67 -> 1.01 s (its two vCPUs no longer run side
 /// by side), and a guest's vCPUs never use more than one host core. Any other value:
 /// QEMU's default.
 pub fn tcg_thread() -> Option<&'static str> {
