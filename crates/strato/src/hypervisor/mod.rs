@@ -53,9 +53,9 @@ pub fn tcg_tb_mib() -> Option<u32> {
 
 /// How TCG runs a VM's vCPUs (`STRATO_TCG_THREAD`): `multi` (QEMU's default on x86 hosts)
 /// gives each vCPU a host thread of its own, `single` runs them all in one thread, in turn.
-/// With many 2-vCPU VMs busy at once on few host cores, a guest vCPU that waits for the
-/// other (an IPI's answer, a lock) spins at full speed while that one's thread waits for a
-/// host core; in one thread the wait (`pause`) hands over to the other vCPU at once. 20
+/// With many 2-vCPU VMs busy at once on few host cores, each VM's QEMU uses less CPU in
+/// one thread (our guess, not traced: a vCPU waiting for the other, for an IPI's answer or
+/// a lock, spins while that one's thread waits for a host core). 20
 /// t3.nano from the warm pool at once: QEMU CPU per VM 0.46 -> 0.32 s, the last login
 /// 5.41 -> 4.00 s; but one restored alone 0.67 -> 1.01 s (its two vCPUs no longer run side
 /// by side), and a guest's vCPUs never use more than one host core. Any other value:
