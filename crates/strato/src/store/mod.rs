@@ -213,21 +213,34 @@ impl Store {
     /// Starts a write transaction, waiting for any other writer (of this process, or on
     /// PostgreSQL of any process) to end. Dropping it without `commit` rolls everything back,
     /// so an error anywhere leaves no half-done change.
+    ///
+    /// Cancellation-safe: the transaction is begun in a task of its own that runs to its end
+    /// even when the caller's future is dropped (an aborted task, an HTTP client gone), and a
+    /// transaction nobody takes is dropped there, rolled back. Begun in the caller's future,
+    /// a `BEGIN IMMEDIATE` dropped after SQLite ran it but before sqlx made a `Transaction` of
+    /// it (sqlx checks a custom BEGIN with one more round trip to its worker) left the
+    /// connection in the pool inside a transaction, holding the file's write lock: every
+    /// later write waited out `busy_timeout` and failed.
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let tx = match self.backend {
-            // SQLite: the file's write lock at once, waited for (busy_timeout) while another
-            // process writes, such as `strato account create` beside a running server. A
-            // deferred transaction takes it at its first write instead, and fails at once
-            // if the other process wrote since this one's first read.
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
-                tx
-            }
-        };
-        Ok(WriteTx { tx, _guard: guard })
+        let (pool, backend) = (self.pool.clone(), self.backend);
+        tokio::spawn(async move {
+            let tx = match backend {
+                // SQLite: the file's write lock at once, waited for (busy_timeout) while
+                // another process writes, such as `strato account create` beside a running
+                // server. A deferred transaction takes it at its first write instead, and
+                // fails at once if the other process wrote since this one's first read.
+                Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+                    tx
+                }
+            };
+            Ok(WriteTx { tx, _guard: guard })
+        })
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("beginning a write transaction: {e}")))?
     }
 
     /// Every column of the schema as (table, column, declared type, not null), sorted: for
@@ -910,6 +923,32 @@ mod tests {
             super::postgres_dialect("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL,\n p REAL, integers TEXT); -- INTEGER"),
             "CREATE TABLE t (id BIGSERIAL PRIMARY KEY, n BIGINT NOT NULL,\n p DOUBLE PRECISION, integers TEXT); -- BIGINT"
         );
+    }
+
+    /// A write whose future is dropped at any point (a task aborted, an HTTP client gone)
+    /// leaves no transaction open behind it: the next write goes through. A `BEGIN IMMEDIATE`
+    /// cancelled after the database ran it but before sqlx made a `Transaction` of it once
+    /// left its connection in the pool holding the file's write lock, and every later write
+    /// failed ("database is locked", an InternalError).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_write_leaves_no_lock_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = super::Store::open(&url).await.unwrap();
+        for n in 0..400u64 {
+            // Dropped after a few microseconds: somewhere inside `begin_write`, or after it.
+            let _ = tokio::time::timeout(std::time::Duration::from_micros(n % 40 * 10), async {
+                let mut tx = store.begin_write().await?;
+                super::set_meta(tx.conn(), "k", &n.to_string()).await?;
+                tx.commit().await
+            })
+            .await;
+            let mut tx = store.begin_write().await.unwrap_or_else(|e| panic!("write after cancel {n}: {e}"));
+            super::set_meta(tx.conn(), "last", &n.to_string()).await.unwrap();
+            tx.commit().await.unwrap_or_else(|e| panic!("commit after cancel {n}: {e}"));
+        }
+        let mut c = store.read().await.unwrap();
+        assert_eq!(super::get_meta(&mut c, "last").await.unwrap().as_deref(), Some("399"));
     }
 
     #[test]
