@@ -239,6 +239,9 @@ impl Cloud {
     /// `stop_host(n)` stops the n-th host's agent and heartbeats, as if the machine died.
     pub fn start_simulated_hosts(hosts: &[SimHost], host_timeout: Duration) -> Cloud {
         let hosts = hosts.to_vec();
+        // The in-process server's warnings and errors (an InternalError's cause among them),
+        // printed with the test's own output: shown when it fails.
+        let _ = tracing_subscriber::fmt().with_env_filter("warn").with_ansi(false).with_test_writer().try_init();
         let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
         let data = dir.path().to_owned();
         let database = test_database(&data);
