@@ -43,6 +43,7 @@ fn wait_console(cloud: &Cloud, id: &str, marker: &str, count: usize) -> String {
         if start.elapsed() > Duration::from_secs(180) {
             let i = instance(cloud, id);
             eprintln!("{id}: no {marker:?} on the console after 180 s; the instance: {i}");
+            eprintln!("{}", common::vm_interrupt_state(cloud, id));
             return out;
         }
         std::thread::sleep(Duration::from_millis(500));

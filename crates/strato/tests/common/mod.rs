@@ -575,14 +575,37 @@ pub fn ssh_retry(cloud: &Cloud, key: &Path, id: &str, command: &str) -> String {
                 return out;
             }
         }
-        let console = std::fs::read_to_string(cloud.dir.path().join("instances").join(id).join("console.log"));
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "no SSH to {id}: {}",
-            console.unwrap_or_default()
-        );
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let console = std::fs::read_to_string(cloud.dir.path().join("instances").join(id).join("console.log"));
+            panic!("no SSH to {id}: {}\n{}", console.unwrap_or_default(), vm_interrupt_state(cloud, id));
+        }
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+}
+
+/// What QEMU says of an instance's vCPUs and interrupt controllers (registers, each vCPU's
+/// local APIC, the I/O APIC and PICs), for a test that gave up waiting on its guest: a hung
+/// guest's state, which its console does not show (a vCPU halted with interrupts blocked, a
+/// local APIC with a vector left in service). Empty if its QEMU is gone.
+pub fn vm_interrupt_state(cloud: &Cloud, id: &str) -> String {
+    let sock = cloud.dir.path().join("instances").join(id).join("qmp.sock");
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return String::new();
+    };
+    rt.block_on(async {
+        let Ok(mut q) = strato::hypervisor::qmp::Qmp::connect(&sock).await else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for c in ["info registers -a", "info lapic 0", "info lapic 1", "info pic"] {
+            let line = serde_json::json!({ "command-line": c });
+            match q.execute("human-monitor-command", Some(line)).await {
+                Ok(v) => out += &format!("== {c}\n{}\n", v.as_str().unwrap_or_default()),
+                Err(e) => out += &format!("== {c}: {e}\n"),
+            }
+        }
+        out
+    })
 }
 
 /// Runs a command in a guest over SSH as root at `ip`; `None` if SSH or the command fails.
