@@ -249,25 +249,9 @@ async fn links(args: &[&str]) -> anyhow::Result<Vec<String>> {
 async fn ensure_vpc(site: &Site, vpc_id: &str) -> anyhow::Result<()> {
     let ns = site.netns(vpc_id);
     let links = ensure_bridge(&ns).await?;
-    let host = site.host_uplink(vpc_id);
-    if !links.iter().any(|l| l == UPLINK) {
-        if link_exists_on_host(&host).await {
-            run("ip", &["link", "del", &host]).await?;
-        }
-        run("ip", &["link", "add", &host, "type", "veth", "peer", "name", UPLINK, "netns", &ns]).await?;
-    }
-    let in_ns = format!(
-        "link set lo up\n\
-         link set {BRIDGE} up\n\
-         addr replace {METADATA_ADDR}/32 dev lo\n\
-         addr replace {NS_LINK_ADDR}/32 dev {UPLINK}\n\
-         link set {UPLINK} up\n\
-         route replace {HOST_LINK_ADDR}/32 dev {UPLINK}\n"
-    );
-    ip_batch(&["-n", &ns], &in_ns).await.context("setting up the VPC's namespace")?;
     // Routing between subnets, bridged packets through the inet hooks (security groups
     // with conntrack), and no reverse-path check on the uplink (its peer is loopback-sourced
-    // traffic, masqueraded).
+    // traffic, masqueraded): set before the uplink is made, which takes `default`'s.
     run(
         "ip",
         &[
@@ -284,6 +268,22 @@ async fn ensure_vpc(site: &Site, vpc_id: &str) -> anyhow::Result<()> {
         ],
     )
     .await?;
+    let host = site.host_uplink(vpc_id);
+    if !links.iter().any(|l| l == UPLINK) {
+        if link_exists_on_host(&host).await {
+            run("ip", &["link", "del", &host]).await?;
+        }
+        run("ip", &["link", "add", &host, "type", "veth", "peer", "name", UPLINK, "netns", &ns]).await?;
+    }
+    let in_ns = format!(
+        "link set lo up\n\
+         link set {BRIDGE} up\n\
+         addr replace {METADATA_ADDR}/32 dev lo\n\
+         addr replace {NS_LINK_ADDR}/32 dev {UPLINK}\n\
+         link set {UPLINK} up\n\
+         route replace {HOST_LINK_ADDR}/32 dev {UPLINK}\n"
+    );
+    ip_batch(&["-n", &ns], &in_ns).await.context("setting up the VPC's namespace")?;
     let on_host = format!("addr replace {HOST_LINK_ADDR}/32 dev {host}\nlink set {host} up\n");
     ip_batch(&[], &on_host).await.context("setting up the VPC's uplink")?;
     run("sysctl", &["-q", "-w", &format!("net.ipv4.conf.{host}.route_localnet=1")]).await?;
