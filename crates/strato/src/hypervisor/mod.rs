@@ -37,9 +37,7 @@ impl Accel {
                 if let Some(mib) = tcg_tb_mib() {
                     o.push_str(&format!(",tb-size={mib}"));
                 }
-                if let Some(t) = tcg_thread() {
-                    o.push_str(&format!(",thread={t}"));
-                }
+                o.push_str(&format!(",thread={}", tcg_thread()));
                 vec!["-accel".into(), o]
             }
         }
@@ -51,20 +49,26 @@ pub fn tcg_tb_mib() -> Option<u32> {
     std::env::var("STRATO_TCG_TB_MIB").ok().and_then(|v| v.parse().ok()).filter(|m| *m >= 1)
 }
 
-/// How TCG runs a VM's vCPUs (`STRATO_TCG_THREAD`): `multi` (QEMU's default on x86 hosts)
-/// gives each vCPU a host thread of its own, `single` runs them all in one thread, in turn.
-/// With many 2-vCPU VMs busy at once on few host cores, each VM's QEMU uses less CPU in
-/// one thread (our guess, not traced: a vCPU waiting for the other, for an IPI's answer or
-/// a lock, spins while that one's thread waits for a host core). 20
-/// t3.nano from the warm pool at once: QEMU CPU per VM 0.46 -> 0.32 s, the last login
-/// 5.41 -> 4.00 s; but one restored alone 0.67 -> 1.01 s (its two vCPUs no longer run side
-/// by side), and a guest's vCPUs never use more than one host core. Any other value:
-/// QEMU's default.
-pub fn tcg_thread() -> Option<&'static str> {
+/// How TCG runs a VM's vCPUs (`STRATO_TCG_THREAD`): `single` (Strato's default) runs them
+/// all in one host thread, in turn; `multi` (QEMU's default on x86 hosts) gives each vCPU a
+/// host thread of its own.
+///
+/// Single by default because of a fault of multi-threaded TCG (QEMU 7.2): about one boot in
+/// 200-350 of a 2-vCPU guest (seen after RebootInstances, under host load) hung before its
+/// init, vCPU 0's local APIC holding the timer vector in service with no EOI to come (ISR
+/// 0xec, its LVT timer periodic with a one-shot count), so that nothing reached vCPU 0 again.
+/// The same reboot loop ran 762 reboots with `single` and no hang.
+///
+/// What it costs and gives, measured with `strato bench fast-launch` (t3.nano, 2 cores):
+/// one restored alone 0.80 -> 1.08 s (its two vCPUs no longer run side by side while TCG
+/// translates the guest's paths afresh), one from the warm pool 0.38 -> 0.35 s, one cold
+/// 1.40 -> 1.48 s; 20 from the warm pool at once, the last login 5.64 -> 5.31 s (QEMU CPU
+/// per VM 0.49 -> 0.44 s; 5.41 -> 4.00 s on another day); and a guest's vCPUs never use
+/// more than one host core. Any other value: single. KVM is not concerned.
+pub fn tcg_thread() -> &'static str {
     match std::env::var("STRATO_TCG_THREAD").as_deref() {
-        Ok("single") => Some("single"),
-        Ok("multi") => Some("multi"),
-        _ => None,
+        Ok("multi") => "multi",
+        _ => "single",
     }
 }
 
