@@ -337,8 +337,8 @@ pub async fn fast_launch(cache: &std::path::Path, rounds: &Rounds<'_>, restored_
         report.push((mode, result?));
     }
     println!(
-        "{image}, {instance_type}, {:?}, {runs} rounds of {count} launched at once:",
-        crate::hypervisor::detect_accel().0
+        "{image}, {instance_type}, {}, {runs} rounds of {count} launched at once:",
+        crate::hypervisor::accel_label()
     );
     for (mode, (mut each, mut all, mut pss, mut drop)) in report {
         println!(
@@ -878,11 +878,11 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
         let _ = server_task.await;
         let t = control.catalogue.get(instance_type).context("instance type")?;
         println!(
-            "{} image, {instance_type} ({} vCPU, {} MiB), {:?}, {runs} launches one at a time:",
+            "{} image, {instance_type} ({} vCPU, {} MiB), {}, {runs} launches one at a time:",
             image,
             t.vcpus,
             t.memory_mib,
-            crate::hypervisor::detect_accel().0
+            crate::hypervisor::accel_label()
         );
         println!(
             "  RunInstances answer            p50 {:7.1} ms  p90 {:7.1} ms",

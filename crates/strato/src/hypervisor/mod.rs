@@ -72,6 +72,15 @@ pub fn tcg_thread() -> &'static str {
     }
 }
 
+/// The accelerator as benchmarks print it: `Kvm`, or `Tcg` with its thread mode (the
+/// numbers of one mode are not those of the other).
+pub fn accel_label() -> String {
+    match detect_accel().0 {
+        Accel::Kvm => "Kvm".into(),
+        Accel::Tcg => format!("Tcg (thread={})", tcg_thread()),
+    }
+}
+
 /// Picks the accelerator and says why.
 pub fn detect_accel() -> (Accel, String) {
     match std::env::var("STRATO_ACCEL").as_deref() {
