@@ -53,11 +53,15 @@ pub fn tcg_tb_mib() -> Option<u32> {
 /// all in one host thread, in turn; `multi` (QEMU's default on x86 hosts) gives each vCPU a
 /// host thread of its own.
 ///
-/// Single by default because of a fault of multi-threaded TCG (QEMU 7.2): about one boot in
-/// 200-350 of a 2-vCPU guest (seen after RebootInstances, under host load) hung before its
-/// init, vCPU 0's local APIC holding the timer vector in service with no EOI to come (ISR
-/// 0xec, its LVT timer periodic with a one-shot count), so that nothing reached vCPU 0 again.
-/// The same reboot loop ran 762 reboots with `single` and no hang.
+/// Single by default for two reasons.
+/// - Many 2-vCPU VMs busy at once on few host cores use less CPU each.
+/// - A fault seen with multi-threaded TCG (QEMU 7.2): a 2-vCPU guest's boot hung before
+///   its init, after RebootInstances under host load. vCPU 0's local APIC held the timer
+///   vector in service with no EOI to come (ISR 0xec; its LVT timer periodic with a one-shot
+///   count), so nothing reached vCPU 0 again.
+///   - Multi: once in CI and once in ~1250 looped reboots.
+///   - Single: no hang in 1302.
+///   - That does not prove single immune.
 ///
 /// What it costs and gives, measured with `strato bench fast-launch` (t3.nano, 2 cores):
 /// one restored alone 0.80 -> 1.08 s (its two vCPUs no longer run side by side while TCG
