@@ -338,7 +338,7 @@ pub async fn fast_launch(cache: &std::path::Path, rounds: &Rounds<'_>, restored_
     }
     println!(
         "{image}, {instance_type}, {}, {runs} rounds of {count} launched at once:",
-        crate::hypervisor::accel_label()
+        crate::hypervisor::detect_accel().0.label()
     );
     for (mode, (mut each, mut all, mut pss, mut drop)) in report {
         println!(
@@ -882,7 +882,7 @@ pub async fn launch(cache: &std::path::Path, runs: usize, image: &str, instance_
             image,
             t.vcpus,
             t.memory_mib,
-            crate::hypervisor::accel_label()
+            crate::hypervisor::detect_accel().0.label()
         );
         println!(
             "  RunInstances answer            p50 {:7.1} ms  p90 {:7.1} ms",

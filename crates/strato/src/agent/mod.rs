@@ -124,8 +124,7 @@ impl<L: Link> Agent<L> {
         let (accel, why) = detect_accel();
         // Measured here, once (20 ms), rather than at the first launch.
         let clocks = crate::hypervisor::guest_clock_args();
-        let tcg_thread = if accel == crate::hypervisor::Accel::Tcg { crate::hypervisor::tcg_thread() } else { "-" };
-        tracing::info!(accel = ?accel, reason = %why, tcg_thread, guest_clocks = %clocks.trim(), "agent accelerator");
+        tracing::info!(accel = %accel.label(), reason = %why, guest_clocks = %clocks.trim(), "agent accelerator");
         let key_path = data_dir.join("metadata-token.key");
         let token_key = match std::fs::read_to_string(&key_path) {
             Ok(k) => k.trim().to_owned(),

@@ -29,6 +29,15 @@ pub enum Accel {
 }
 
 impl Accel {
+    /// As the agent's log and the benchmarks print it: `Kvm`, or `Tcg` with its thread mode
+    /// (the numbers of one mode are not those of the other).
+    pub fn label(self) -> String {
+        match self {
+            Accel::Kvm => "Kvm".into(),
+            Accel::Tcg => format!("Tcg (thread={})", tcg_thread()),
+        }
+    }
+
     pub fn qemu_args(self) -> Vec<String> {
         match self {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host"].iter().map(|s| s.to_string()).collect(),
@@ -73,15 +82,6 @@ pub fn tcg_thread() -> &'static str {
     match std::env::var("STRATO_TCG_THREAD").as_deref() {
         Ok("multi") => "multi",
         _ => "single",
-    }
-}
-
-/// The accelerator as benchmarks print it: `Kvm`, or `Tcg` with its thread mode (the
-/// numbers of one mode are not those of the other).
-pub fn accel_label() -> String {
-    match detect_accel().0 {
-        Accel::Kvm => "Kvm".into(),
-        Accel::Tcg => format!("Tcg (thread={})", tcg_thread()),
     }
 }
 
