@@ -24,6 +24,7 @@
 
 pub mod bare;
 pub mod cpio;
+mod dropbear;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -463,8 +464,9 @@ fn recipe_number(kind: Kind) -> &'static str {
         // 3: waits at the launch-snapshot point for an Ethernet NIC; the clock from the
         // metadata's Date header. 4: uptime on every console line; the ed25519 host key
         // made while the network comes up. 6: a launch snapshot's guest takes its identity
-        // from ttyS1 (MAC, address), not from a hot-plugged NIC and DHCP.
-        Kind::Minimal => " recipe=6",
+        // from ttyS1 (MAC, address), not from a hot-plugged NIC and DHCP. 7: dropbear built
+        // static from Debian's source, with libsodium's curve25519 (`dropbear.rs`).
+        Kind::Minimal => " recipe=7",
         // 2: no resolv.conf from the build host.
         Kind::Debian12 => " recipe=2",
     }
@@ -525,6 +527,14 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
     for p in &packages {
         key.push_str(&format!(" {p}={}", package_version(p)?));
     }
+    // The minimal image's SSH programs are built from source (`dropbear.rs`).
+    let ssh_programs = match kind {
+        Kind::Minimal => {
+            key.push_str(&format!(" ({})", dropbear::build_key()?));
+            Some(dropbear::build(cache, progress)?)
+        }
+        Kind::Debian12 => None,
+    };
     key.push_str(&recipe_tag(kind));
     let dir = cache.join("images").join(kind.slug());
     let tmp = cache.join("images").join(format!("{}.tmp", kind.slug()));
@@ -533,7 +543,7 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
     let result = (|| -> anyhow::Result<()> {
         let rootfs = tmp.join("rootfs");
         match kind {
-            Kind::Minimal => minimal_rootfs(cache, &packages, &rootfs, progress)?,
+            Kind::Minimal => minimal_rootfs(cache, &packages, ssh_programs.as_deref(), &rootfs, progress)?,
             Kind::Debian12 => debian_rootfs(&kernel, &rootfs, progress)?,
         }
         progress.step(&format!("{}: making the ext4 disk ({})", kind.slug(), kind.disk_size()));
@@ -598,13 +608,29 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
     })
 }
 
-fn minimal_rootfs(cache: &Path, packages: &[String], root: &Path, progress: &dyn Progress) -> anyhow::Result<()> {
+fn minimal_rootfs(
+    cache: &Path,
+    packages: &[String],
+    ssh_programs: Option<&Path>,
+    root: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<()> {
     progress.step(&format!("minimal: downloading {} packages", packages.len()));
     let debs = download(cache, packages)?;
     progress.step("minimal: unpacking");
     std::fs::create_dir_all(root)?;
     for d in &debs {
         extract(d, root)?;
+    }
+    // Debian's dropbear, dbclient and dropbearkey replaced by the static builds of the same
+    // source (`dropbear.rs`); the package's libraries stay.
+    if let Some(dir) = ssh_programs {
+        for (program, at) in dropbear::PROGRAMS {
+            let to = root.join(at);
+            let _ = std::fs::remove_file(&to);
+            std::fs::copy(dir.join(program), &to).with_context(|| format!("installing {program}"))?;
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
     }
     for junk in
         ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian", "usr/share/bug"]
