@@ -1,6 +1,7 @@
 //! The image builder: AMIs made from Debian's packages on the machine that runs Strato.
 //!
-//! Everything comes from the host's apt sources (`apt-get download`, `debootstrap`); nothing
+//! Everything comes from the host's apt sources (`apt-get download`, `debootstrap`, and
+//! `apt-get source` for dropbear's source package); nothing
 //! is fetched from anywhere else. Downloads and built artifacts live in a cache dir outside
 //! any data dir (default `/var/cache/strato`), so data dirs, tests and hosts share them:
 //!
@@ -10,6 +11,8 @@
 //! CACHE/kernel/VERSION/initrd.img          busybox + virtio/ext4/button modules
 //! CACHE/kernel/VERSION/root/lib/modules/   the kernel's whole modules tree
 //! CACHE/images/NAME/{rootfs.raw,manifest.json}
+//! CACHE/dropbear/VERSION-KEY/              the minimal image's static dropbear programs
+//! CACHE/guest-kernel/VERSION-KEY/vmlinux   Strato's cloud-guest kernel
 //! ```
 //!
 //! A build writes into `NAME.tmp` and renames it into place only when every step worked, so a
@@ -17,7 +20,8 @@
 //! is a no-op while the manifest's build key (builder version, kernel and package versions)
 //! still matches, unless forced.
 //!
-//! Images: `minimal` (busybox, dropbear SSH, an init that does DHCP, metadata, key, user data,
+//! Images: `minimal` (busybox, dropbear SSH built static from Debian's source (`dropbear.rs`),
+//! an init that does DHCP, metadata, key, user data,
 //! and powers off on the ACPI button; a 1 GiB sparse ext4 disk with a few MiB used) and
 //! `debian-12` (debootstrap minbase + systemd, openssh-server, cloud-init; 2 GiB).
 //! Both boot the Debian kernel directly (QEMU `-kernel vmlinux -initrd initrd.img`).
