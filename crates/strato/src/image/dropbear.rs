@@ -19,7 +19,10 @@ use std::process::Command;
 use anyhow::Context;
 use sha2::Digest;
 
-use super::{apt_env, download, extract, package_version, run, Progress, BUILDER_VERSION};
+use super::{
+    apt_env, build_into, download, extract, is_complete, package_version, run, Progress, BUILDER_VERSION,
+    HOST_DEBIAN_SOURCES,
+};
 
 /// The programs built, and where the minimal image has them.
 pub(super) const PROGRAMS: [(&str, &str); 3] =
@@ -32,32 +35,37 @@ const CURVE25519_C: &str = include_str!("dropbear-curve25519.c");
 /// password logins (the image has no passwords: keys only).
 const LOCAL_OPTIONS: &str = "\n/* Strato */\n#define DROPBEAR_SMALL_CODE 0\n#define DROPBEAR_SVR_PASSWORD_AUTH 0\n";
 
-/// What a build depends on: the source version (Debian's `dropbear-bin` candidate), the
-/// libsodium it links and the recipe.
-pub(super) fn build_key() -> anyhow::Result<String> {
-    let version = package_version("dropbear-bin")?;
-    let sodium = package_version("libsodium-dev")?;
-    let recipe = hex::encode(&sha2::Sha256::digest(format!("{CURVE25519_C}\n{LOCAL_OPTIONS}").as_bytes())[..6]);
-    Ok(format!("v{BUILDER_VERSION} dropbear={version} libsodium-dev={sodium} recipe={recipe}"))
+/// What a build is made of: the source version (Debian's `dropbear-bin` candidate) and the
+/// build key (that version, the libsodium it links and the recipe).
+pub(super) struct Recipe {
+    pub version: String,
+    pub key: String,
+}
+
+impl Recipe {
+    pub fn current() -> anyhow::Result<Recipe> {
+        let version = package_version("dropbear-bin")?;
+        let sodium = package_version("libsodium-dev")?;
+        let recipe = hex::encode(&sha2::Sha256::digest(format!("{CURVE25519_C}\n{LOCAL_OPTIONS}").as_bytes())[..6]);
+        let key = format!("v{BUILDER_VERSION} dropbear={version} libsodium-dev={sodium} recipe={recipe}");
+        Ok(Recipe { version, key })
+    }
 }
 
 /// Builds the programs, or finds them in the cache; returns their directory. The caller
 /// holds the cache lock (`lock_cache`).
-pub(super) fn build(cache: &Path, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
-    let key = build_key()?;
-    let version = package_version("dropbear-bin")?;
+pub(super) fn build(cache: &Path, recipe: &Recipe, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
+    let Recipe { version, key } = recipe;
     let short = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..4]);
     let root = cache.join("dropbear");
     let dir = root.join(format!("{version}-{short}"));
-    if std::fs::read_to_string(dir.join(".complete")).is_ok_and(|c| c == key) {
+    if is_complete(&dir, key) {
         return Ok(dir);
     }
     let tmp = root.join(format!("{version}.tmp"));
-    let _ = Command::new("rm").arg("-rf").arg(&tmp).status();
-    std::fs::create_dir_all(&tmp)?;
-    let result = (|| -> anyhow::Result<()> {
+    build_into(&tmp, &dir, key, "building dropbear", || {
         progress.step(&format!("dropbear: downloading Debian's source of {version} and libsodium-dev"));
-        let src = fetch_source(&tmp, &version)?;
+        let src = fetch_source(&tmp, version)?;
         let debs = download(cache, &["libsodium-dev".to_owned()])?;
         let sodium = tmp.join("sodium");
         for d in &debs {
@@ -98,26 +106,14 @@ pub(super) fn build(cache: &Path, progress: &dyn Progress) -> anyhow::Result<Pat
         // It runs, and says which version it is.
         let out = Command::new(tmp.join("dropbear")).arg("-V").output().context("running the built dropbear")?;
         let said = String::from_utf8_lossy(&out.stderr);
-        let upstream = version.split('-').next().unwrap_or(&version);
+        let upstream = version.split('-').next().unwrap_or(version);
         anyhow::ensure!(said.contains(upstream), "the built dropbear says {:?}, not version {upstream}", said.trim());
         run(
             "removing the build tree",
             Command::new("rm").arg("-rf").arg(&sodium).arg(tmp.join("src")).arg(tmp.join("apt")),
         )?;
-        std::fs::write(tmp.join(".complete"), &key)?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = Command::new("rm").arg("-rf").arg(&tmp).status();
-        return Err(e.context("building dropbear"));
-    }
-    let _ = Command::new("rm").arg("-rf").arg(&dir).status();
-    std::fs::rename(&tmp, &dir)?;
-    for old in std::fs::read_dir(&root)?.filter_map(Result::ok).map(|e| e.path()) {
-        if old != dir && old.join(".complete").exists() {
-            let _ = Command::new("rm").arg("-rf").arg(&old).status();
-        }
-    }
+    })?;
     Ok(dir)
 }
 
@@ -193,14 +189,15 @@ fn apply_debian_patches(src: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host's Debian sources (`/etc/apt/sources.list`, `sources.list.d/debian.sources`) as
-/// `deb-src` entries in deb822 form.
+/// The host's Debian sources (`HOST_DEBIAN_SOURCES`, one-line then deb822) as `deb-src`
+/// entries in deb822 form.
 fn deb_src_sources() -> anyhow::Result<String> {
+    let [one_line, deb822] = HOST_DEBIAN_SOURCES;
     let mut out = String::new();
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+    if let Ok(t) = std::fs::read_to_string(one_line) {
         out.push_str(&one_line_to_deb822(&t));
     }
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources") {
+    if let Ok(t) = std::fs::read_to_string(deb822) {
         out.push_str(&deb822_to_src(&t));
     }
     anyhow::ensure!(!out.trim().is_empty(), "finding Debian's sources: no entry in the host's apt sources");

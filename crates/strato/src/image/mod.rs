@@ -534,8 +534,9 @@ pub fn build(kind: Kind, cache: &Path, force: bool, progress: &dyn Progress) -> 
     // The minimal image's SSH programs are built from source (`dropbear.rs`).
     let ssh_programs = match kind {
         Kind::Minimal => {
-            key.push_str(&format!(" ({})", dropbear::build_key()?));
-            Some(dropbear::build(cache, progress)?)
+            let recipe = dropbear::Recipe::current()?;
+            key.push_str(&format!(" ({})", recipe.key));
+            Some(dropbear::build(cache, &recipe, progress)?)
         }
         Kind::Debian12 => None,
     };
@@ -704,10 +705,13 @@ fn minimal_rootfs(
     Ok(())
 }
 
+/// Where the host's apt keeps its Debian sources: one-line and deb822 form.
+const HOST_DEBIAN_SOURCES: [&str; 2] = ["/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources"];
+
 /// The host's Debian mirror, from its apt sources (debootstrap needs one).
 fn host_mirror() -> anyhow::Result<String> {
     let mut texts = Vec::new();
-    for f in ["/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources"] {
+    for f in HOST_DEBIAN_SOURCES {
         if let Ok(t) = std::fs::read_to_string(f) {
             texts.push(t);
         }
@@ -847,20 +851,19 @@ pub fn guest_kernel(cache: &Path, progress: &dyn Progress) -> anyhow::Result<Pat
     );
     let short = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..4]);
     let dir = cache.join("guest-kernel").join(format!("{version}-{short}"));
-    if std::fs::read_to_string(dir.join(".complete")).is_ok_and(|c| c == key) {
+    if is_complete(&dir, &key) {
         return Ok(dir.join("vmlinux"));
     }
     std::fs::create_dir_all(cache)?;
     let _lock = lock_cache(cache)?;
-    if std::fs::read_to_string(dir.join(".complete")).is_ok_and(|c| c == key) {
+    if is_complete(&dir, &key) {
         return Ok(dir.join("vmlinux"));
     }
     progress.step(&format!("guest kernel: downloading {pkg} {version}"));
     let debs = download(cache, std::slice::from_ref(&pkg))?;
     let tmp = cache.join("guest-kernel").join(format!("{version}.tmp"));
-    let _ = Command::new("rm").arg("-rf").arg(&tmp).status();
-    std::fs::create_dir_all(&tmp)?;
-    let result = (|| -> anyhow::Result<()> {
+    // (Older builds go once it is done: registered images hold copies of their kernels.)
+    build_into(&tmp, &dir, &key, "building the guest kernel", || {
         progress.step("guest kernel: unpacking the source");
         extract(&debs[0], &tmp.join("deb"))?;
         let tarball = std::fs::read_dir(tmp.join("deb/usr/src"))?
@@ -898,20 +901,41 @@ pub fn guest_kernel(cache: &Path, progress: &dyn Progress) -> anyhow::Result<Pat
         std::fs::copy(src.join("vmlinux"), tmp.join("vmlinux"))?;
         std::fs::copy(src.join(".config"), tmp.join("config"))?;
         run("removing the build tree", Command::new("rm").arg("-rf").arg(&src).arg(tmp.join("deb")))?;
-        std::fs::write(tmp.join(".complete"), &key)?;
         Ok(())
-    })();
+    })?;
+    Ok(dir.join("vmlinux"))
+}
+
+/// Whether `dir` holds a finished build of `key` (its `.complete` file says so).
+fn is_complete(dir: &Path, key: &str) -> bool {
+    std::fs::read_to_string(dir.join(".complete")).is_ok_and(|c| c == key)
+}
+
+/// A cached build: `make` fills `tmp` (made empty first); then `.complete` gets `key`, `tmp`
+/// becomes `dir`, and the other finished builds beside `dir` are removed. On an error `tmp`
+/// goes and the error says `what`.
+fn build_into(
+    tmp: &Path,
+    dir: &Path,
+    key: &str,
+    what: &str,
+    make: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let _ = Command::new("rm").arg("-rf").arg(tmp).status();
+    std::fs::create_dir_all(tmp)?;
+    let result = make().and_then(|()| Ok(std::fs::write(tmp.join(".complete"), key)?));
     if let Err(e) = result {
-        let _ = Command::new("rm").arg("-rf").arg(&tmp).status();
-        return Err(e.context("building the guest kernel"));
+        let _ = Command::new("rm").arg("-rf").arg(tmp).status();
+        return Err(e.context(what.to_owned()));
     }
-    let _ = Command::new("rm").arg("-rf").arg(&dir).status();
-    std::fs::rename(&tmp, &dir)?;
-    // Older builds go (registered images hold copies of their kernels).
-    for old in std::fs::read_dir(cache.join("guest-kernel"))?.filter_map(Result::ok).map(|e| e.path()) {
-        if old != dir && old.join("vmlinux").exists() {
-            let _ = Command::new("rm").arg("-rf").arg(&old).status();
+    let _ = Command::new("rm").arg("-rf").arg(dir).status();
+    std::fs::rename(tmp, dir)?;
+    if let Some(parent) = dir.parent() {
+        for old in std::fs::read_dir(parent)?.filter_map(Result::ok).map(|e| e.path()) {
+            if old != dir && old.join(".complete").exists() {
+                let _ = Command::new("rm").arg("-rf").arg(&old).status();
+            }
         }
     }
-    Ok(dir.join("vmlinux"))
+    Ok(())
 }
