@@ -566,6 +566,22 @@ async fn fast_rounds(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // And the rest of the round's teardown (its VPC's namespace, the instances
+        // `terminated`): the agent pass that does it takes ~90 ms, and the next round's
+        // launch, coming while it ran, waited behind it.
+        let site = crate::net::Site::new(dir);
+        let describe = format!(
+            "Action=DescribeInstances&Version=2016-11-15{}",
+            ids.iter().enumerate().map(|(n, id)| format!("&InstanceId.{}={id}", n + 1)).collect::<String>()
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            let (_, xml) = signed_call(&mut stream2, &addr, &creds, &region, &describe).await?;
+            if site.namespaces().is_empty() && xml.matches("<code>48</code>").count() >= ids.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     for chunk in kept.chunks(500) {
         let _ = signed_call(&mut stream2, &addr, &creds, &region, &terminate(chunk.to_vec())).await?;
