@@ -112,7 +112,8 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
         .map(|id| {
             let out = ssh_retry(&cloud, &key, id, IDENTITY);
             assert!(console(&cloud, id).contains("STRATO-BOOT: restored"), "{id} was not restored");
-            // Its sshd started only once the kernel had reseeded its RNG on the restore.
+            // Its NIC came up (and so sshd could take a connection) only once the kernel had
+            // reseeded its RNG on the restore.
             assert!(!console(&cloud, id).contains("no RNG reseed seen"), "{}", console(&cloud, id));
             out.lines().map(str::to_owned).collect()
         })

@@ -2,15 +2,17 @@
 //! which a launch of that image and size takes over.
 //!
 //! Why: a restored QEMU starts with an empty TCG translation cache, so everything its guest
-//! runs after the restore (kernel paths, sshd's start, the first login) is translated
+//! runs after the restore (kernel paths, the first fork and exec, the first login) is translated
 //! afresh, most of a restored launch's time under TCG. A pool VM has run those paths
 //! already: restored with the template's devices on a tap of its own (`sp<site><name>`, in
 //! the agent's namespace, down and on no bridge: what its guest sends goes nowhere), it is
-//! sent `warm` and throwaway keys on its identity channel, starts sshd, takes an SSH login
+//! sent `warm` and throwaway keys on its identity channel, gives its sshd (running since
+//! the template) the throwaway host key, takes an SSH login
 //! over loopback from its own dbclient, writes to its disk, brings its NIC up and down with
 //! a test address, removes the throwaway keys and answers `warm` (see the minimal image's
 //! rcS). It is its own VM from the restore on (its kernel reseeded its RNG on the new VM
-//! generation id before sshd started), and holds nothing of an instance.
+//! generation id before its NIC came up or sshd took a connection), and holds nothing of
+//! an instance.
 //!
 //! A launch that would be restored (`agent::restorable`) takes a pool VM of its snapshot if
 //! there is one: the tap moves into the VPC's namespace under the instance's tap name and

@@ -17,9 +17,10 @@
 //! `-incoming defer` and the template's RAM file mapped private (copy-on-write: clones
 //! share every page they do not write), loads the stream, is written the instance's
 //! identity on the channel (`identity`: MAC, address, router, DNS server, a new SSH host
-//! key, the key pair's public key) and runs on. The guest writes the two keys and starts
-//! sshd in the background (once its kernel has reseeded its RNG on the new VM generation id
-//! that QEMU gives every restored VM), gives its NIC the instance's MAC before the link goes
+//! key, the key pair's public key) and runs on. Its sshd runs since the template (started
+//! before the snapshot point with no host key: each connection reads the key file). Once
+//! its kernel has reseeded its RNG on the new VM generation id that QEMU gives every restored
+//! VM, the guest writes the two keys, gives its NIC the instance's MAC before the link goes
 //! up, sets the address as DHCP would have, keeps the line for its reboots, and continues its
 //! boot: clock from the metadata service, metadata, key (again), user data. (The first
 //! format hot-plugged the instance's NIC after the restore and ran DHCP: 0.35 s more; sshd
