@@ -2,6 +2,7 @@
 //! `qmp_capabilities`, then one command at a time; events that arrive in between are kept
 //! for whoever wants them.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -72,13 +73,29 @@ impl Qmp {
 
     /// Runs one command and returns its `return` value.
     pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
-        let mut msg = json!({ "execute": command });
-        if let Some(a) = arguments {
-            msg["arguments"] = a;
+        self.writer.write_all(message(command, arguments).as_bytes()).await?;
+        self.answer(command).await
+    }
+
+    /// Hands QEMU an open file (`getfd`, the descriptor passed with the command as
+    /// `SCM_RIGHTS`) under `name`, for a later command to use as `fd:NAME` (migration
+    /// to or from a file with no shell or helper process in between). QEMU keeps its own
+    /// copy: the caller's file may close at once.
+    pub async fn getfd(&mut self, name: &str, file: &impl AsRawFd) -> Result<(), QmpError> {
+        let text = message("getfd", Some(json!({ "fdname": name })));
+        let fd = file.as_raw_fd();
+        let stream: &UnixStream = self.writer.as_ref();
+        let sock = stream.as_raw_fd();
+        // The whole line goes with the descriptor in one sendmsg: a short write would split
+        // the command from it, so anything short is an error.
+        let sent = stream.async_io(tokio::io::Interest::WRITABLE, || send_with_fd(sock, text.as_bytes(), fd)).await?;
+        if sent != text.len() {
+            return Err(QmpError::Io(std::io::Error::new(std::io::ErrorKind::WriteZero, "getfd sent in part")));
         }
-        let mut text = msg.to_string();
-        text.push('\n');
-        self.writer.write_all(text.as_bytes()).await?;
+        self.answer("getfd").await.map(drop)
+    }
+
+    async fn answer(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let v = self.read().await?;
             if v.get("event").is_some() {
@@ -122,5 +139,49 @@ impl Qmp {
             Ok(_) | Err(QmpError::Closed) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+fn message(command: &str, arguments: Option<Value>) -> String {
+    let mut msg = json!({ "execute": command });
+    if let Some(a) = arguments {
+        msg["arguments"] = a;
+    }
+    let mut text = msg.to_string();
+    text.push('\n');
+    text
+}
+
+/// One `sendmsg` of `data` with `fd` attached as `SCM_RIGHTS`; the bytes sent.
+fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let fd_len = std::mem::size_of::<RawFd>() as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_len) } as usize;
+    // u64s keep the control buffer aligned as a cmsghdr needs.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control holds CMSG_SPACE(sizeof fd) bytes, room for one header and the fd.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            return Err(std::io::Error::other("no room for the descriptor"));
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_len) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: msg is filled in as above; sock is an open socket.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
