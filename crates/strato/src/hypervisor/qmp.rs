@@ -185,3 +185,65 @@ fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) -> std::io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    /// One `recvmsg` on `sock`: the bytes and the descriptor that came with them.
+    fn receive_with_fd(sock: RawFd) -> (Vec<u8>, Option<std::fs::File>) {
+        use std::os::fd::FromRawFd;
+        let mut data = vec![0u8; 256];
+        let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+        let mut control = vec![0u64; 8];
+        // SAFETY: an all-zero msghdr is valid; its buffers outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = (control.len() * 8) as _;
+        // SAFETY: msg is filled in as above.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, 0) };
+        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        data.truncate(n as usize);
+        // SAFETY: the kernel filled msg_control; a SCM_RIGHTS message carries one fd here.
+        let file = unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS)
+                .then(|| std::fs::File::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())))
+        };
+        (data, file)
+    }
+
+    #[test]
+    fn a_descriptor_goes_with_its_command() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(b"device state").expect("write");
+        let text = message("getfd", Some(json!({ "fdname": "state" })));
+        let sent = send_with_fd(a.as_raw_fd(), text.as_bytes(), file.as_raw_fd()).expect("sendmsg");
+        assert_eq!(sent, text.len());
+        drop(file);
+        let (data, got) = receive_with_fd(b.as_raw_fd());
+        assert_eq!(data, text.as_bytes());
+        let command: Value = serde_json::from_slice(&data).expect("JSON");
+        assert_eq!(command, json!({"execute": "getfd", "arguments": {"fdname": "state"}}));
+        assert!(data.ends_with(b"}\n"), "one line");
+        // The same open file, though the sender's descriptor is closed.
+        let mut got = got.expect("a descriptor came");
+        got.rewind().expect("seek");
+        let mut back = String::new();
+        got.read_to_string(&mut back).expect("read");
+        assert_eq!(back, "device state");
+    }
+
+    #[test]
+    fn a_closed_socket_is_an_error_not_a_signal() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        drop(b);
+        let file = tempfile::tempfile().expect("temp file");
+        let e = send_with_fd(a.as_raw_fd(), b"x", file.as_raw_fd()).expect_err("the peer is gone");
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+}
