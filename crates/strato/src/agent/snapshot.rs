@@ -261,12 +261,7 @@ async fn build(dir: &Path, image: &Image, vcpus: u32, memory_mib: u64, accel: Ac
             .await?;
             q.execute("migrate-set-parameters", Some(serde_json::json!({"max-bandwidth": 10u64 << 30}))).await?;
             q.execute("stop", None).await?;
-            // Straight into the file, handed to QEMU: no shell, no helper process.
-            let state = std::fs::File::create(tmp.join("state"))?;
-            q.getfd("state", &state).await?;
-            drop(state);
-            q.execute("migrate", Some(serde_json::json!({"uri": "fd:state"}))).await?;
-            wait_migration(&mut q).await?;
+            migrate_file(&mut q, "migrate", std::fs::File::create(tmp.join("state"))?).await?;
             tracing::info!(
                 boot_ms = booted.as_millis() as u64,
                 save_ms = (t0.elapsed() - booted).as_millis() as u64,
@@ -391,17 +386,21 @@ pub async fn load(vm: &Vm, snapshot: &Snapshot) -> anyhow::Result<crate::hypervi
         Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
     )
     .await?;
-    // Read by QEMU from the file itself (`getfd`): no shell and no `cat` per restore.
-    let state = std::fs::File::open(snapshot.state())?;
-    q.getfd("state", &state).await?;
-    drop(state);
-    q.execute("migrate-incoming", Some(serde_json::json!({"uri": "fd:state"}))).await?;
-    wait_migration(&mut q).await?;
+    migrate_file(&mut q, "migrate-incoming", std::fs::File::open(snapshot.state())?).await?;
     Ok(q)
 }
 
+/// Runs a migration (`migrate`, the save, or `migrate-incoming`, the load) to or from
+/// `file`, handed to QEMU (`getfd`): no shell and no helper process per save or restore.
+async fn migrate_file(q: &mut crate::hypervisor::qmp::Qmp, command: &str, file: std::fs::File) -> anyhow::Result<()> {
+    q.getfd("state", &file).await?;
+    drop(file);
+    q.execute(command, Some(serde_json::json!({"uri": "fd:state"}))).await?;
+    wait_migration(q).await
+}
+
 /// Waits for the migration (save or load) to end.
-pub async fn wait_migration(q: &mut crate::hypervisor::qmp::Qmp) -> anyhow::Result<()> {
+async fn wait_migration(q: &mut crate::hypervisor::qmp::Qmp) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let m = q.execute("query-migrate", None).await?;
