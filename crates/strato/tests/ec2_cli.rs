@@ -57,6 +57,13 @@ fn region_zones_attributes_and_instance_types() {
     let all = cloud.aws(&["ec2", "describe-instance-types", "--page-size", "5"]);
     let n = all["InstanceTypes"].as_array().unwrap().len();
     assert!(n >= 15, "all pages were joined: {n}");
+
+    // The CLI's own defaults: it asks DescribeVolumes for pages of 1000 (EC2 answers with at
+    // most 500), and its list parameters may be empty.
+    let v = cloud.aws(&["ec2", "describe-volumes"]);
+    assert!(v["Volumes"].is_array(), "{v}");
+    let v = cloud.aws(&["ec2", "describe-snapshots", "--owner-ids", "self"]);
+    assert!(v["Snapshots"].is_array(), "{v}");
 }
 
 #[test]

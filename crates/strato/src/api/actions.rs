@@ -33,8 +33,12 @@ pub(super) struct Page {
 }
 
 impl Page {
+    /// Where the model gives `MaxResults` a range, the model check has refused values outside
+    /// it already. Otherwise EC2 documents a page size (e.g. 5-500 for DescribeVolumes) and
+    /// answers a larger request with a full page rather than an error (the AWS CLI asks
+    /// DescribeVolumes for 1000): so below `lo` is refused, above `hi` means `hi`.
     pub(super) fn decode(p: &mut Params, lo: i64, hi: i64) -> ApiResult<Page> {
-        let max = check_max_results(p.int("MaxResults")?, lo, hi)?;
+        let max = check_max_results(p.int("MaxResults")?.map(|n| n.min(hi)), lo, hi)?;
         Ok(Page { max, token: p.str("NextToken").filter(|t| !t.is_empty()) })
     }
 }

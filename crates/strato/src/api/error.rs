@@ -34,6 +34,10 @@ pub enum ApiError {
     InvalidParameterValue(String),
     #[error("{0}")]
     InvalidParameterCombination(String),
+    /// A member of the model that the action does not honour, given a value that asks for
+    /// something Strato does not have.
+    #[error("{0}")]
+    UnsupportedOperation(String),
     #[error("{0}")]
     InvalidParameter(String),
     #[error("{0}")]
@@ -118,6 +122,7 @@ impl ApiError {
             ApiError::InvalidParameterValue(_) => "InvalidParameterValue",
             ApiError::InvalidParameterCombination(_) => "InvalidParameterCombination",
             ApiError::InvalidParameter(_) => "InvalidParameter",
+            ApiError::UnsupportedOperation(_) => "UnsupportedOperation",
             ApiError::InvalidRequest(_) => "InvalidRequest",
             ApiError::InvalidPaginationToken(_) => "InvalidPaginationToken",
             ApiError::InvalidFilter(_) => "InvalidParameterValue",

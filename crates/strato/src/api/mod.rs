@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod ce;
 pub mod error;
+pub mod model;
 mod net_actions;
 pub mod query;
 pub mod sigv4;
@@ -59,8 +60,10 @@ macro_rules! dispatch_table {
         /// Decodes the typed request of an action without running it (for the fuzzer and
         /// tools): Ok, or the error the request would get.
         pub fn decode_request(name: &str, p: &mut Params) -> ApiResult<()> {
+            p.mark_used("Action");
+            p.mark_used("Version");
             match name {
-                $(stringify!($action) => actions::$action::decode(p).map(drop),)*
+                $(stringify!($action) => decode::<actions::$action>(p).map(drop),)*
                 _ => Err(ApiError::InvalidAction(name.to_owned())),
             }
         }
@@ -155,10 +158,20 @@ fn is_read_only(action: &str) -> bool {
     action.starts_with("Describe") || action.starts_with("Get")
 }
 
-async fn call<A: Action>(ctx: &Ctx, p: &mut Params) -> ApiResult<String> {
+/// Decodes an action's request: the model check (names, types, enums, ranges, required
+/// members), the action's own decoding, then `finish` (members it does not honour).
+/// Also says whether the request is a `DryRun`.
+fn decode<A: Action>(p: &mut Params) -> ApiResult<(A, bool)> {
+    let op = model::operation(A::NAME).ok_or_else(|| ApiError::InvalidAction(A::NAME.to_owned()))?;
+    model::check(op, p.unread())?;
     let dry_run = p.bool("DryRun")?.unwrap_or(false);
     let req = A::decode(p)?;
-    p.finish()?;
+    p.finish(A::NAME)?;
+    Ok((req, dry_run))
+}
+
+async fn call<A: Action>(ctx: &Ctx, p: &mut Params) -> ApiResult<String> {
+    let (req, dry_run) = decode::<A>(p)?;
     if ctx.caller.read_only && !is_read_only(A::NAME) {
         return Err(ApiError::UnauthorizedOperation);
     }

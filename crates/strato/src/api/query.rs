@@ -3,8 +3,10 @@
 //! lists are `Name.N` (N from 1, no `.member`), structures `Name.N.Field`, filters
 //! `Filter.N.Name` / `Filter.N.Value.M`, tags `TagSpecification.N.Tag.M.Key`.
 //!
-//! Every getter marks the keys it read; `finish` then rejects whatever was left with
-//! `UnknownParameter`, so a misspelt parameter is an error instead of silently ignored.
+//! Names the EC2 model does not have are refused before an action decodes (`api::model`).
+//! Every getter marks the keys it read; `finish` then refuses whatever was left (members of
+//! the model the action does not honour) with `UnsupportedOperation` naming it, so nothing a
+//! client asks for is silently ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,14 +148,14 @@ impl Params {
         for key in self.map.range(dotted.clone()..) {
             let Some(rest) = key.0.strip_prefix(&dotted) else { break };
             let idx = rest.split('.').next().unwrap_or("");
-            match idx.parse::<u32>() {
-                Ok(n) if (1..=MAX_LIST_INDEX).contains(&n) && !idx.starts_with('0') => {
+            match super::model::list_index(idx) {
+                Some(Ok(n)) => {
                     out.insert(n);
                 }
+                Some(Err(e)) => return Err(e),
                 // Not an index: it is some other parameter that merely starts the same way
                 // (or a malformed one); `finish` reports it if nothing reads it.
-                _ if idx.bytes().any(|b| !b.is_ascii_digit()) => {}
-                _ => return Err(ApiError::invalid_value(format!("Invalid list index in parameter {}", key.0))),
+                None => {}
             }
         }
         Ok(out.into_iter().collect())
@@ -203,12 +205,30 @@ impl Params {
         Ok(out)
     }
 
-    /// Ends decoding: any key that no getter read is an unknown parameter.
-    pub fn finish(&self) -> ApiResult<()> {
-        match self.map.keys().find(|k| !self.used.contains(*k)) {
-            Some(k) => Err(ApiError::UnknownParameter(k.clone())),
+    /// The pairs no getter has read yet.
+    pub fn unread(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.map.iter().filter(|(k, _)| !self.used.contains(*k)).map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Ends decoding of `action`: a key that no getter read is a member the action does not
+    /// honour (the model check has already refused names the model does not have), refused
+    /// with its name and value rather than silently ignored.
+    pub fn finish(&self, action: &str) -> ApiResult<()> {
+        match self.unread().next() {
+            Some((k, v)) => {
+                Err(ApiError::UnsupportedOperation(format!("Strato does not support {k}={} with {action}", shorten(v))))
+            }
             None => Ok(()),
         }
+    }
+}
+
+/// A value as an error message quotes it: at most 64 characters.
+fn shorten(v: &str) -> String {
+    if v.chars().count() <= 64 {
+        v.to_owned()
+    } else {
+        format!("{}...", v.chars().take(64).collect::<String>())
     }
 }
 
@@ -232,15 +252,16 @@ mod tests {
         let t = p.tag_specs().unwrap();
         assert_eq!(t[0].resource_type, "vpc");
         assert_eq!(t[0].tags, vec![("k".into(), "v".into())]);
-        p.finish().unwrap();
+        p.finish("X").unwrap();
     }
 
     #[test]
-    fn unknown_parameters_are_reported() {
+    fn unread_parameters_are_refused_by_name() {
         let mut p = Params::parse(b"GroupName=a&Bogus=1").unwrap();
         p.str("GroupName");
-        let e = p.finish().unwrap_err();
-        assert_eq!(e.code(), "UnknownParameter");
+        let e = p.finish("CreateSecurityGroup").unwrap_err();
+        assert_eq!(e.code(), "UnsupportedOperation");
+        assert!(e.to_string().contains("Bogus=1"), "{e}");
     }
 
     #[test]
@@ -248,7 +269,7 @@ mod tests {
         assert_eq!(Params::parse(b"a=1&a=2").unwrap_err().code(), "InvalidParameterCombination");
         assert_eq!(Params::parse(b"a=%FF").unwrap_err().code(), "InvalidRequest");
         assert_eq!(Params::parse(&[0xff, b'=', b'1']).unwrap_err().code(), "InvalidRequest");
-        let mut p = Params::parse(b"MaxResults=ten&DryRun=maybe&InstanceId.0=x").unwrap();
+        let mut p = Params::parse(b"MaxResults=ten&DryRun=maybe&InstanceId.01=x").unwrap();
         assert_eq!(p.int("MaxResults").unwrap_err().code(), "InvalidParameterValue");
         assert_eq!(p.bool("DryRun").unwrap_err().code(), "InvalidParameterValue");
         assert_eq!(p.list("InstanceId").unwrap_err().code(), "InvalidParameterValue");
@@ -260,6 +281,15 @@ mod tests {
     fn prefix_lookalikes_are_not_list_items() {
         let mut p = Params::parse(b"GroupId.1=sg-1&GroupIds=x").unwrap();
         assert_eq!(p.list("GroupId").unwrap(), vec!["sg-1"]);
-        assert_eq!(p.finish().unwrap_err().code(), "UnknownParameter");
+        assert_eq!(p.finish("X").unwrap_err().code(), "UnsupportedOperation");
+    }
+
+    #[test]
+    fn lists_may_start_at_zero() {
+        // Libcloud numbers its lists from 0.
+        let mut p = Params::parse(b"ResourceId.0=a&ResourceId.1=b&Tag.0.Key=k&Tag.0.Value=v").unwrap();
+        assert_eq!(p.list("ResourceId").unwrap(), vec!["a", "b"]);
+        assert_eq!(p.tags("Tag").unwrap(), vec![("k".into(), "v".into())]);
+        p.finish("CreateTags").unwrap();
     }
 }
