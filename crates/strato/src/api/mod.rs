@@ -14,6 +14,7 @@ pub mod model;
 mod net_actions;
 pub mod query;
 pub mod sigv4;
+pub mod sts;
 mod volume_actions;
 pub mod xml;
 
@@ -241,7 +242,8 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
         return handle_json(&state, &parts, body, &request_id).await;
     }
     let mut action = String::new();
-    let result = process(&state, &parts, body, &request_id, &mut action).await;
+    let mut service = Service::Ec2;
+    let result = process(&state, &parts, body, &request_id, &mut action, &mut service).await;
     match result {
         Ok(xml) => {
             tracing::debug!(%request_id, action, micros = started.elapsed().as_micros() as u64, "ok");
@@ -253,7 +255,10 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Respo
             } else {
                 tracing::debug!(%request_id, action, code = e.code(), "client error");
             }
-            let doc = xml::error_document(e.code(), &e.to_string(), &request_id);
+            let doc = match service {
+                Service::Ec2 => xml::error_document(e.code(), &e.to_string(), &request_id),
+                Service::Sts => sts::error_document(&e, &request_id),
+            };
             (e.status(), [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], doc).into_response()
         }
     }
@@ -291,10 +296,25 @@ async fn handle_json(state: &ApiState, parts: &axum::http::request::Parts, body:
             .await
             .map_err(|_| ce::CeError::from_api(&ApiError::InvalidRequest("The request body is too large".into())))?;
         let query = parts.uri.query().unwrap_or("");
-        let caller = authenticate(state, parts, query, &body, "ce").await.map_err(|e| ce::CeError::from_api(&e))?;
         let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-        match target.strip_prefix(ce::TARGET_PREFIX) {
-            Some("GetCostAndUsage") => ce::get_cost_and_usage(&state.control, &caller, &body).await,
+        let (service, operation) = if let Some(op) = target.strip_prefix(ce::TARGET_PREFIX) {
+            ("ce", op)
+        } else if let Some(op) = target.strip_prefix(sts::JSON_TARGET_PREFIX) {
+            ("sts", op)
+        } else {
+            let prefix = target.split('.').next().unwrap_or(target);
+            return Err(ce::CeError {
+                kind: "UnknownOperationException",
+                message: format!(
+                    "Strato does not serve the service of X-Amz-Target '{prefix}' on this endpoint (it serves {SERVICES})"
+                ),
+                status: 400,
+            });
+        };
+        let caller = authenticate(state, parts, query, &body, service).await.map_err(|e| ce::CeError::from_api(&e))?;
+        match (service, operation) {
+            ("ce", "GetCostAndUsage") => ce::get_cost_and_usage(&state.control, &caller, &body).await,
+            ("sts", "GetCallerIdentity") => Ok(sts::json_identity(&caller)),
             _ => Err(ce::CeError {
                 kind: "UnknownOperationException",
                 message: format!("Unknown operation {target}"),
@@ -323,12 +343,23 @@ async fn handle_json(state: &ApiState, parts: &axum::http::request::Parts, body:
         .into_response()
 }
 
+/// The Query-protocol services on this endpoint, told apart by the SigV4 credential scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Service {
+    Ec2,
+    Sts,
+}
+
+/// What this endpoint serves, for the error a request for anything else gets.
+const SERVICES: &str = "ec2, sts (GetCallerIdentity) and ce (GetCostAndUsage)";
+
 async fn process(
     state: &ApiState,
     parts: &axum::http::request::Parts,
     body: Body,
     request_id: &str,
     action_out: &mut String,
+    service_out: &mut Service,
 ) -> ApiResult<String> {
     if parts.method != Method::POST && parts.method != Method::GET {
         return Err(ApiError::InvalidRequest(format!(
@@ -345,8 +376,30 @@ async fn process(
         params.merge(Params::parse(&body)?)?;
     }
 
+    // The service a SigV4 request is for is in its credential scope; a request without one
+    // (unsigned, or Signature Version 2) is EC2's.
+    let scope = sigv4::parse(&sigv4::RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query,
+        headers: &parts.headers,
+        body: &body,
+    })
+    .ok()
+    .map(|c| c.service);
+    let service = match scope.as_deref() {
+        None | Some("ec2") => Service::Ec2,
+        Some("sts") => Service::Sts,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "Strato does not serve the AWS service '{other}' on this endpoint (it serves {SERVICES})"
+            )))
+        }
+    };
+    *service_out = service;
+
     // Authenticate before anything else is looked at, as AWS does.
-    let caller = authenticate(state, parts, query, &body, "ec2").await?;
+    let caller = authenticate(state, parts, query, &body, if service == Service::Sts { "sts" } else { "ec2" }).await?;
     for k in [
         "X-Amz-Algorithm",
         "X-Amz-Credential",
@@ -357,6 +410,11 @@ async fn process(
         "X-Amz-Security-Token",
     ] {
         params.mark_used(k);
+    }
+
+    if service == Service::Sts {
+        *action_out = params.peek("Action").unwrap_or_default().to_owned();
+        return sts::query(&caller, &mut params, request_id);
     }
 
     let action = params.peek("Action").map(str::to_owned).ok_or_else(|| ApiError::MissingParameter("Action".into()))?;

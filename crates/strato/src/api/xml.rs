@@ -32,6 +32,18 @@ impl Xml {
         self.buf
     }
 
+    /// Starts a document of another Query service: `<{root} xmlns="{namespace}">` (close it
+    /// with `close(root)`).
+    pub fn document(root: &str, namespace: &str) -> Xml {
+        let mut buf = String::with_capacity(512);
+        buf.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<");
+        buf.push_str(root);
+        buf.push_str(" xmlns=\"");
+        buf.push_str(namespace);
+        buf.push_str("\">");
+        Xml { buf }
+    }
+
     /// An empty writer, for fragments (errors, tests).
     pub fn fragment() -> Xml {
         Xml { buf: String::new() }
