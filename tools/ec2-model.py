@@ -4,10 +4,11 @@ input member with its Query wire name, type, nesting, enum values and documented
 the XML names of the outputs) as static tables that api::model walks.
 
 The model is botocore's `ec2/2016-11-15/service-2.json`, the spec Strato follows. Run from the
-repository root with a Python that has botocore installed:
+repository root with the test virtualenv's Python (scripts/test pins its botocore), so that
+the model and the clients the tests drive agree:
 
-    python3 tools/ec2-model.py            # rewrite the tables
-    python3 tools/ec2-model.py --check    # exit 1 when the checked-in tables differ
+    .venv/bin/python tools/ec2-model.py            # rewrite the tables
+    .venv/bin/python tools/ec2-model.py --check    # exit 1 when the checked-in tables differ
 
 The output is data, not a Rust type per shape, so the crate's build stays fast."""
 import gzip, json, os, sys

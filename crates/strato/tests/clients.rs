@@ -36,3 +36,16 @@ fn sts_get_caller_identity_and_other_services() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("DynamoDB"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Libcloud knows only AWS's region names: this cloud is `us-east-1`.
+#[test]
+fn libcloud_with_signature_versions_2_and_4() {
+    let cloud = Cloud::start_simulated_in("us-east-1");
+    let key = cloud.dir.path().join("lc.pub");
+    // A public key only (its private half was thrown away): the node is never logged into.
+    let public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPZmEmRiSzCfW+l8N1OVc/2sQsY+8gWGv5hOKLQlGshZ libcloud-test";
+    std::fs::write(&key, public).expect("public key");
+    for version in ["2", "4"] {
+        cloud.python_env("libcloud_flow.py", &["us-east-1", version], &[("PUBKEY", key.to_str().unwrap_or_default())]);
+    }
+}

@@ -13,6 +13,7 @@ pub mod error;
 pub mod model;
 mod net_actions;
 pub mod query;
+pub mod sigv2;
 pub mod sigv4;
 pub mod sts;
 mod volume_actions;
@@ -289,6 +290,23 @@ async fn authenticate(
     Ok(caller)
 }
 
+/// Verifies a Signature Version 2 request (EC2 only) and returns who is calling.
+async fn authenticate_v2(
+    state: &ApiState,
+    parts: &axum::http::request::Parts,
+    pairs: &[(String, String)],
+) -> ApiResult<Caller> {
+    let claims = sigv2::parse(pairs)?;
+    claims.check_time(Utc::now())?;
+    let (secret, caller) =
+        state.control.lookup_access_key(&claims.access_key).await?.ok_or_else(|| {
+            ApiError::AuthFailure("AWS was not able to validate the provided access credentials".into())
+        })?;
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    claims.verify(&secret, &sigv2::string_to_sign(parts.method.as_str(), host, parts.uri.path(), pairs))?;
+    Ok(caller)
+}
+
 /// The JSON-protocol services on this endpoint (Cost Explorer), chosen by `X-Amz-Target`.
 async fn handle_json(state: &ApiState, parts: &axum::http::request::Parts, body: Body, request_id: &str) -> Response {
     let result: Result<serde_json::Value, ce::CeError> = async {
@@ -399,7 +417,16 @@ async fn process(
     *service_out = service;
 
     // Authenticate before anything else is looked at, as AWS does.
-    let caller = authenticate(state, parts, query, &body, if service == Service::Sts { "sts" } else { "ec2" }).await?;
+    let all = params.pairs();
+    let caller = if scope.is_none() && sigv2::is_v2(&all) {
+        let caller = authenticate_v2(state, parts, &all).await?;
+        for k in sigv2::PARAMS {
+            params.mark_used(k);
+        }
+        caller
+    } else {
+        authenticate(state, parts, query, &body, if service == Service::Sts { "sts" } else { "ec2" }).await?
+    };
     for k in [
         "X-Amz-Algorithm",
         "X-Amz-Credential",

@@ -205,6 +205,11 @@ impl Params {
         Ok(out)
     }
 
+    /// Every pair, read or not, sorted by name.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// The pairs no getter has read yet.
     pub fn unread(&self) -> impl Iterator<Item = (&str, &str)> {
         self.map.iter().filter(|(k, _)| !self.used.contains(*k)).map(|(k, v)| (k.as_str(), v.as_str()))

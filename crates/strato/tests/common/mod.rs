@@ -238,7 +238,18 @@ impl Cloud {
     /// serving every zone), a host being down once its heartbeats are `host_timeout` old.
     /// `stop_host(n)` stops the n-th host's agent and heartbeats, as if the machine died.
     pub fn start_simulated_hosts(hosts: &[SimHost], host_timeout: Duration) -> Cloud {
+        Self::start_simulated_region(hosts, host_timeout, "local-1")
+    }
+
+    /// `start_simulated` in another region than `local-1` (clients that know only AWS's
+    /// region names, such as Libcloud, need one of those).
+    pub fn start_simulated_in(region: &str) -> Cloud {
+        Self::start_simulated_region(&[], strato::control::hosts::HOST_TIMEOUT, region)
+    }
+
+    fn start_simulated_region(hosts: &[SimHost], host_timeout: Duration, region: &str) -> Cloud {
         let hosts = hosts.to_vec();
+        let region = region.to_owned();
         // The in-process server's warnings and errors (an InternalError's cause among them),
         // printed with the test's own output: shown when it fails.
         let _ = tracing_subscriber::fmt().with_env_filter("warn").with_ansi(false).with_test_writer().try_init();
@@ -253,7 +264,7 @@ impl Cloud {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let mut control =
-                    strato::server::open_control(&data, database.as_deref(), "local-1").await.expect("control");
+                    strato::server::open_control(&data, database.as_deref(), &region).await.expect("control");
                 control.set_host_timeout(host_timeout).await.expect("host timeout");
                 let control = std::sync::Arc::new(control);
                 strato::server::ensure_admin(&control).await.expect("admin");
@@ -452,10 +463,16 @@ impl Cloud {
 
     /// Runs a boto3 script from tests/py with this cloud's endpoint and the admin profile.
     pub fn python(&self, script: &str, args: &[&str]) {
+        self.python_env(script, args, &[]);
+    }
+
+    /// `python` with more environment variables.
+    pub fn python_env(&self, script: &str, args: &[&str], env: &[(&str, &str)]) {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
         let out = Command::new(venv().join("bin/python"))
             .arg(&path)
             .args(args)
+            .envs(env.iter().copied())
             .env("AWS_CONFIG_FILE", self.config_file())
             .env("AWS_PROFILE", "strato")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
