@@ -49,3 +49,95 @@ fn libcloud_with_signature_versions_2_and_4() {
         cloud.python_env("libcloud_flow.py", &["us-east-1", version], &[("PUBKEY", key.to_str().unwrap_or_default())]);
     }
 }
+
+/// What Terraform's aws_instance sets and reads back: credit options, stop protection,
+/// hibernation and monitoring refused by name, EBS-optimized, elastic IPs' attribute.
+#[test]
+fn instance_options_terraform_sets_and_reads() {
+    let cloud = Cloud::start_simulated();
+    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
+        ["ImageId"]
+        .as_str()
+        .expect("the minimal image")
+        .to_owned();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["ec2", "run-instances", "--image-id", &ami, "--count", "1"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = run(&["--instance-type", "t3.micro", "--disable-api-stop", "--ebs-optimized"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t3 = cloud.aws(&args)["Instances"][0]["InstanceId"].as_str().unwrap_or_default().to_owned();
+    let args = run(&["--instance-type", "t2.micro", "--credit-specification", "CpuCredits=unlimited"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t2 = cloud.aws(&args)["Instances"][0]["InstanceId"].as_str().unwrap_or_default().to_owned();
+    let args = run(&["--instance-type", "m5.large"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m5 = cloud.aws(&args)["Instances"][0]["InstanceId"].as_str().unwrap_or_default().to_owned();
+
+    // Defaults per family, and what was asked for.
+    let c = cloud.aws(&["ec2", "describe-instance-credit-specifications"]);
+    let specs = c["InstanceCreditSpecifications"].as_array().cloned().unwrap_or_default();
+    let of = |id: &str| specs.iter().find(|s| s["InstanceId"] == id).map(|s| s["CpuCredits"].clone());
+    assert_eq!(of(&t3), Some(Value::from("unlimited")), "{c}");
+    assert_eq!(of(&t2), Some(Value::from("unlimited")), "{c}");
+    assert_eq!(of(&m5), None, "only burstable instances have credits: {c}");
+    let m = cloud.aws(&[
+        "ec2",
+        "modify-instance-credit-specification",
+        "--instance-credit-specifications",
+        &format!("InstanceId={t3},CpuCredits=standard"),
+        &format!("InstanceId={m5},CpuCredits=standard"),
+    ]);
+    assert_eq!(m["SuccessfulInstanceCreditSpecifications"][0]["InstanceId"], Value::from(t3.clone()), "{m}");
+    assert_eq!(m["UnsuccessfulInstanceCreditSpecifications"][0]["InstanceId"], Value::from(m5.clone()), "{m}");
+    let c = cloud.aws(&["ec2", "describe-instance-credit-specifications", "--instance-ids", &t3]);
+    assert_eq!(c["InstanceCreditSpecifications"][0]["CpuCredits"], "standard", "{c}");
+
+    // Stop protection is honoured; EBS-optimized is read back.
+    let a = cloud.aws(&["ec2", "describe-instance-attribute", "--instance-id", &t3, "--attribute", "disableApiStop"]);
+    assert_eq!(a["DisableApiStop"]["Value"], true, "{a}");
+    let a = cloud.aws(&["ec2", "describe-instance-attribute", "--instance-id", &t3, "--attribute", "ebsOptimized"]);
+    assert_eq!(a["EbsOptimized"]["Value"], true, "{a}");
+    assert_eq!(cloud.aws_err(&["ec2", "stop-instances", "--instance-ids", &t3]), "OperationNotPermitted");
+    cloud.aws(&["ec2", "modify-instance-attribute", "--instance-id", &t3, "--no-disable-api-stop"]);
+    cloud.aws(&["ec2", "stop-instances", "--instance-ids", &t3]);
+
+    // What Strato does not have is refused by name; asking for its absence is fine.
+    let refused = |extra: &[&str]| {
+        let args = run(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cloud.aws_err(&args)
+    };
+    assert_eq!(
+        refused(&["--instance-type", "m5.large", "--credit-specification", "CpuCredits=unlimited"]),
+        "InvalidParameterCombination"
+    );
+    assert_eq!(
+        refused(&["--instance-type", "m5.large", "--hibernation-options", "Configured=true"]),
+        "UnsupportedOperation"
+    );
+    assert_eq!(refused(&["--instance-type", "m5.large", "--monitoring", "Enabled=true"]), "UnsupportedOperation");
+    assert_eq!(
+        refused(&["--instance-type", "m5.large", "--instance-market-options", "MarketType=spot"]),
+        "UnsupportedOperation"
+    );
+    let args = run(&[
+        "--instance-type",
+        "m5.large",
+        "--hibernation-options",
+        "Configured=false",
+        "--monitoring",
+        "Enabled=false",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cloud.aws(&args);
+
+    // Elastic IPs have no reverse DNS record here.
+    let eip = cloud.aws(&["ec2", "allocate-address", "--domain", "vpc"]);
+    let alloc = eip["AllocationId"].as_str().unwrap_or_default();
+    let a =
+        cloud.aws(&["ec2", "describe-addresses-attribute", "--allocation-ids", alloc, "--attribute", "domain-name"]);
+    assert_eq!(a["Addresses"][0]["AllocationId"], Value::from(alloc), "{a}");
+    assert!(a["Addresses"][0].get("PtrRecord").is_none(), "{a}");
+}

@@ -1251,8 +1251,12 @@ fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
     let dns = format!("ip-{}.{}.compute.internal", i.private_ip.replace('.', "-"), ctx.control.region.name);
     x.field("instanceId", &i.id).field("imageId", &i.image_id);
     write_state(x, "instanceState", i.state);
+    // EC2's public DNS name form; it resolves nowhere outside AWS either.
+    let public_dns = i.public_ip.as_ref().map_or(String::new(), |ip| {
+        format!("ec2-{}.{}.compute.amazonaws.com", ip.replace('.', "-"), ctx.control.region.name)
+    });
     x.field("privateDnsName", &dns)
-        .field("dnsName", "")
+        .field("dnsName", &public_dns)
         .field("reason", &i.transition_reason)
         .opt_field("keyName", i.key_name.as_ref())
         .field("amiLaunchIndex", i.launch_index)
@@ -1297,8 +1301,14 @@ fn write_instance(ctx: &Ctx, x: &mut Xml, i: &Instance) {
         .field("clientToken", i.client_token.as_deref().unwrap_or(""))
         .tags(&i.tags)
         .field("hypervisor", "xen")
-        .field("ebsOptimized", false)
-        .field("enaSupport", false);
+        .field("ebsOptimized", i.ebs_optimized)
+        .field("enaSupport", false)
+        .open("hibernationOptions")
+        .field("configured", false)
+        .close("hibernationOptions")
+        .open("enclaveOptions")
+        .field("enabled", false)
+        .close("enclaveOptions");
     if let Some(t) = itype {
         x.open("cpuOptions")
             .field("coreCount", t.vcpus.div_ceil(2).max(1))
@@ -1343,7 +1353,8 @@ impl Action for RunInstances {
             security_group_ids: p.list("SecurityGroupId")?,
             security_group_names: p.list("SecurityGroup")?,
             subnet_id: p.str("SubnetId"),
-            availability_zone: p.str("Placement.AvailabilityZone"),
+            // Terraform sends `Placement.AvailabilityZone=` when a subnet decides the zone.
+            availability_zone: p.str("Placement.AvailabilityZone").filter(|z| !z.is_empty()),
             user_data: p.str("UserData"),
             disable_api_termination: p.bool("DisableApiTermination")?.unwrap_or(false),
             shutdown_behavior: p.str("InstanceInitiatedShutdownBehavior"),
@@ -1351,13 +1362,34 @@ impl Action for RunInstances {
             tags: p.tag_specs()?,
             ..Default::default()
         };
+        if let Some(g) = p.str("Placement.GroupName").filter(|g| !g.is_empty()) {
+            return Err(ApiError::UnsupportedOperation(format!(
+                "Strato does not offer placement groups (Placement.GroupName={g})"
+            )));
+        }
         if let Some(t) = p.str("Placement.Tenancy") {
-            if t != "default" {
+            if t != "default" && !t.is_empty() {
                 return Err(ApiError::invalid_value(format!("Tenancy '{t}' is not offered: default only")));
             }
         }
-        p.bool("Monitoring.Enabled")?;
-        p.bool("EbsOptimized")?;
+        if p.bool("Monitoring.Enabled")? == Some(true) {
+            return Err(ApiError::UnsupportedOperation(
+                "Strato does not offer detailed monitoring (Monitoring.Enabled=true): it has no CloudWatch".into(),
+            ));
+        }
+        r.ebs_optimized = p.bool("EbsOptimized")?.unwrap_or(false);
+        r.disable_api_stop = p.bool("DisableApiStop")?.unwrap_or(false);
+        r.credit_spec = p.str("CreditSpecification.CpuCredits");
+        if p.bool("HibernationOptions.Configured")? == Some(true) {
+            return Err(ApiError::UnsupportedOperation(
+                "Strato does not offer hibernation (HibernationOptions.Configured=true)".into(),
+            ));
+        }
+        if p.bool("EnclaveOptions.Enabled")? == Some(true) {
+            return Err(ApiError::UnsupportedOperation(
+                "Strato does not offer Nitro Enclaves (EnclaveOptions.Enabled=true)".into(),
+            ));
+        }
         r.auto_recovery_disabled = auto_recovery(p, "MaintenanceOptions.AutoRecovery")? == Some(false);
         match p.str("MetadataOptions.HttpTokens").as_deref() {
             None | Some("optional") => {}
@@ -1686,6 +1718,24 @@ impl Action for ModifyInstanceAttribute {
         if let Some(v) = p.bool("DisableApiTermination.Value")? {
             changes.push(AttributeChange::DisableApiTermination(v));
         }
+        if let Some(v) = p.bool("DisableApiStop.Value")? {
+            changes.push(AttributeChange::DisableApiStop(v));
+        }
+        if let Some(v) = p.bool("EbsOptimized.Value")? {
+            changes.push(AttributeChange::EbsOptimized(v));
+        }
+        // Strato keeps source/destination checking on (anti-spoofing at every tap) and its
+        // NICs are virtio, not ENA: asking for what is already so is fine.
+        if p.bool("SourceDestCheck.Value")? == Some(false) {
+            return Err(ApiError::UnsupportedOperation(
+                "Strato does not turn source/destination checking off (SourceDestCheck.Value=false)".into(),
+            ));
+        }
+        if p.bool("EnaSupport.Value")? == Some(true) {
+            return Err(ApiError::UnsupportedOperation(
+                "Strato's network interfaces are virtio, not ENA (EnaSupport.Value=true)".into(),
+            ));
+        }
         if let Some(b) = p.str("InstanceInitiatedShutdownBehavior.Value") {
             changes.push(AttributeChange::ShutdownBehavior(b));
         }
@@ -1698,6 +1748,8 @@ impl Action for ModifyInstanceAttribute {
                 "instanceType" => AttributeChange::InstanceType(v),
                 "userData" => AttributeChange::UserData(v),
                 "disableApiTermination" => AttributeChange::DisableApiTermination(v.eq_ignore_ascii_case("true")),
+                "disableApiStop" => AttributeChange::DisableApiStop(v.eq_ignore_ascii_case("true")),
+                "ebsOptimized" => AttributeChange::EbsOptimized(v.eq_ignore_ascii_case("true")),
                 "instanceInitiatedShutdownBehavior" => AttributeChange::ShutdownBehavior(v),
                 other => {
                     return Err(ApiError::invalid_value(format!("The attribute '{other}' cannot be modified here")))
@@ -1707,15 +1759,7 @@ impl Action for ModifyInstanceAttribute {
             (None, Some(_)) => return Err(ApiError::MissingParameter("Attribute".into())),
             (None, None) => {}
         }
-        for unsupported in [
-            "SourceDestCheck.Value",
-            "DisableApiStop.Value",
-            "EbsOptimized.Value",
-            "EnaSupport.Value",
-            "SriovNetSupport.Value",
-            "Kernel.Value",
-            "Ramdisk.Value",
-        ] {
+        for unsupported in ["SriovNetSupport.Value", "Kernel.Value", "Ramdisk.Value"] {
             if p.str(unsupported).is_some() {
                 return Err(ApiError::invalid_value(format!(
                     "{} cannot be modified on Strato instances",
@@ -1753,6 +1797,75 @@ impl Action for ModifyInstanceAttribute {
     async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
         ctx.control.modify_instance_attribute(&ctx.caller, &self.id, self.change).await?;
         x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct DescribeInstanceCreditSpecifications {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeInstanceCreditSpecifications {
+    const NAME: &'static str = "DescribeInstanceCreditSpecifications";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let r = DescribeInstanceCreditSpecifications {
+            ids: p.list("InstanceId")?,
+            filters: p.filters()?,
+            page: Page::decode(p, 5, 1000)?,
+        };
+        if r.page.max.is_some() && !r.ids.is_empty() {
+            return Err(ApiError::InvalidParameterCombination(
+                "The parameter instancesSet cannot be used with the parameter maxResults".into(),
+            ));
+        }
+        Ok(r)
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (list, next) = ctx
+            .control
+            .describe_credit_specs(&ctx.caller, &self.ids, &self.filters, self.page.max, self.page.token.as_deref())
+            .await?;
+        x.list("instanceCreditSpecificationSet", list, |x, c| {
+            x.field("instanceId", &c.instance_id).field("cpuCredits", &c.cpu_credits);
+        });
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+pub struct ModifyInstanceCreditSpecification {
+    changes: Vec<(String, String)>,
+}
+
+impl Action for ModifyInstanceCreditSpecification {
+    const NAME: &'static str = "ModifyInstanceCreditSpecification";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        // Idempotent by nature (it sets a value): the token needs no record.
+        p.str("ClientToken");
+        let mut changes = Vec::new();
+        for n in p.indices("InstanceCreditSpecification")? {
+            let id = p.required(&format!("InstanceCreditSpecification.{n}.InstanceId"))?;
+            let credits = p.required(&format!("InstanceCreditSpecification.{n}.CpuCredits"))?;
+            changes.push((id, credits));
+        }
+        if changes.is_empty() {
+            return Err(ApiError::MissingParameter("InstanceCreditSpecification".into()));
+        }
+        Ok(ModifyInstanceCreditSpecification { changes })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let results = ctx.control.modify_credit_specs(&ctx.caller, &self.changes).await?;
+        x.list("successfulInstanceCreditSpecificationSet", results.iter().filter(|r| r.1.is_none()), |x, r| {
+            x.field("instanceId", &r.0);
+        });
+        x.list("unsuccessfulInstanceCreditSpecificationSet", results.iter().filter(|r| r.1.is_some()), |x, r| {
+            x.field("instanceId", &r.0);
+            if let Some((code, message)) = &r.1 {
+                x.open("error").field("code", code).field("message", message).close("error");
+            }
+        });
         Ok(())
     }
 }
@@ -1797,9 +1910,9 @@ impl Action for DescribeInstanceAttribute {
                 x.open("ramdisk").close("ramdisk");
             }
             AttributeValue::SourceDestCheck => value(x, "sourceDestCheck", "true".into()),
-            AttributeValue::EbsOptimized => value(x, "ebsOptimized", "false".into()),
+            AttributeValue::EbsOptimized(v) => value(x, "ebsOptimized", v.to_string()),
             AttributeValue::EnaSupport => value(x, "enaSupport", "false".into()),
-            AttributeValue::DisableApiStop => value(x, "disableApiStop", "false".into()),
+            AttributeValue::DisableApiStop(v) => value(x, "disableApiStop", v.to_string()),
         }
         Ok(())
     }

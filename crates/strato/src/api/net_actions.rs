@@ -86,6 +86,34 @@ impl Action for DescribeAddresses {
     }
 }
 
+/// DescribeAddressesAttribute: the reverse DNS (PTR) records of elastic IPs. Strato sets
+/// none (ModifyAddressAttribute is not offered), so each address answers without one.
+pub struct DescribeAddressesAttribute {
+    allocation_ids: Vec<String>,
+    page: Page,
+}
+
+impl Action for DescribeAddressesAttribute {
+    const NAME: &'static str = "DescribeAddressesAttribute";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if let Some(a) = p.str("Attribute") {
+            if a != "domain-name" {
+                return Err(ApiError::invalid_value(format!("Invalid value '{a}' for Attribute: domain-name")));
+            }
+        }
+        Ok(DescribeAddressesAttribute { allocation_ids: p.list("AllocationId")?, page: Page::decode(p, 1, 1000)? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let list = ctx.control.describe_addresses(&ctx.caller, &[], &self.allocation_ids, &[]).await?;
+        let (list, next) = crate::control::filter::paginate(list, self.page.max, self.page.token.as_deref())?;
+        x.list("addressSet", list, |x, a| {
+            x.field("publicIp", &a.public_ip).field("allocationId", &a.id);
+        });
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
 pub struct AssociateAddress {
     address: AddressRef,
     instance_id: String,

@@ -107,6 +107,12 @@ pub struct Instance {
     /// MaintenanceOptions.AutoRecovery `default`: started again on another host of its zone
     /// when its host dies.
     pub auto_recovery: bool,
+    /// The CPU credit option of a burstable type (`standard` or `unlimited`); `None` for
+    /// other types.
+    pub credit_spec: Option<String>,
+    /// StopInstances is refused (DisableApiStop).
+    pub disable_api_stop: bool,
+    pub ebs_optimized: bool,
 }
 
 impl Filterable for Instance {
@@ -167,6 +173,30 @@ impl Filterable for Instance {
     }
 }
 
+/// One instance's CPU credit option (DescribeInstanceCreditSpecifications).
+#[derive(Debug, Clone)]
+pub struct CreditSpec {
+    pub instance_id: String,
+    pub cpu_credits: String,
+    tags: Tags,
+}
+
+impl Filterable for CreditSpec {
+    const FILTERS: &'static [&'static str] = &["instance-id"];
+    fn filter_values(&self, name: &str) -> Vec<String> {
+        match name {
+            "instance-id" => vec![self.instance_id.clone()],
+            _ => vec![],
+        }
+    }
+    fn tags(&self) -> &Tags {
+        &self.tags
+    }
+    fn sort_key(&self) -> &str {
+        &self.instance_id
+    }
+}
+
 /// RunInstances, decoded.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
@@ -193,6 +223,10 @@ pub struct RunRequest {
     pub associate_public_ip: Option<bool>,
     /// The primary private address asked for.
     pub private_ip: Option<String>,
+    /// CreditSpecification.CpuCredits.
+    pub credit_spec: Option<String>,
+    pub disable_api_stop: bool,
+    pub ebs_optimized: bool,
 }
 
 impl RunRequest {
@@ -210,6 +244,8 @@ pub enum AttributeChange {
     /// Base64 of the new user data.
     UserData(String),
     DisableApiTermination(bool),
+    DisableApiStop(bool),
+    EbsOptimized(bool),
     ShutdownBehavior(String),
     Groups(Vec<String>),
     /// DeleteOnTermination of the volumes attached at these devices.
@@ -229,9 +265,9 @@ pub enum AttributeValue {
     Kernel,
     Ramdisk,
     SourceDestCheck,
-    EbsOptimized,
+    EbsOptimized(bool),
     EnaSupport,
-    DisableApiStop,
+    DisableApiStop(bool),
 }
 
 /// The state change a Start/Stop/Terminate answers with.
@@ -304,6 +340,7 @@ impl Control {
                 ))
             })?
             .clone();
+        let credit_spec = credit_spec_for(&itype, r.credit_spec.as_deref())?;
         let image = self.visible_image(caller, &r.image_id).await.map_err(|e| match e {
             ApiError::NotFound { .. } => image_not_found(&r.image_id),
             e => e,
@@ -570,6 +607,9 @@ impl Control {
                 host_id: placements.get(n as usize).map(|h| h.to_string()),
                 auto_recovery: !r.auto_recovery_disabled,
                 block_devices: Vec::new(),
+                credit_spec: credit_spec.clone(),
+                disable_api_stop: r.disable_api_stop,
+                ebs_optimized: r.ebs_optimized,
             };
             db::insert(c, &i).await?;
             super::volumes::insert_root(c, &i, image.root_snapshot_id.as_str()).await?;
@@ -589,6 +629,88 @@ impl Control {
         for i in &out {
             tracing::info!(instance_id = %i.id, instance_type = %i.instance_type, image_id = %i.image_id, "instance launched");
         }
+        Ok(out)
+    }
+
+    /// DescribeInstanceCreditSpecifications: the CPU credit option of the account's
+    /// burstable instances (terminated ones aside).
+    pub async fn describe_credit_specs(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        filters: &[Filter],
+        max: Option<usize>,
+        token: Option<&str>,
+    ) -> ApiResult<(Vec<CreditSpec>, Option<String>)> {
+        for id in ids {
+            InstanceId::parse(id)?;
+        }
+        filter::check_filters::<CreditSpec>(filters)?;
+        let mut c = self.store().read().await?;
+        let list = self.load_instances(&mut c, &caller.account_id).await?;
+        if let Some(missing) = ids.iter().find(|id| !list.iter().any(|i| i.id.as_str() == id.as_str())) {
+            return Err(not_found_for("instance", missing));
+        }
+        let specs = list
+            .into_iter()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .filter(|i| ids.is_empty() || ids.iter().any(|id| id.as_str() == i.id.as_str()))
+            .filter_map(|i| {
+                let cpu_credits = i.credit_spec?;
+                Some(CreditSpec { instance_id: i.id.to_string(), cpu_credits, tags: Vec::new() })
+            })
+            .collect();
+        filter::select_filter_page(
+            specs,
+            &[],
+            |s| s.instance_id.as_str(),
+            |id| not_found_for("instance", id),
+            filters,
+            max,
+            token,
+        )
+    }
+
+    /// ModifyInstanceCreditSpecification: each instance is changed or gets its own error, as
+    /// EC2 answers (successful and unsuccessful sets).
+    pub async fn modify_credit_specs(
+        &self,
+        caller: &Caller,
+        changes: &[(String, String)],
+    ) -> ApiResult<Vec<(String, Option<(&'static str, String)>)>> {
+        let mut tx = self.store().begin_write().await?;
+        let list = self.load_instances(tx.conn(), &caller.account_id).await?;
+        let mut out = Vec::new();
+        for (id, credits) in changes {
+            let Some(i) = list.iter().find(|i| i.id.as_str() == id.as_str()) else {
+                out.push((
+                    id.clone(),
+                    Some(("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist"))),
+                ));
+                continue;
+            };
+            let Some(itype) = self.catalogue.get(&i.instance_type) else {
+                out.push((
+                    id.clone(),
+                    Some(("InvalidInstanceType", format!("The instance type {} is unknown", i.instance_type))),
+                ));
+                continue;
+            };
+            if i.state == InstanceState::Terminated {
+                out.push((id.clone(), Some(("IncorrectInstanceState", format!("The instance '{id}' is terminated")))));
+                continue;
+            }
+            match credit_spec_for(itype, Some(credits)) {
+                Ok(spec) => {
+                    let mut changed = i.clone();
+                    changed.credit_spec = spec;
+                    db::update_attributes(tx.conn(), &changed).await?;
+                    out.push((id.clone(), None));
+                }
+                Err(e) => out.push((id.clone(), Some(("InvalidParameterValue", e.to_string())))),
+            }
+        }
+        tx.commit().await?;
         Ok(out)
     }
 
@@ -643,6 +765,9 @@ impl Control {
         let list = self.mine(tx.conn(), caller, ids).await?;
         let mut plan = Vec::new();
         for i in &list {
+            if event == Event::Stop && i.disable_api_stop {
+                return Err(ApiError::OperationNotPermitted(format!("The instance '{}' may not be stopped. Modify its 'disableApiStop' instance attribute and try again.", i.id)));
+            }
             if event == Event::Terminate && i.disable_api_termination {
                 return Err(ApiError::OperationNotPermitted(format!("The instance '{}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.", i.id)));
             }
@@ -789,11 +914,17 @@ impl Control {
                         i.id
                     )));
                 }
-                if self.catalogue.get(&t).is_none() {
+                let Some(new_type) = self.catalogue.get(&t) else {
                     return Err(ApiError::invalid_value(format!(
                         "The instance type '{t}' is not offered here (see DescribeInstanceTypes)"
                     )));
-                }
+                };
+                // A burstable instance keeps its credit option within the T families; one
+                // that becomes burstable gets the type's default.
+                i.credit_spec = match (&i.credit_spec, new_type.burstable) {
+                    (Some(c), true) => Some(c.clone()),
+                    (_, b) => credit_spec_for(new_type, None).ok().flatten().filter(|_| b),
+                };
                 i.instance_type = t;
             }
             AttributeChange::UserData(u) => {
@@ -812,6 +943,16 @@ impl Control {
                 i.user_data = (!decoded.is_empty()).then(|| u.trim().to_owned());
             }
             AttributeChange::DisableApiTermination(v) => i.disable_api_termination = v,
+            AttributeChange::DisableApiStop(v) => i.disable_api_stop = v,
+            AttributeChange::EbsOptimized(v) => {
+                if i.state != InstanceState::Stopped && v != i.ebs_optimized {
+                    return Err(ApiError::IncorrectInstanceState(format!(
+                        "The instance '{}' is not in the 'stopped' state.",
+                        i.id
+                    )));
+                }
+                i.ebs_optimized = v;
+            }
             AttributeChange::ShutdownBehavior(b) => {
                 if b != "stop" && b != "terminate" {
                     return Err(ApiError::invalid_value(format!(
@@ -892,9 +1033,9 @@ impl Control {
             "kernel" => AttributeValue::Kernel,
             "ramdisk" => AttributeValue::Ramdisk,
             "sourceDestCheck" => AttributeValue::SourceDestCheck,
-            "ebsOptimized" => AttributeValue::EbsOptimized,
+            "ebsOptimized" => AttributeValue::EbsOptimized(i.ebs_optimized),
             "enaSupport" => AttributeValue::EnaSupport,
-            "disableApiStop" => AttributeValue::DisableApiStop,
+            "disableApiStop" => AttributeValue::DisableApiStop(i.disable_api_stop),
             other => {
                 return Err(ApiError::invalid_value(format!(
                     "Value ({other}) for parameter attribute is invalid. Unknown attribute."
@@ -1039,5 +1180,23 @@ impl Control {
     pub async fn live_instances(&self) -> anyhow::Result<Vec<Instance>> {
         let mut c = self.store().read().await?;
         Ok(db::live(&mut c).await?)
+    }
+}
+
+/// The CPU credit option an instance of `itype` gets: what was asked for (burstable types
+/// only), else EC2's default (`standard` for T2, `unlimited` for the later T families).
+pub fn credit_spec_for(itype: &crate::catalog::InstanceType, asked: Option<&str>) -> ApiResult<Option<String>> {
+    match asked {
+        Some(c) if c != "standard" && c != "unlimited" => Err(ApiError::invalid_value(format!(
+            "Value ({c}) for parameter CpuCredits is invalid. Expecting standard or unlimited."
+        ))),
+        Some(_) if !itype.burstable => Err(ApiError::InvalidParameterCombination(format!(
+            "CPU credits (CreditSpecification) apply to burstable performance instances (T family) only, not to {}",
+            itype.name
+        ))),
+        Some(c) => Ok(Some(c.to_owned())),
+        None if !itype.burstable => Ok(None),
+        None if itype.name.starts_with("t2.") => Ok(Some("standard".into())),
+        None => Ok(Some("unlimited".into())),
     }
 }

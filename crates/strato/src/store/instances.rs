@@ -47,6 +47,9 @@ fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Instance> {
         wants_public_ip: r.try_get::<i64, _>("wants_public_ip")? != 0,
         host_id: r.try_get("host_id")?,
         auto_recovery: r.try_get::<i64, _>("auto_recovery")? != 0,
+        credit_spec: r.try_get("credit_spec")?,
+        disable_api_stop: r.try_get::<i64, _>("disable_api_stop")? != 0,
+        ebs_optimized: r.try_get::<i64, _>("ebs_optimized")? != 0,
         tags: Vec::new(),
         block_devices: Vec::new(),
     })
@@ -57,8 +60,10 @@ pub async fn insert(c: &mut AnyConnection, i: &Instance) -> sqlx::Result<()> {
         "INSERT INTO instances (id, account_id, reservation_id, launch_index, image_id, instance_type, state, state_reason_code,
          state_reason, transition_reason, key_name, public_key, subnet_id, vpc_id, availability_zone, private_ip, security_groups,
          user_data, root_volume_id, root_size_gb, delete_on_termination, disable_api_termination, shutdown_behavior,
-         tokens_required, client_token, request_hash, launch_time, state_changed_at, generation, public_ip, wants_public_ip, host_id, auto_recovery)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, 0, $29, $30, $31, $32)",
+         tokens_required, client_token, request_hash, launch_time, state_changed_at, generation, public_ip, wants_public_ip, host_id, auto_recovery,
+         credit_spec, disable_api_stop, ebs_optimized)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, 0, $29, $30, $31, $32,
+         $33, $34, $35)",
     )
     .bind(i.id.as_str())
     .bind(i.owner.as_str())
@@ -92,6 +97,9 @@ pub async fn insert(c: &mut AnyConnection, i: &Instance) -> sqlx::Result<()> {
     .bind(i.wants_public_ip as i64)
     .bind(i.host_id.as_deref())
     .bind(i.auto_recovery as i64)
+    .bind(&i.credit_spec)
+    .bind(i.disable_api_stop as i64)
+    .bind(i.ebs_optimized as i64)
     .execute(c)
     .await?;
     Ok(())
@@ -204,7 +212,8 @@ pub async fn set_flag(c: &mut AnyConnection, id: &InstanceId, flag: &str, value:
 pub async fn update_attributes(c: &mut AnyConnection, i: &Instance) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE instances SET instance_type = $1, user_data = $2, disable_api_termination = $3, shutdown_behavior = $4,
-         security_groups = $5, tokens_required = $6, auto_recovery = $7 WHERE id = $8",
+         security_groups = $5, tokens_required = $6, auto_recovery = $7, credit_spec = $8, disable_api_stop = $9,
+         ebs_optimized = $10 WHERE id = $11",
     )
     .bind(&i.instance_type)
     .bind(&i.user_data)
@@ -213,6 +222,9 @@ pub async fn update_attributes(c: &mut AnyConnection, i: &Instance) -> sqlx::Res
     .bind(serde_json::to_string(&i.security_groups).unwrap_or_else(|_| "[]".into()))
     .bind(i.tokens_required as i64)
     .bind(i.auto_recovery as i64)
+    .bind(&i.credit_spec)
+    .bind(i.disable_api_stop as i64)
+    .bind(i.ebs_optimized as i64)
     .bind(i.id.as_str())
     .execute(c)
     .await?;

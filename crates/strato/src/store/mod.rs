@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../../migrations/0012_recovery.sql")),
     (13, include_str!("../../migrations/0013_host_credentials.sql")),
     (14, include_str!("../../migrations/0014_vxlan.sql")),
+    (15, include_str!("../../migrations/0015_instance_options.sql")),
 ];
 
 /// The PostgreSQL form of a migration written for SQLite: `BIGINT` for SQLite's 64-bit
