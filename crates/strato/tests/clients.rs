@@ -141,3 +141,84 @@ fn instance_options_terraform_sets_and_reads() {
     assert_eq!(a["Addresses"][0]["AllocationId"], Value::from(alloc), "{a}");
     assert!(a["Addresses"][0].get("PtrRecord").is_none(), "{a}");
 }
+
+/// What Ansible's amazon.aws and boto3 send by default: the `isDefault` filter, tags for the
+/// launch's volumes and interfaces, no instance type (EC2's default, m1.small); the type
+/// catalogue and where it is offered.
+#[test]
+fn defaults_of_ansible_and_boto3_and_the_type_catalogue() {
+    let cloud = Cloud::start_simulated();
+    let v = cloud.aws(&["ec2", "describe-vpcs", "--filters", "Name=isDefault,Values=true"]);
+    assert_eq!(v["Vpcs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["Vpcs"][0]["IsDefault"], true);
+
+    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
+        ["ImageId"]
+        .as_str()
+        .expect("the minimal image")
+        .to_owned();
+    let r = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--count",
+        "1",
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=Name,Value=web}]",
+        "ResourceType=volume,Tags=[{Key=disk,Value=root}]",
+        "ResourceType=network-interface,Tags=[{Key=nic,Value=main}]",
+    ]);
+    let i = &r["Instances"][0];
+    assert_eq!(i["InstanceType"], "m1.small", "EC2's default type: {i}");
+    let id = i["InstanceId"].as_str().unwrap_or_default();
+    let vols =
+        cloud.aws(&["ec2", "describe-volumes", "--filters", &format!("Name=attachment.instance-id,Values={id}")]);
+    assert_eq!(vols["Volumes"][0]["Tags"][0]["Key"], "disk", "{vols}");
+    let enis = cloud.aws(&[
+        "ec2",
+        "describe-network-interfaces",
+        "--filters",
+        &format!("Name=attachment.instance-id,Values={id}"),
+    ]);
+    assert_eq!(enis["NetworkInterfaces"][0]["TagSet"][0]["Value"], "main", "{enis}");
+    let args = [
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--count",
+        "1",
+        "--tag-specifications",
+        "ResourceType=vpc,Tags=[{Key=a,Value=b}]",
+    ];
+    assert_eq!(cloud.aws_err(&args), "InvalidParameterValue");
+
+    let t = cloud.aws(&["ec2", "describe-instance-types", "--instance-types", "m1.small", "t3.micro"]);
+    let gen = |n: &str| {
+        t["InstanceTypes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["InstanceType"] == n))
+            .map(|x| x["CurrentGeneration"].clone())
+    };
+    assert_eq!(gen("m1.small"), Some(Value::from(false)), "{t}");
+    assert_eq!(gen("t3.micro"), Some(Value::from(true)), "{t}");
+    let o = cloud.aws(&["ec2", "describe-instance-type-offerings", "--filters", "Name=instance-type,Values=t3.micro"]);
+    assert_eq!(o["InstanceTypeOfferings"][0]["Location"], "local-1", "{o}");
+    let o = cloud.aws(&[
+        "ec2",
+        "describe-instance-type-offerings",
+        "--location-type",
+        "availability-zone",
+        "--filters",
+        "Name=instance-type,Values=m1.small",
+    ]);
+    let zones: Vec<&str> = o["InstanceTypeOfferings"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["Location"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(zones, ["local-1a", "local-1b", "local-1c"], "{o}");
+    // Every offering, joined by the CLI over pages of 5.
+    let all = cloud.aws(&["ec2", "describe-instance-type-offerings", "--page-size", "5"]);
+    assert!(all["InstanceTypeOfferings"].as_array().map_or(0, Vec::len) > 40, "{all}");
+}

@@ -106,6 +106,85 @@ impl Action for DescribeAvailabilityZones {
     }
 }
 
+/// Where each instance type is offered: the region, or each zone (by name or id).
+pub struct DescribeInstanceTypeOfferings {
+    location_type: String,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeInstanceTypeOfferings {
+    const NAME: &'static str = "DescribeInstanceTypeOfferings";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let filters = p.filters()?;
+        for f in &filters {
+            if !matches!(f.name.as_str(), "instance-type" | "location") {
+                return Err(ApiError::InvalidFilter(format!("The filter '{}' is invalid", f.name)));
+            }
+        }
+        Ok(DescribeInstanceTypeOfferings {
+            location_type: p.str("LocationType").unwrap_or_else(|| "region".into()),
+            filters,
+            page: Page::decode(p, 5, 1000)?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (types, _) = ctx.control.describe_instance_types(&[], &[], None, None)?;
+        let locations: Vec<String> = match self.location_type.as_str() {
+            "region" => vec![ctx.control.region.name.clone()],
+            "availability-zone" => {
+                ctx.control.describe_zones(&[], &[], &[]).await?.into_iter().map(|z| z.name).collect()
+            }
+            "availability-zone-id" => {
+                ctx.control.describe_zones(&[], &[], &[]).await?.into_iter().map(|z| z.id).collect()
+            }
+            other => {
+                return Err(ApiError::invalid_value(format!(
+                    "Invalid value '{other}' for LocationType: region, availability-zone or availability-zone-id"
+                )))
+            }
+        };
+        let wanted = |name: &str, value: &str| {
+            self.filters
+                .iter()
+                .filter(|f| f.name == name)
+                .all(|f| f.values.iter().any(|p| crate::control::filter::wildcard(p, value)))
+        };
+        let mut offers: Vec<(String, String)> = Vec::new();
+        for t in &types {
+            for l in &locations {
+                if wanted("instance-type", &t.name) && wanted("location", l) {
+                    offers.push((format!("{}/{l}", t.name), l.clone()));
+                }
+            }
+        }
+        offers.sort();
+        // Pages by position: the token is the key of the page's last offer.
+        let start = match self.page.token.as_deref() {
+            None => 0,
+            Some(tok) => {
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(tok)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::InvalidPaginationToken(tok.to_owned()))?;
+                offers.partition_point(|o| o.0 <= key)
+            }
+        };
+        let max = self.page.max.unwrap_or(1000);
+        let page: Vec<&(String, String)> = offers.iter().skip(start).take(max).collect();
+        let next = (start + page.len() < offers.len())
+            .then(|| page.last().map(|o| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&o.0)))
+            .flatten();
+        x.list("instanceTypeOfferingSet", page, |x, (key, location)| {
+            let name = key.split('/').next().unwrap_or_default();
+            x.field("instanceType", name).field("locationType", &self.location_type).field("location", location);
+        });
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
 pub struct DescribeAccountAttributes {
     names: Vec<String>,
 }
@@ -150,7 +229,7 @@ impl Action for DescribeInstanceTypes {
         )?;
         x.list("instanceTypeSet", types, |x, t| {
             x.field("instanceType", &t.name)
-                .field("currentGeneration", true)
+                .field("currentGeneration", !t.previous_generation)
                 .field("freeTierEligible", t.free_tier)
                 .list("supportedUsageClasses", ["on-demand"], |x, v| {
                     x.text(v);

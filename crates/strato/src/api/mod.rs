@@ -84,6 +84,7 @@ dispatch_table!(
     DescribeAvailabilityZones,
     DescribeAccountAttributes,
     DescribeInstanceTypes,
+    DescribeInstanceTypeOfferings,
     CreateKeyPair,
     ImportKeyPair,
     DescribeKeyPairs,

@@ -32,6 +32,9 @@ pub struct InstanceType {
     /// Size of the instance-store disk in GB, for types that have one (`m5d`, `c5d`).
     #[serde(default)]
     pub instance_storage_gb: Option<u64>,
+    /// A previous-generation type (`m1`, `m3`, `c4`...): `currentGeneration` false.
+    #[serde(default)]
+    pub previous_generation: bool,
 }
 
 /// Prices of storage, per GB-month (USD).

@@ -481,6 +481,7 @@ impl Control {
         account: &AccountId,
     ) -> ApiResult<Vec<NetworkInterface>> {
         let addresses = super::addresses::of_account(c, account).await?;
+        let mut tags = store::tags_by_type(c, account, "network-interface").await?;
         Ok(db::of_account(c, account)
             .await?
             .into_iter()
@@ -496,8 +497,8 @@ impl Control {
                     allocation_id: eip.map(|a| a.id.to_string()),
                     association_id: eip.and_then(|a| a.association_id.clone()),
                     mac: crate::agent::mac_of(i.id.as_str()),
+                    tags: tags.remove(&eni_of(i.id.as_str())).unwrap_or_default(),
                     instance: i,
-                    tags: Vec::new(),
                 }
             })
             .collect())

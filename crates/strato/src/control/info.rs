@@ -88,7 +88,7 @@ impl Filterable for InstanceType {
     fn filter_values(&self, name: &str) -> Vec<String> {
         match name {
             "instance-type" => vec![self.name.clone()],
-            "current-generation" => vec!["true".into()],
+            "current-generation" => vec![(!self.previous_generation).to_string()],
             "free-tier-eligible" => vec![self.free_tier.to_string()],
             "burstable-performance-supported" => vec![self.burstable.to_string()],
             "vcpu-info.default-vcpus" => vec![self.vcpus.to_string()],

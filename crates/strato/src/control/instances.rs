@@ -16,7 +16,7 @@ use super::filter::{self, Filterable};
 use super::images::{image_not_found, ROOT_DEVICE};
 use super::instance_state::{Event, InstanceState};
 use super::model::{Caller, Tags};
-use super::tags::{not_found_for, put_tags, tags_for};
+use super::tags::{not_found_for, put_tags, tags_for_types};
 use super::Control;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::query::{Filter, TagSpec};
@@ -380,7 +380,10 @@ impl Control {
                 "Invalid InstanceInitiatedShutdownBehavior '{behavior}': stop or terminate"
             )));
         }
-        let tags = tags_for(&r.tags, "instance")?;
+        let [tags, volume_tags, eni_tags]: [Tags; 3] =
+            tags_for_types(&r.tags, &["instance", "volume", "network-interface"])?
+                .try_into()
+                .map_err(|_| ApiError::Internal(anyhow::anyhow!("three tag sets asked for")))?;
         let request_hash = r.fingerprint();
         let quota = self.vcpu_quota(&caller.account_id).await?;
         let mut tx = self.store().begin_write().await?;
@@ -622,6 +625,9 @@ impl Control {
                 delete_on_termination: i.delete_on_termination,
             });
             put_tags(c, &caller.account_id, i.id.as_str(), "instance", &tags).await?;
+            put_tags(c, &caller.account_id, &i.root_volume_id, "volume", &volume_tags).await?;
+            put_tags(c, &caller.account_id, &super::gateways::eni_of(i.id.as_str()), "network-interface", &eni_tags)
+                .await?;
             out.push(i);
         }
         tx.commit().await?;

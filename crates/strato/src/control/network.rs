@@ -57,18 +57,29 @@ impl Filterable for Vpc {
         "cidr",
         "cidr-block-association.cidr-block",
         "cidr-block-association.state",
+        "cidr-block-association.association-id",
         "dhcp-options-id",
         "is-default",
+        // The older spelling EC2 still answers, which Ansible's amazon.aws modules send.
+        "isDefault",
         "owner-id",
         "state",
         "vpc-id",
         "instance-tenancy",
+        "ipv6-cidr-block-association.ipv6-cidr-block",
+        "ipv6-cidr-block-association.ipv6-pool",
+        "ipv6-cidr-block-association.association-id",
+        "ipv6-cidr-block-association.state",
     ];
     fn filter_values(&self, name: &str) -> Vec<String> {
         match name {
             "cidr" | "cidr-block-association.cidr-block" => vec![self.cidr.clone()],
             "cidr-block-association.state" => vec!["associated".into()],
-            "is-default" => vec![self.is_default.to_string()],
+            "cidr-block-association.association-id" => {
+                vec![format!("vpc-cidr-assoc-{}", self.id.as_str().trim_start_matches("vpc-"))]
+            }
+            "is-default" | "isDefault" => vec![self.is_default.to_string()],
+            "dhcp-options-id" => vec!["default".into()],
             "owner-id" => vec![self.owner.to_string()],
             "state" => vec!["available".into()],
             "vpc-id" => vec![self.id.to_string()],

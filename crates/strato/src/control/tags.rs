@@ -37,24 +37,31 @@ pub fn validate_tags(tags: &[(String, String)]) -> ApiResult<()> {
 /// The tags of a create call for `resource_type`. A specification for another type, or two
 /// for the same type, is an error, as on EC2.
 pub fn tags_for(specs: &[TagSpec], resource_type: &str) -> ApiResult<Tags> {
-    let mut out: Option<Tags> = None;
+    Ok(tags_for_types(specs, &[resource_type])?.into_iter().next().unwrap_or_default())
+}
+
+/// The tags of a create call that makes resources of several types (RunInstances tags its
+/// instances, their volumes and their network interfaces): one set per type of `types`, in
+/// that order. A specification for another type, or two for one type, is an error.
+pub fn tags_for_types(specs: &[TagSpec], types: &[&str]) -> ApiResult<Vec<Tags>> {
+    let mut out: Vec<Option<Tags>> = vec![None; types.len()];
     for s in specs {
-        if s.resource_type != resource_type {
+        let Some(n) = types.iter().position(|t| *t == s.resource_type) else {
             return Err(ApiError::invalid_value(format!(
                 "'{}' is not a valid taggable resource type for this operation.",
                 s.resource_type
             )));
-        }
-        if out.is_some() {
+        };
+        if out[n].is_some() {
             return Err(ApiError::invalid_value(format!(
-                "The tag specification for resource type '{resource_type}' is given twice"
+                "The tag specification for resource type '{}' is given twice",
+                s.resource_type
             )));
         }
-        out = Some(s.tags.clone());
+        validate_tags(&s.tags)?;
+        out[n] = Some(s.tags.clone());
     }
-    let tags = out.unwrap_or_default();
-    validate_tags(&tags)?;
-    Ok(tags)
+    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
 }
 
 pub async fn put_tags(
