@@ -150,7 +150,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the EC2 actions this build implements.
+    /// List the actions this build implements: every EC2 action (of the EC2 model it
+    /// decodes, generated from botocore), then those of the other services on the endpoint.
     Actions,
     /// SSH into an instance at its public address (`ssh -i KEY USER@PUBLIC_IP`). The
     /// instance's host key is remembered under its id in DATA_DIR/known_hosts, since public
@@ -666,8 +667,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Actions => {
             for a in strato::api::SUPPORTED_ACTIONS {
-                println!("{a}");
+                println!("ec2 {a}");
             }
+            println!("sts GetCallerIdentity");
+            println!("ce GetCostAndUsage");
+            eprintln!(
+                "{} of the {} EC2 actions of the model (botocore {}); requests for the others answer InvalidAction",
+                strato::api::SUPPORTED_ACTIONS.len(),
+                strato::api::model::operations().len(),
+                strato::api::model::BOTOCORE_VERSION
+            );
             Ok(())
         }
     }

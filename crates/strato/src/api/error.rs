@@ -26,6 +26,10 @@ pub enum ApiError {
     // --- the request itself
     #[error("The action {0} is not valid for this web service.")]
     InvalidAction(String),
+    /// An action of the EC2 model that Strato does not implement: EC2's `InvalidAction`
+    /// code (which clients already handle), with a message that says so.
+    #[error("The action {0} is an EC2 action that Strato does not implement (`strato actions` lists those it does).")]
+    ActionNotImplemented(String),
     #[error("The request must contain the parameter {0}")]
     MissingParameter(String),
     #[error("The parameter {0} is not recognized")]
@@ -116,7 +120,7 @@ impl ApiError {
             ApiError::RequestExpired(_) => "RequestExpired",
             ApiError::UnauthorizedOperation => "UnauthorizedOperation",
             ApiError::DryRunOperation => "DryRunOperation",
-            ApiError::InvalidAction(_) => "InvalidAction",
+            ApiError::InvalidAction(_) | ApiError::ActionNotImplemented(_) => "InvalidAction",
             ApiError::MissingParameter(_) => "MissingParameter",
             ApiError::UnknownParameter(_) => "UnknownParameter",
             ApiError::InvalidParameterValue(_) => "InvalidParameterValue",

@@ -73,6 +73,7 @@ macro_rules! dispatch_table {
         async fn dispatch(name: &str, ctx: &Ctx, p: &mut Params) -> ApiResult<String> {
             match name {
                 $(stringify!($action) => call::<actions::$action>(ctx, p).await,)*
+                _ if model::operation(name).is_some() => Err(ApiError::ActionNotImplemented(name.to_owned())),
                 _ => Err(ApiError::InvalidAction(name.to_owned())),
             }
         }
