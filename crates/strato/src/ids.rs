@@ -118,6 +118,9 @@ resource_id!(
     /// `eipassoc-...`, an elastic IP's association with an instance.
     AssociationId, "eipassoc", "InvalidAssociationID.Malformed");
 resource_id!(
+    /// `lt-...`
+    LaunchTemplateId, "lt", "InvalidLaunchTemplateId.Malformed");
+resource_id!(
     /// `key-...`
     KeyPairId, "key", "InvalidKeyPair.Malformed");
 resource_id!(
@@ -188,6 +191,7 @@ pub fn resource_type_of(id: &str) -> Option<&'static str> {
         "acl" => "network-acl",
         "igw" => "internet-gateway",
         "dopt" => "dhcp-options",
+        "lt" => "launch-template",
         _ => return None,
     };
     is_valid(prefix, id).then_some(kind)

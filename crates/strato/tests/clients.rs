@@ -222,3 +222,126 @@ fn defaults_of_ansible_and_boto3_and_the_type_catalogue() {
     let all = cloud.aws(&["ec2", "describe-instance-type-offerings", "--page-size", "5"]);
     assert!(all["InstanceTypeOfferings"].as_array().map_or(0, Vec::len) > 40, "{all}");
 }
+
+/// Launch templates through the AWS CLI: versions, the default, RunInstances from one with
+/// overrides, GetLaunchTemplateData, deletion.
+#[test]
+fn launch_templates() {
+    let cloud = Cloud::start_simulated();
+    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
+        ["ImageId"]
+        .as_str()
+        .expect("the minimal image")
+        .to_owned();
+    let sg = cloud.aws(&["ec2", "describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]
+        ["GroupId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let data = format!(
+        r#"{{"ImageId":"{ami}","InstanceType":"t3.micro","SecurityGroupIds":["{sg}"],"CreditSpecification":{{"CpuCredits":"standard"}},"TagSpecifications":[{{"ResourceType":"instance","Tags":[{{"Key":"from","Value":"template"}}]}}]}}"#
+    );
+    let t = cloud.aws(&[
+        "ec2",
+        "create-launch-template",
+        "--launch-template-name",
+        "web",
+        "--version-description",
+        "first",
+        "--launch-template-data",
+        &data,
+        "--tag-specifications",
+        "ResourceType=launch-template,Tags=[{Key=team,Value=blue}]",
+    ]);
+    let lt = t["LaunchTemplate"]["LaunchTemplateId"].as_str().unwrap_or_default().to_owned();
+    assert!(lt.starts_with("lt-"), "{t}");
+    assert_eq!(t["LaunchTemplate"]["LatestVersionNumber"], 1);
+    assert_eq!(
+        cloud.aws_err(&[
+            "ec2",
+            "create-launch-template",
+            "--launch-template-name",
+            "web",
+            "--launch-template-data",
+            r#"{"InstanceType":"t3.micro"}"#
+        ]),
+        "InvalidLaunchTemplateName.AlreadyExistsException"
+    );
+    // Version 2 from version 1: a new type, the rest kept.
+    let v2 = cloud.aws(&[
+        "ec2",
+        "create-launch-template-version",
+        "--launch-template-id",
+        &lt,
+        "--source-version",
+        "1",
+        "--launch-template-data",
+        r#"{"InstanceType":"t3.small"}"#,
+    ]);
+    assert_eq!(v2["LaunchTemplateVersion"]["VersionNumber"], 2, "{v2}");
+    assert_eq!(v2["LaunchTemplateVersion"]["LaunchTemplateData"]["ImageId"], Value::from(ami.clone()), "{v2}");
+    assert_eq!(v2["LaunchTemplateVersion"]["LaunchTemplateData"]["SecurityGroupIds"][0], Value::from(sg.clone()));
+
+    let d = cloud.aws(&["ec2", "describe-launch-templates", "--launch-template-names", "web"]);
+    assert_eq!(d["LaunchTemplates"][0]["DefaultVersionNumber"], 1, "{d}");
+    assert_eq!(d["LaunchTemplates"][0]["LatestVersionNumber"], 2, "{d}");
+    assert_eq!(d["LaunchTemplates"][0]["Tags"][0]["Key"], "team", "{d}");
+    let vs = cloud.aws(&["ec2", "describe-launch-template-versions", "--launch-template-id", &lt]);
+    assert_eq!(vs["LaunchTemplateVersions"].as_array().map(Vec::len), Some(2), "{vs}");
+    let latest = cloud.aws(&["ec2", "describe-launch-template-versions", "--versions", "$Latest"]);
+    assert_eq!(latest["LaunchTemplateVersions"][0]["VersionNumber"], 2, "{latest}");
+
+    // From the default version (1), then from $Latest with an override.
+    let r = cloud.aws(&["ec2", "run-instances", "--launch-template", "LaunchTemplateName=web", "--count", "1"]);
+    let i = &r["Instances"][0];
+    assert_eq!(i["InstanceType"], "t3.micro", "{i}");
+    assert_eq!(i["SecurityGroups"][0]["GroupId"], Value::from(sg.clone()));
+    let id1 = i["InstanceId"].as_str().unwrap_or_default().to_owned();
+    let r = cloud.aws(&[
+        "ec2",
+        "run-instances",
+        "--launch-template",
+        &format!("LaunchTemplateId={lt},Version=$Latest"),
+        "--instance-type",
+        "t3.nano",
+        "--count",
+        "1",
+    ]);
+    let id2 = r["Instances"][0]["InstanceId"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(r["Instances"][0]["InstanceType"], "t3.nano", "the request overrides the template");
+    let tags = cloud.aws(&["ec2", "describe-tags", "--filters", &format!("Name=resource-id,Values={id2}")]);
+    let tag =
+        |k: &str| tags["Tags"].as_array().and_then(|a| a.iter().find(|t| t["Key"] == k)).map(|t| t["Value"].clone());
+    assert_eq!(tag("from"), Some(Value::from("template")), "{tags}");
+    assert_eq!(tag("aws:ec2launchtemplate:id"), Some(Value::from(lt.clone())), "{tags}");
+    assert_eq!(tag("aws:ec2launchtemplate:version"), Some(Value::from("2")), "{tags}");
+    let c = cloud.aws(&["ec2", "describe-instance-credit-specifications", "--instance-ids", &id1]);
+    assert_eq!(c["InstanceCreditSpecifications"][0]["CpuCredits"], "standard", "{c}");
+
+    // An instance's own launch data.
+    let g = cloud.aws(&["ec2", "get-launch-template-data", "--instance-id", &id1]);
+    assert_eq!(g["LaunchTemplateData"]["ImageId"], Value::from(ami.clone()), "{g}");
+    assert_eq!(g["LaunchTemplateData"]["InstanceType"], "t3.micro");
+    assert_eq!(g["LaunchTemplateData"]["NetworkInterfaces"][0]["Groups"][0], Value::from(sg.clone()), "{g}");
+
+    // The default moves; the default cannot be deleted; the template goes with its versions.
+    let m = cloud.aws(&["ec2", "modify-launch-template", "--launch-template-id", &lt, "--default-version", "2"]);
+    assert_eq!(m["LaunchTemplate"]["DefaultVersionNumber"], 2, "{m}");
+    let del =
+        cloud.aws(&["ec2", "delete-launch-template-versions", "--launch-template-id", &lt, "--versions", "1", "2"]);
+    assert_eq!(del["SuccessfullyDeletedLaunchTemplateVersions"][0]["VersionNumber"], 1, "{del}");
+    assert_eq!(del["UnsuccessfullyDeletedLaunchTemplateVersions"][0]["VersionNumber"], 2, "{del}");
+    let args = ["ec2", "run-instances", "--launch-template", "LaunchTemplateName=web,Version=1", "--count", "1"];
+    assert_eq!(cloud.aws_err(&args), "InvalidLaunchTemplateId.VersionNotFound");
+    cloud.aws(&["ec2", "delete-launch-template", "--launch-template-name", "web"]);
+    assert_eq!(
+        cloud.aws_err(&["ec2", "describe-launch-templates", "--launch-template-ids", &lt]),
+        "InvalidLaunchTemplateId.NotFound"
+    );
+    let args = ["ec2", "run-instances", "--launch-template", "LaunchTemplateName=web", "--count", "1"];
+    assert_eq!(cloud.aws_err(&args), "InvalidLaunchTemplateName.NotFoundException");
+    // Another account sees none of it.
+    let other = cloud.create_account("other", false);
+    let d = cloud.aws_json_as(&other, &["ec2", "describe-launch-templates"]);
+    assert_eq!(d["LaunchTemplates"].as_array().map(Vec::len), Some(0), "{d}");
+}

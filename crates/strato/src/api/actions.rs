@@ -10,6 +10,7 @@ use base64::Engine;
 use super::error::{ApiError, ApiResult};
 pub use super::net_actions::*;
 use super::query::{Filter, Params, TagSpec};
+pub use super::template_actions::*;
 pub use super::volume_actions::*;
 use super::xml::Xml;
 use super::Ctx;
@@ -1418,130 +1419,212 @@ fn write_reservation(ctx: &Ctx, x: &mut Xml, group: &[Instance]) {
 
 pub struct RunInstances {
     req: RunRequest,
+    from_template: Option<FromTemplate>,
+}
+
+/// RunInstances' own parameters, from the request or from the request merged with a launch
+/// template.
+fn decode_run(p: &mut Params) -> ApiResult<RunRequest> {
+    let mut r = RunRequest {
+        image_id: p.required("ImageId")?,
+        instance_type: p.str("InstanceType").unwrap_or_else(|| "m1.small".into()),
+        min_count: p.int("MinCount")?.ok_or_else(|| ApiError::MissingParameter("MinCount".into()))?,
+        max_count: p.int("MaxCount")?.ok_or_else(|| ApiError::MissingParameter("MaxCount".into()))?,
+        key_name: p.str("KeyName"),
+        security_group_ids: p.list("SecurityGroupId")?,
+        security_group_names: p.list("SecurityGroup")?,
+        subnet_id: p.str("SubnetId"),
+        // Terraform sends `Placement.AvailabilityZone=` when a subnet decides the zone.
+        availability_zone: p.str("Placement.AvailabilityZone").filter(|z| !z.is_empty()),
+        user_data: p.str("UserData"),
+        disable_api_termination: p.bool("DisableApiTermination")?.unwrap_or(false),
+        shutdown_behavior: p.str("InstanceInitiatedShutdownBehavior"),
+        client_token: p.str("ClientToken").filter(|t| !t.is_empty()),
+        tags: p.tag_specs()?,
+        ..Default::default()
+    };
+    if let Some(g) = p.str("Placement.GroupName").filter(|g| !g.is_empty()) {
+        return Err(ApiError::UnsupportedOperation(format!(
+            "Strato does not offer placement groups (Placement.GroupName={g})"
+        )));
+    }
+    if let Some(t) = p.str("Placement.Tenancy") {
+        if t != "default" && !t.is_empty() {
+            return Err(ApiError::invalid_value(format!("Tenancy '{t}' is not offered: default only")));
+        }
+    }
+    if p.bool("Monitoring.Enabled")? == Some(true) {
+        return Err(ApiError::UnsupportedOperation(
+            "Strato does not offer detailed monitoring (Monitoring.Enabled=true): it has no CloudWatch".into(),
+        ));
+    }
+    r.ebs_optimized = p.bool("EbsOptimized")?.unwrap_or(false);
+    r.disable_api_stop = p.bool("DisableApiStop")?.unwrap_or(false);
+    r.credit_spec = p.str("CreditSpecification.CpuCredits");
+    if p.bool("HibernationOptions.Configured")? == Some(true) {
+        return Err(ApiError::UnsupportedOperation(
+            "Strato does not offer hibernation (HibernationOptions.Configured=true)".into(),
+        ));
+    }
+    if p.bool("EnclaveOptions.Enabled")? == Some(true) {
+        return Err(ApiError::UnsupportedOperation(
+            "Strato does not offer Nitro Enclaves (EnclaveOptions.Enabled=true)".into(),
+        ));
+    }
+    r.auto_recovery_disabled = auto_recovery(p, "MaintenanceOptions.AutoRecovery")? == Some(false);
+    match p.str("MetadataOptions.HttpTokens").as_deref() {
+        None | Some("optional") => {}
+        Some("required") => r.tokens_required = true,
+        Some(o) => return Err(ApiError::invalid_value(format!("Invalid HttpTokens '{o}': optional or required"))),
+    }
+    for n in p.indices("BlockDeviceMapping")? {
+        let b = format!("BlockDeviceMapping.{n}");
+        let dev = p.required(&format!("{b}.DeviceName"))?;
+        if !matches!(dev.as_str(), "/dev/xvda" | "/dev/sda1" | "/dev/sda" | "/dev/vda") {
+            return Err(ApiError::invalid_value(format!(
+                "Block device {dev}: only the root device (/dev/xvda) can be set until volumes arrive"
+            )));
+        }
+        r.root_size_gb = p.int(&format!("{b}.Ebs.VolumeSize"))?;
+        r.delete_on_termination = p.bool(&format!("{b}.Ebs.DeleteOnTermination"))?;
+        if let Some(t) = p.str(&format!("{b}.Ebs.VolumeType")) {
+            if !matches!(t.as_str(), "gp2" | "gp3" | "standard" | "io1" | "io2") {
+                return Err(ApiError::invalid_value(format!("Invalid volume type '{t}'")));
+            }
+        }
+        p.int(&format!("{b}.Ebs.Iops"))?;
+        p.int(&format!("{b}.Ebs.Throughput"))?;
+        if p.bool(&format!("{b}.Ebs.Encrypted"))? == Some(true) {
+            return Err(ApiError::invalid_value("Encrypted volumes are not supported yet"));
+        }
+    }
+    r.private_ip = p.str("PrivateIpAddress");
+    let nics = p.indices("NetworkInterface")?;
+    if nics.len() > 1 {
+        return Err(ApiError::invalid_value("Only one network interface (DeviceIndex 0) is offered per instance"));
+    }
+    if let Some(n) = nics.first() {
+        let ni = format!("NetworkInterface.{n}");
+        if p.int(&format!("{ni}.DeviceIndex"))?.unwrap_or(0) != 0 {
+            return Err(ApiError::invalid_value("The network interface must have DeviceIndex 0"));
+        }
+        if p.str(&format!("{ni}.NetworkInterfaceId")).is_some() {
+            return Err(ApiError::invalid_value("Attaching an existing network interface is not offered"));
+        }
+        r.associate_public_ip = p.bool(&format!("{ni}.AssociatePublicIpAddress"))?;
+        p.bool(&format!("{ni}.DeleteOnTermination"))?;
+        p.str(&format!("{ni}.Description"));
+        let subnet = p.str(&format!("{ni}.SubnetId"));
+        let groups = p.list(&format!("{ni}.SecurityGroupId"))?;
+        let mut private = p.str(&format!("{ni}.PrivateIpAddress"));
+        for k in p.indices(&format!("{ni}.PrivateIpAddresses"))? {
+            let entry = format!("{ni}.PrivateIpAddresses.{k}");
+            let addr = p.required(&format!("{entry}.PrivateIpAddress"))?;
+            if p.bool(&format!("{entry}.Primary"))? == Some(false) || private.is_some() {
+                return Err(ApiError::invalid_value("Secondary private addresses are not offered"));
+            }
+            private = Some(addr);
+        }
+        if p.int(&format!("{ni}.SecondaryPrivateIpAddressCount"))?.unwrap_or(0) > 0 {
+            return Err(ApiError::invalid_value("Secondary private addresses are not offered"));
+        }
+        if (subnet.is_some() && r.subnet_id.is_some())
+            || (!groups.is_empty() && (!r.security_group_ids.is_empty() || !r.security_group_names.is_empty()))
+            || (private.is_some() && r.private_ip.is_some())
+        {
+            return Err(ApiError::InvalidParameterCombination(
+                    "Network interfaces and an instance-level subnet ID, security groups or private IP address may not be specified on the same request".into(),
+                ));
+        }
+        r.subnet_id = r.subnet_id.or(subnet);
+        r.security_group_ids.extend(groups);
+        r.private_ip = r.private_ip.or(private);
+    }
+    Ok(r)
+}
+
+/// A launch from a launch template: which one, and the request's own parameters, merged
+/// with the template's once it is read.
+pub struct FromTemplate {
+    id: Option<String>,
+    name: Option<String>,
+    version: Option<String>,
+    pairs: Vec<(String, String)>,
+}
+
+impl FromTemplate {
+    /// The request's parameters over the template's: a top-level member the request gives
+    /// replaces the template's (as on EC2), the rest comes from the template.
+    fn merge(&self, data: &serde_json::Value) -> ApiResult<Params> {
+        let op = super::model::operation("RunInstances")
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the model has no RunInstances")))?;
+        let shape = op.input().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("RunInstances has no input")))?;
+        let mut from_template = Vec::new();
+        super::model::from_tree(shape, data, "", &mut from_template).map_err(|member| {
+            ApiError::UnsupportedOperation(format!(
+                "The launch template's {member} has no counterpart in RunInstances, which Strato launches with"
+            ))
+        })?;
+        let top = |k: &str| k.split('.').next().unwrap_or(k).to_owned();
+        let given: std::collections::HashSet<String> = self.pairs.iter().map(|(k, _)| top(k)).collect();
+        let mut merged: Vec<(&str, &str)> = self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        merged.extend(
+            from_template.iter().filter(|(k, _)| !given.contains(&top(k))).map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let p = Params::from_pairs(merged);
+        super::model::check(op, p.unread())?;
+        Ok(p)
+    }
 }
 
 impl Action for RunInstances {
     const NAME: &'static str = "RunInstances";
     fn decode(p: &mut Params) -> ApiResult<Self> {
-        let mut r = RunRequest {
-            image_id: p.required("ImageId")?,
-            instance_type: p.str("InstanceType").unwrap_or_else(|| "m1.small".into()),
-            min_count: p.int("MinCount")?.ok_or_else(|| ApiError::MissingParameter("MinCount".into()))?,
-            max_count: p.int("MaxCount")?.ok_or_else(|| ApiError::MissingParameter("MaxCount".into()))?,
-            key_name: p.str("KeyName"),
-            security_group_ids: p.list("SecurityGroupId")?,
-            security_group_names: p.list("SecurityGroup")?,
-            subnet_id: p.str("SubnetId"),
-            // Terraform sends `Placement.AvailabilityZone=` when a subnet decides the zone.
-            availability_zone: p.str("Placement.AvailabilityZone").filter(|z| !z.is_empty()),
-            user_data: p.str("UserData"),
-            disable_api_termination: p.bool("DisableApiTermination")?.unwrap_or(false),
-            shutdown_behavior: p.str("InstanceInitiatedShutdownBehavior"),
-            client_token: p.str("ClientToken").filter(|t| !t.is_empty()),
-            tags: p.tag_specs()?,
-            ..Default::default()
+        let template = p.take_prefixed("LaunchTemplate.");
+        if template.is_empty() {
+            return Ok(RunInstances { req: decode_run(p)?, from_template: None });
+        }
+        // The request is decoded once merged with the template, when it has been read.
+        let get =
+            |name: &str| template.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+        let pairs: Vec<(String, String)> = p.unread().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        for (k, _) in &pairs {
+            p.mark_used(k);
+        }
+        let from = FromTemplate {
+            id: get("LaunchTemplateId"),
+            name: get("LaunchTemplateName"),
+            version: get("Version"),
+            pairs,
         };
-        if let Some(g) = p.str("Placement.GroupName").filter(|g| !g.is_empty()) {
-            return Err(ApiError::UnsupportedOperation(format!(
-                "Strato does not offer placement groups (Placement.GroupName={g})"
-            )));
-        }
-        if let Some(t) = p.str("Placement.Tenancy") {
-            if t != "default" && !t.is_empty() {
-                return Err(ApiError::invalid_value(format!("Tenancy '{t}' is not offered: default only")));
-            }
-        }
-        if p.bool("Monitoring.Enabled")? == Some(true) {
-            return Err(ApiError::UnsupportedOperation(
-                "Strato does not offer detailed monitoring (Monitoring.Enabled=true): it has no CloudWatch".into(),
+        if from.id.is_none() && from.name.is_none() {
+            return Err(ApiError::MissingParameter(
+                "LaunchTemplate.LaunchTemplateId or LaunchTemplate.LaunchTemplateName".into(),
             ));
         }
-        r.ebs_optimized = p.bool("EbsOptimized")?.unwrap_or(false);
-        r.disable_api_stop = p.bool("DisableApiStop")?.unwrap_or(false);
-        r.credit_spec = p.str("CreditSpecification.CpuCredits");
-        if p.bool("HibernationOptions.Configured")? == Some(true) {
-            return Err(ApiError::UnsupportedOperation(
-                "Strato does not offer hibernation (HibernationOptions.Configured=true)".into(),
-            ));
-        }
-        if p.bool("EnclaveOptions.Enabled")? == Some(true) {
-            return Err(ApiError::UnsupportedOperation(
-                "Strato does not offer Nitro Enclaves (EnclaveOptions.Enabled=true)".into(),
-            ));
-        }
-        r.auto_recovery_disabled = auto_recovery(p, "MaintenanceOptions.AutoRecovery")? == Some(false);
-        match p.str("MetadataOptions.HttpTokens").as_deref() {
-            None | Some("optional") => {}
-            Some("required") => r.tokens_required = true,
-            Some(o) => return Err(ApiError::invalid_value(format!("Invalid HttpTokens '{o}': optional or required"))),
-        }
-        for n in p.indices("BlockDeviceMapping")? {
-            let b = format!("BlockDeviceMapping.{n}");
-            let dev = p.required(&format!("{b}.DeviceName"))?;
-            if !matches!(dev.as_str(), "/dev/xvda" | "/dev/sda1" | "/dev/sda" | "/dev/vda") {
-                return Err(ApiError::invalid_value(format!(
-                    "Block device {dev}: only the root device (/dev/xvda) can be set until volumes arrive"
-                )));
-            }
-            r.root_size_gb = p.int(&format!("{b}.Ebs.VolumeSize"))?;
-            r.delete_on_termination = p.bool(&format!("{b}.Ebs.DeleteOnTermination"))?;
-            if let Some(t) = p.str(&format!("{b}.Ebs.VolumeType")) {
-                if !matches!(t.as_str(), "gp2" | "gp3" | "standard" | "io1" | "io2") {
-                    return Err(ApiError::invalid_value(format!("Invalid volume type '{t}'")));
-                }
-            }
-            p.int(&format!("{b}.Ebs.Iops"))?;
-            p.int(&format!("{b}.Ebs.Throughput"))?;
-            if p.bool(&format!("{b}.Ebs.Encrypted"))? == Some(true) {
-                return Err(ApiError::invalid_value("Encrypted volumes are not supported yet"));
-            }
-        }
-        r.private_ip = p.str("PrivateIpAddress");
-        let nics = p.indices("NetworkInterface")?;
-        if nics.len() > 1 {
-            return Err(ApiError::invalid_value("Only one network interface (DeviceIndex 0) is offered per instance"));
-        }
-        if let Some(n) = nics.first() {
-            let ni = format!("NetworkInterface.{n}");
-            if p.int(&format!("{ni}.DeviceIndex"))?.unwrap_or(0) != 0 {
-                return Err(ApiError::invalid_value("The network interface must have DeviceIndex 0"));
-            }
-            if p.str(&format!("{ni}.NetworkInterfaceId")).is_some() {
-                return Err(ApiError::invalid_value("Attaching an existing network interface is not offered"));
-            }
-            r.associate_public_ip = p.bool(&format!("{ni}.AssociatePublicIpAddress"))?;
-            p.bool(&format!("{ni}.DeleteOnTermination"))?;
-            p.str(&format!("{ni}.Description"));
-            let subnet = p.str(&format!("{ni}.SubnetId"));
-            let groups = p.list(&format!("{ni}.SecurityGroupId"))?;
-            let mut private = p.str(&format!("{ni}.PrivateIpAddress"));
-            for k in p.indices(&format!("{ni}.PrivateIpAddresses"))? {
-                let entry = format!("{ni}.PrivateIpAddresses.{k}");
-                let addr = p.required(&format!("{entry}.PrivateIpAddress"))?;
-                if p.bool(&format!("{entry}.Primary"))? == Some(false) || private.is_some() {
-                    return Err(ApiError::invalid_value("Secondary private addresses are not offered"));
-                }
-                private = Some(addr);
-            }
-            if p.int(&format!("{ni}.SecondaryPrivateIpAddressCount"))?.unwrap_or(0) > 0 {
-                return Err(ApiError::invalid_value("Secondary private addresses are not offered"));
-            }
-            if (subnet.is_some() && r.subnet_id.is_some())
-                || (!groups.is_empty() && (!r.security_group_ids.is_empty() || !r.security_group_names.is_empty()))
-                || (private.is_some() && r.private_ip.is_some())
-            {
-                return Err(ApiError::InvalidParameterCombination(
-                    "Network interfaces and an instance-level subnet ID, security groups or private IP address may not be specified on the same request".into(),
-                ));
-            }
-            r.subnet_id = r.subnet_id.or(subnet);
-            r.security_group_ids.extend(groups);
-            r.private_ip = r.private_ip.or(private);
-        }
-        Ok(RunInstances { req: r })
+        Ok(RunInstances { req: RunRequest::default(), from_template: Some(from) })
     }
     async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
-        let list = ctx.control.run_instances(&ctx.caller, self.req).await?;
+        let req = match self.from_template {
+            None => self.req,
+            Some(from) => {
+                let (id, version, data) = ctx
+                    .control
+                    .resolve_launch_template(
+                        &ctx.caller,
+                        from.id.as_deref(),
+                        from.name.as_deref(),
+                        from.version.as_deref(),
+                    )
+                    .await?;
+                let mut p = from.merge(&data)?;
+                let mut r = decode_run(&mut p)?;
+                p.finish(Self::NAME)?;
+                r.launch_template = Some((id.to_string(), version));
+                r
+            }
+        };
+        let list = ctx.control.run_instances(&ctx.caller, req).await?;
         write_reservation(ctx, x, &list);
         Ok(())
     }

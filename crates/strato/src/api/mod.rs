@@ -16,6 +16,7 @@ pub mod query;
 pub mod sigv2;
 pub mod sigv4;
 pub mod sts;
+mod template_actions;
 mod volume_actions;
 pub mod xml;
 
@@ -158,6 +159,14 @@ dispatch_table!(
     ModifyVolume,
     DescribeVolumesModifications,
     CreateImage,
+    CreateLaunchTemplate,
+    CreateLaunchTemplateVersion,
+    DescribeLaunchTemplates,
+    DescribeLaunchTemplateVersions,
+    ModifyLaunchTemplate,
+    DeleteLaunchTemplate,
+    DeleteLaunchTemplateVersions,
+    GetLaunchTemplateData,
 );
 
 /// Whether an action only reads (allowed to read-only accounts).

@@ -205,6 +205,20 @@ impl Params {
         Ok(out)
     }
 
+    /// Takes every pair under `prefix` (`LaunchTemplateData.`): their keys without it.
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
+        let out: Vec<(String, String)> = self
+            .map
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k[prefix.len()..].to_owned(), v.clone()))
+            .collect();
+        for (k, _) in &out {
+            self.used.insert(format!("{prefix}{k}"));
+        }
+        out
+    }
+
     /// Every pair, read or not, sorted by name.
     pub fn pairs(&self) -> Vec<(String, String)> {
         self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()

@@ -227,6 +227,9 @@ pub struct RunRequest {
     pub credit_spec: Option<String>,
     pub disable_api_stop: bool,
     pub ebs_optimized: bool,
+    /// The launch template and version it came from: tagged on its instances as EC2 does
+    /// (`aws:ec2launchtemplate:id`, `aws:ec2launchtemplate:version`).
+    pub launch_template: Option<(String, i64)>,
 }
 
 impl RunRequest {
@@ -625,6 +628,14 @@ impl Control {
                 delete_on_termination: i.delete_on_termination,
             });
             put_tags(c, &caller.account_id, i.id.as_str(), "instance", &tags).await?;
+            if let Some((template, version)) = &r.launch_template {
+                // EC2's own tags (the `aws:` prefix users may not write).
+                let system = vec![
+                    ("aws:ec2launchtemplate:id".to_owned(), template.clone()),
+                    ("aws:ec2launchtemplate:version".to_owned(), version.to_string()),
+                ];
+                put_tags(c, &caller.account_id, i.id.as_str(), "instance", &system).await?;
+            }
             put_tags(c, &caller.account_id, &i.root_volume_id, "volume", &volume_tags).await?;
             put_tags(c, &caller.account_id, &super::gateways::eni_of(i.id.as_str()), "network-interface", &eni_tags)
                 .await?;

@@ -18,6 +18,7 @@ pub mod info;
 pub mod instance_state;
 pub mod instances;
 pub mod keypairs;
+pub mod launch_templates;
 pub mod model;
 pub mod network;
 pub mod security_groups;

@@ -145,6 +145,7 @@ pub fn not_found_for(kind: &str, id: &str) -> ApiError {
         "route-table" => ("InvalidRouteTableID.NotFound", "route table ID"),
         "network-acl" => ("InvalidNetworkAclID.NotFound", "network ACL"),
         "internet-gateway" => ("InvalidInternetGatewayID.NotFound", "internet gateway"),
+        "launch-template" => ("InvalidLaunchTemplateId.NotFound", "launch template ID"),
         _ => ("InvalidID", "ID"),
     };
     ApiError::not_found(code, format!("The {what} '{id}' does not exist"))

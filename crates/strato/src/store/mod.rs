@@ -22,6 +22,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 pub mod instances;
+pub mod launch_templates;
 
 use crate::control::model::*;
 use crate::ids::*;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../../migrations/0013_host_credentials.sql")),
     (14, include_str!("../../migrations/0014_vxlan.sql")),
     (15, include_str!("../../migrations/0015_instance_options.sql")),
+    (16, include_str!("../../migrations/0016_launch_templates.sql")),
 ];
 
 /// The PostgreSQL form of a migration written for SQLite: `BIGINT` for SQLite's 64-bit
@@ -769,6 +771,7 @@ pub async fn owns(
         "volume" => "volumes",
         "snapshot" => "snapshots",
         "internet-gateway" => "internet_gateways",
+        "launch-template" => "launch_templates",
         "image" => {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = $1 AND owner_id = $2")
                 .bind(id)

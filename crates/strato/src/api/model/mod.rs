@@ -297,6 +297,149 @@ fn enum_list(values: &[&str]) -> String {
     s
 }
 
+/// The shape called `name`, if the model has it.
+pub fn shape_named(name: &str) -> Option<&'static Shape> {
+    data::SHAPES.binary_search_by(|s| s.name.cmp(name)).ok().map(|i| &data::SHAPES[i])
+}
+
+/// A request's parameters under one member, re-read as a tree named by the model's member
+/// names: structures as JSON objects, lists as arrays (in index order), scalars as strings.
+/// Launch templates keep their data this way, so that it can be written back in another
+/// shape whose members have the same names (RunInstances' input, the XML of
+/// `ResponseLaunchTemplateData`).
+#[derive(Debug)]
+enum Node {
+    Leaf(String),
+    Struct(std::collections::BTreeMap<&'static str, Node>),
+    List(std::collections::BTreeMap<u32, Node>),
+}
+
+impl Node {
+    fn into_json(self) -> serde_json::Value {
+        match self {
+            Node::Leaf(s) => serde_json::Value::String(s),
+            Node::Struct(m) => {
+                serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v.into_json())).collect())
+            }
+            Node::List(m) => serde_json::Value::Array(m.into_values().map(Node::into_json).collect()),
+        }
+    }
+}
+
+/// Builds the tree of `shape` from `pairs`, whose keys are relative to it
+/// (`SecurityGroupId.1`, `TagSpecification.1.Tag.1.Key`). `prefix` only names the keys in
+/// errors. The pairs must have passed `check`.
+pub fn to_tree<'a>(
+    shape: &'static Shape,
+    prefix: &str,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> ApiResult<serde_json::Value> {
+    let mut root = Node::Struct(Default::default());
+    for (key, value) in pairs {
+        let unknown = || ApiError::UnknownParameter(format!("{prefix}{key}"));
+        let mut s = shape;
+        let mut node = &mut root;
+        let mut segs = key.split('.').peekable();
+        while let Some(seg) = segs.next() {
+            let last = segs.peek().is_none();
+            match (&s.kind, node) {
+                (Kind::Structure { .. }, Node::Struct(m)) => {
+                    let member = s.member(seg).ok_or_else(unknown)?;
+                    s = member.shape();
+                    let fresh = || match s.kind {
+                        Kind::Structure { .. } => Node::Struct(Default::default()),
+                        Kind::List { .. } => Node::List(Default::default()),
+                        _ => Node::Leaf(String::new()),
+                    };
+                    node = m.entry(member.name).or_insert_with(fresh);
+                }
+                (Kind::List { .. }, Node::List(m)) => {
+                    let n = list_index(seg).ok_or_else(unknown)??;
+                    s = s.list_member().ok_or_else(unknown)?;
+                    let fresh = || match s.kind {
+                        Kind::Structure { .. } => Node::Struct(Default::default()),
+                        Kind::List { .. } => Node::List(Default::default()),
+                        _ => Node::Leaf(String::new()),
+                    };
+                    node = m.entry(n).or_insert_with(fresh);
+                }
+                _ => return Err(unknown()),
+            }
+            if last {
+                match node {
+                    Node::Leaf(v) => *v = value.to_owned(),
+                    // `Name=` for an empty list, or a structure given a value: nothing to keep.
+                    _ if value.is_empty() => {}
+                    _ => return Err(unknown()),
+                }
+            }
+        }
+    }
+    Ok(root.into_json())
+}
+
+/// Writes `tree` (from `to_tree`) as Query pairs of `shape`, matching members by name:
+/// `prefix` is put before every key. A member `shape` does not have is returned as the
+/// error (its path in the tree), so the caller can say which part has no counterpart.
+pub fn from_tree(
+    shape: &'static Shape,
+    tree: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    let join = |p: &str, w: &str| if p.is_empty() { w.to_owned() } else { format!("{p}.{w}") };
+    match (&shape.kind, tree) {
+        (Kind::Structure { .. }, serde_json::Value::Object(m)) => {
+            for (name, v) in m {
+                let member = shape.members().iter().find(|x| x.name == name).ok_or_else(|| join(prefix, name))?;
+                from_tree(member.shape(), v, &join(prefix, member.wire), out)?;
+            }
+        }
+        (Kind::List { .. }, serde_json::Value::Array(items)) => {
+            let item = shape.list_member().ok_or_else(|| prefix.to_owned())?;
+            for (i, v) in items.iter().enumerate() {
+                from_tree(item, v, &format!("{prefix}.{}", i + 1), out)?;
+            }
+        }
+        (_, serde_json::Value::String(s)) => out.push((prefix.to_owned(), s.clone())),
+        _ => return Err(prefix.to_owned()),
+    }
+    Ok(())
+}
+
+/// Writes `tree` (from `to_tree`) as the XML of the output shape `shape`: members by name,
+/// under their XML names, lists as `<name><item>...</item></name>`. Members the output
+/// shape does not have are left out.
+pub fn write_tree(x: &mut super::xml::Xml, shape: &'static Shape, tree: &serde_json::Value) {
+    let serde_json::Value::Object(m) = tree else { return };
+    for member in shape.members() {
+        let Some(v) = m.get(member.name) else { continue };
+        write_member(x, member.xml, member.shape(), v);
+    }
+}
+
+fn write_member(x: &mut super::xml::Xml, tag: &str, shape: &'static Shape, v: &serde_json::Value) {
+    match (&shape.kind, v) {
+        (Kind::Structure { .. }, serde_json::Value::Object(_)) => {
+            x.open(tag);
+            write_tree(x, shape, v);
+            x.close(tag);
+        }
+        (Kind::List { item, .. }, serde_json::Value::Array(items)) => {
+            let Some(item_shape) = shape.list_member() else { return };
+            x.open(tag);
+            for i in items {
+                write_member(x, item, item_shape, i);
+            }
+            x.close(tag);
+        }
+        (_, serde_json::Value::String(s)) => {
+            x.field(tag, s);
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +521,40 @@ mod tests {
         assert_eq!(code("DescribeVolumes", "VolumeId=vol-1"), Some("UnknownParameter".into()));
         assert_eq!(code("DescribeVolumes", "VolumeId.1001=vol-1"), Some("InvalidParameterValue".into()));
         assert_eq!(code("DescribeVolumes", "VolumeId.01=vol-1"), Some("InvalidParameterValue".into()));
+    }
+
+    #[test]
+    fn trees_move_between_shapes_by_member_name() {
+        let input = shape_named("RequestLaunchTemplateData").expect("shape");
+        let pairs = [
+            ("ImageId", "ami-1"),
+            ("SecurityGroupId.1", "sg-1"),
+            ("SecurityGroupId.2", "sg-2"),
+            ("TagSpecification.1.ResourceType", "instance"),
+            ("TagSpecification.1.Tag.1.Key", "k"),
+            ("TagSpecification.1.Tag.1.Value", "v"),
+            ("CreditSpecification.CpuCredits", "standard"),
+        ];
+        let tree = to_tree(input, "LaunchTemplateData.", pairs).expect("tree");
+        assert_eq!(tree["SecurityGroupIds"], serde_json::json!(["sg-1", "sg-2"]));
+        assert_eq!(tree["TagSpecifications"][0]["Tags"][0]["Key"], "k");
+        let run = operation("RunInstances").and_then(Operation::input).expect("input");
+        let mut out = Vec::new();
+        from_tree(run, &tree, "", &mut out).expect("every member has a counterpart");
+        out.sort();
+        let mut want: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        want.sort();
+        assert_eq!(out, want);
+        // A member RunInstances does not have is named.
+        let tree = to_tree(input, "", [("RamDiskId", "ari-1")]).expect("tree");
+        assert_eq!(from_tree(run, &tree, "", &mut Vec::new()), Err("RamDiskId".to_owned()));
+        // The XML of the output shape.
+        let tree = to_tree(input, "", [("SecurityGroupId.1", "sg-1"), ("ImageId", "ami-1")]).expect("tree");
+        let mut x = crate::api::xml::Xml::fragment();
+        write_tree(&mut x, shape_named("ResponseLaunchTemplateData").expect("shape"), &tree);
+        let xml = x.into_string();
+        assert!(xml.contains("<imageId>ami-1</imageId>"), "{xml}");
+        assert!(xml.contains("<securityGroupIdSet><item>sg-1</item></securityGroupIdSet>"), "{xml}");
     }
 
     #[test]
