@@ -98,7 +98,10 @@ fn vpc_instance_volume_and_address_apply_plan_clean_and_destroy() {
         let i = cloud.aws(&["ec2", "describe-instances", "--instance-ids", &id]);
         let credits = cloud.aws(&["ec2", "describe-instance-credit-specifications", "--instance-ids", &id]);
         let stop = cloud.aws_err(&["ec2", "stop-instances", "--instance-ids", &id]);
-        (o, i, credits, stop)
+        let from = o["template_instance_id"]["value"].as_str().unwrap_or_default().to_owned();
+        let t = cloud.aws(&["ec2", "describe-instances", "--instance-ids", &from]);
+        let tags = cloud.aws(&["ec2", "describe-tags", "--filters", &format!("Name=resource-id,Values={from}")]);
+        (o, i, credits, stop, t, tags)
     });
     let destroyed = tf.run(&["destroy", "-auto-approve"]);
 
@@ -116,7 +119,13 @@ fn vpc_instance_volume_and_address_apply_plan_clean_and_destroy() {
         String::from_utf8_lossy(&plan.stdout),
         String::from_utf8_lossy(&plan.stderr)
     );
-    let (o, i, credits, stop) = seen.expect("read");
+    let (o, i, credits, stop, from_template, tags) = seen.expect("read");
+    let t = &from_template["Reservations"][0]["Instances"][0];
+    assert_eq!(t["InstanceType"], "t3.nano", "launched from the template: {t}");
+    assert_eq!(t["State"]["Name"], "running", "{t}");
+    let template = o["template_id"]["value"].as_str().unwrap_or_default();
+    let lt_tag = tags["Tags"].as_array().and_then(|a| a.iter().find(|t| t["Key"] == "aws:ec2launchtemplate:id"));
+    assert_eq!(lt_tag.map(|t| t["Value"].clone()), Some(serde_json::Value::from(template)), "{tags}");
     let inst = &i["Reservations"][0]["Instances"][0];
     assert_eq!(inst["State"]["Name"], "running", "{inst}");
     assert_eq!(inst["InstanceType"], "t3.micro");

@@ -16,7 +16,9 @@ use crate::control::tags::tags_for;
 
 /// The `LaunchTemplateData.*` of a request as a tree.
 fn launch_data(p: &mut Params) -> ApiResult<Value> {
-    let pairs = p.take_prefixed("LaunchTemplateData.");
+    // A top-level member given empty (Terraform sends `UserData=` for none) is not set.
+    let pairs: Vec<(String, String)> =
+        p.take_prefixed("LaunchTemplateData.").into_iter().filter(|(k, v)| k.contains('.') || !v.is_empty()).collect();
     let shape = model::shape_named("RequestLaunchTemplateData")
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the model has no RequestLaunchTemplateData")))?;
     model::to_tree(shape, "LaunchTemplateData.", pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -4,7 +4,8 @@ terraform {
   }
 }
 # Strato's own test of the AWS provider, unmodified: a VPC with a public subnet, a gateway,
-# a security group, a key pair, an instance, a volume attached to it and an elastic IP.
+# a security group, a key pair, an instance, a volume attached to it, an elastic IP, and a
+# launch template with a second instance launched from it.
 variable "endpoint" {}
 variable "ami" {}
 variable "access_key" {}
@@ -87,4 +88,27 @@ output "instance_id" {
 }
 output "public_dns" {
   value = aws_eip.ip.public_dns
+}
+resource "aws_launch_template" "lt" {
+  name_prefix            = "web-"
+  image_id               = var.ami
+  instance_type          = "t3.nano"
+  vpc_security_group_ids = [aws_security_group.web.id]
+  credit_specification {
+    cpu_credits = "unlimited"
+  }
+  tags = { team = "blue" }
+}
+resource "aws_instance" "from_template" {
+  subnet_id = aws_subnet.a.id
+  launch_template {
+    id      = aws_launch_template.lt.id
+    version = aws_launch_template.lt.latest_version
+  }
+}
+output "template_id" {
+  value = aws_launch_template.lt.id
+}
+output "template_instance_id" {
+  value = aws_instance.from_template.id
 }
