@@ -345,3 +345,37 @@ fn launch_templates() {
     let d = cloud.aws_json_as(&other, &["ec2", "describe-launch-templates"]);
     assert_eq!(d["LaunchTemplates"].as_array().map(Vec::len), Some(0), "{d}");
 }
+
+/// SSM's public parameters for Strato's images, and RunInstances' `resolve:ssm:`.
+#[test]
+fn ssm_public_image_parameters() {
+    let cloud = Cloud::start_simulated();
+    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal-x86_64"])["Images"]
+        [0]["ImageId"]
+        .as_str()
+        .expect("the minimal image")
+        .to_owned();
+    let name = "/aws/service/strato/ami/strato-minimal-x86_64";
+    let p = cloud.aws(&["ssm", "get-parameter", "--name", name]);
+    assert_eq!(p["Parameter"]["Value"], Value::from(ami.clone()), "{p}");
+    assert_eq!(p["Parameter"]["DataType"], "aws:ec2:image");
+    let all = cloud.aws(&["ssm", "get-parameters-by-path", "--path", "/aws/service/strato", "--recursive"]);
+    let names: Vec<&str> =
+        all["Parameters"].as_array().map(|a| a.iter().filter_map(|p| p["Name"].as_str()).collect()).unwrap_or_default();
+    assert!(names.contains(&name), "{all}");
+    let flat = cloud.aws(&["ssm", "get-parameters-by-path", "--path", "/aws/service/strato"]);
+    assert_eq!(flat["Parameters"].as_array().map(Vec::len), Some(0), "not recursive: only direct children: {flat}");
+    let some = cloud.aws(&["ssm", "get-parameters", "--names", name, "/aws/service/strato/ami/none"]);
+    assert_eq!(some["Parameters"][0]["Value"], Value::from(ami.clone()), "{some}");
+    assert_eq!(some["InvalidParameters"][0], "/aws/service/strato/ami/none", "{some}");
+    assert_eq!(cloud.aws_err(&["ssm", "get-parameter", "--name", "/aws/service/strato/ami/none"]), "ParameterNotFound");
+    // Another account reads the same public parameters.
+    let other = cloud.create_account("other", false);
+    let p2 = cloud.aws_json_as(&other, &["ssm", "get-parameter", "--name", name]);
+    assert_eq!(p2["Parameter"]["Value"], Value::from(ami.clone()));
+
+    let r = cloud.aws(&["ec2", "run-instances", "--image-id", &format!("resolve:ssm:{name}"), "--count", "1"]);
+    assert_eq!(r["Instances"][0]["ImageId"], Value::from(ami), "{r}");
+    let args = ["ec2", "run-instances", "--image-id", "resolve:ssm:/aws/service/strato/ami/none", "--count", "1"];
+    assert_eq!(cloud.aws_err(&args), "InvalidParameterValue");
+}

@@ -1624,6 +1624,12 @@ impl Action for RunInstances {
                 r
             }
         };
+        let mut req = req;
+        if let Some(name) = req.image_id.strip_prefix("resolve:ssm:") {
+            req.image_id = super::ssm::resolve(&ctx.control, name).await?.ok_or_else(|| {
+                ApiError::invalid_value(format!("The parameter {name} in ImageId resolve:ssm:{name} does not exist"))
+            })?;
+        }
         let list = ctx.control.run_instances(&ctx.caller, req).await?;
         write_reservation(ctx, x, &list);
         Ok(())

@@ -15,6 +15,7 @@ mod net_actions;
 pub mod query;
 pub mod sigv2;
 pub mod sigv4;
+pub mod ssm;
 pub mod sts;
 mod template_actions;
 mod volume_actions;
@@ -333,6 +334,8 @@ async fn handle_json(state: &ApiState, parts: &axum::http::request::Parts, body:
             ("ce", op)
         } else if let Some(op) = target.strip_prefix(sts::JSON_TARGET_PREFIX) {
             ("sts", op)
+        } else if let Some(op) = target.strip_prefix(ssm::TARGET_PREFIX) {
+            ("ssm", op)
         } else {
             let prefix = target.split('.').next().unwrap_or(target);
             return Err(ce::CeError {
@@ -347,6 +350,7 @@ async fn handle_json(state: &ApiState, parts: &axum::http::request::Parts, body:
         match (service, operation) {
             ("ce", "GetCostAndUsage") => ce::get_cost_and_usage(&state.control, &caller, &body).await,
             ("sts", "GetCallerIdentity") => Ok(sts::json_identity(&caller)),
+            ("ssm", op) => ssm::call(&state.control, op, &body).await,
             _ => Err(ce::CeError {
                 kind: "UnknownOperationException",
                 message: format!("Unknown operation {target}"),
@@ -383,7 +387,8 @@ enum Service {
 }
 
 /// What this endpoint serves, for the error a request for anything else gets.
-const SERVICES: &str = "ec2, sts (GetCallerIdentity) and ce (GetCostAndUsage)";
+const SERVICES: &str =
+    "ec2, sts (GetCallerIdentity), ssm (public image parameters: GetParameter(s), GetParametersByPath) and ce (GetCostAndUsage)";
 
 async fn process(
     state: &ApiState,

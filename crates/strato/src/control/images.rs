@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::filter::{self, Filterable};
 use super::model::{Caller, Image, Tags};
@@ -252,6 +252,33 @@ impl Control {
             .into_iter()
             .find(|i| i.id == id && i.visible_to(&caller.account_id))
             .ok_or_else(|| image_not_found(id.as_str()))
+    }
+
+    /// The public parameters naming Strato's own images, as SSM serves them: (name, image
+    /// id, when it was registered). Each image Strato builds is under
+    /// `/aws/service/strato/ami/IMAGE_NAME`; the Debian 12 one also where Debian publishes its
+    /// AMIs (`/aws/service/debian/release/12/latest/amd64`, and `bookworm`). The newest
+    /// available image of a name wins.
+    pub async fn public_image_parameters(&self) -> ApiResult<Vec<(String, String, DateTime<Utc>)>> {
+        let mut c = self.store().read().await?;
+        let mut images: Vec<Image> = store::images(&mut c)
+            .await?
+            .into_iter()
+            .filter(|i| i.owner.as_str() == STRATO_OWNER_ID && i.public && i.state == "available")
+            .collect();
+        images.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        let mut out: std::collections::BTreeMap<String, (String, DateTime<Utc>)> = Default::default();
+        for i in images {
+            let mut names = vec![format!("/aws/service/strato/ami/{}", i.name)];
+            if i.name.contains("debian-12") {
+                names.push("/aws/service/debian/release/12/latest/amd64".into());
+                names.push("/aws/service/debian/release/bookworm/latest/amd64".into());
+            }
+            for n in names {
+                out.insert(n, (i.id.to_string(), i.created_at));
+            }
+        }
+        Ok(out.into_iter().map(|(n, (v, t))| (n, v, t)).collect())
     }
 
     /// An image by id, whoever owns it (for the agent: the launch was already authorised).
