@@ -266,7 +266,7 @@ impl Control {
             .into_iter()
             .filter(|i| i.owner.as_str() == STRATO_OWNER_ID && i.public && i.state == "available")
             .collect();
-        images.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        images.sort_by_key(|i| i.created_at);
         let mut out: std::collections::BTreeMap<String, (String, DateTime<Utc>)> = Default::default();
         for i in images {
             let mut names = vec![format!("/aws/service/strato/ami/{}", i.name)];
