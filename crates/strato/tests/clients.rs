@@ -379,3 +379,53 @@ fn ssm_public_image_parameters() {
     let args = ["ec2", "run-instances", "--image-id", "resolve:ssm:/aws/service/strato/ami/none", "--count", "1"];
     assert_eq!(cloud.aws_err(&args), "InvalidParameterValue");
 }
+
+/// EC2's behaviour where moto's AWS-verified tests check it: CIDR blocks normalised, RFC 4716
+/// public keys, empty tag sets left out, every missing id named.
+#[test]
+fn fidelity_seen_in_motos_tests() {
+    let cloud = Cloud::start_simulated();
+    let v = cloud.aws(&["ec2", "create-vpc", "--cidr-block", "10.250.1.0/16"]);
+    assert_eq!(v["Vpc"]["CidrBlock"], "10.250.0.0/16", "{v}");
+    assert!(v["Vpc"].get("Tags").is_none(), "an untagged VPC has no Tags: {v}");
+
+    let rfc = "---- BEGIN SSH2 PUBLIC KEY ----\nComment: \"256-bit ED25519\"\nAAAAC3NzaC1lZDI1NTE5AAAAIPZmEmRiSzCfW+l8N1OVc/2sQsY+8gWGv5hOKLQlGshZ\n---- END SSH2 PUBLIC KEY ----\n";
+    let path = cloud.dir.path().join("rfc4716.pub");
+    std::fs::write(&path, rfc).expect("key file");
+    let k = cloud.aws(&[
+        "ec2",
+        "import-key-pair",
+        "--key-name",
+        "rfc",
+        "--public-key-material",
+        &format!("fileb://{}", path.display()),
+    ]);
+    assert_eq!(k["KeyName"], "rfc", "{k}");
+    std::fs::write(&path, "ssh-ed25519 AAAA-not-a-key").expect("key file");
+    let args = [
+        "ec2",
+        "import-key-pair",
+        "--key-name",
+        "bad",
+        "--public-key-material",
+        &format!("fileb://{}", path.display()),
+    ];
+    assert_eq!(cloud.aws_err(&args), "InvalidKeyPair.Format");
+
+    let out = cloud.aws_as(
+        "strato",
+        &["ec2", "describe-instances", "--instance-ids", "i-0123456789abcdef0", "i-0123456789abcdef1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidInstanceID.NotFound") && err.contains("i-0123456789abcdef0, i-0123456789abcdef1"),
+        "{err}"
+    );
+    let out = cloud
+        .aws_as("strato", &["ec2", "describe-vpcs", "--vpc-ids", "vpc-0123456789abcdef0", "vpc-0123456789abcdef1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidVpcID.NotFound") && err.contains("vpc-0123456789abcdef0, vpc-0123456789abcdef1"),
+        "{err}"
+    );
+}

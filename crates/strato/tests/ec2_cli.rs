@@ -143,7 +143,7 @@ fn key_pairs() {
             "--public-key-material",
             &format!("fileb://{}", bad.display())
         ]),
-        "InvalidKey.Format"
+        "InvalidKeyPair.Format"
     );
     assert_eq!(
         cloud.aws_err(&["ec2", "create-key-pair", "--key-name", "x", "--key-type", "dsa"]),
@@ -376,7 +376,10 @@ fn vpcs_subnets_and_tags() {
     assert_eq!(g["SecurityGroups"][0]["GroupName"], "default");
 
     assert_eq!(cloud.aws_err(&["ec2", "create-vpc", "--cidr-block", "10.0.0.0/8"]), "InvalidVpc.Range");
-    assert_eq!(cloud.aws_err(&["ec2", "create-vpc", "--cidr-block", "10.0.0.1/16"]), "InvalidParameterValue");
+    // Host bits are cleared, as EC2 does (moto's AWS-verified tests check it).
+    let n = cloud.aws(&["ec2", "create-vpc", "--cidr-block", "10.9.0.1/16"]);
+    assert_eq!(n["Vpc"]["CidrBlock"], "10.9.0.0/16");
+    cloud.aws(&["ec2", "delete-vpc", "--vpc-id", n["Vpc"]["VpcId"].as_str().unwrap_or_default()]);
 
     let sn = cloud.aws(&[
         "ec2",

@@ -136,7 +136,7 @@ impl ApiError {
             ApiError::DependencyViolation(_) => "DependencyViolation",
             ApiError::CannotDelete(_) => "CannotDelete",
             ApiError::InvalidPermissionNotFound(_) => "InvalidPermission.NotFound",
-            ApiError::InvalidKeyFormat(_) => "InvalidKey.Format",
+            ApiError::InvalidKeyFormat(_) => "InvalidKeyPair.Format",
             ApiError::InvalidVpcRange(_) => "InvalidVpc.Range",
             ApiError::InvalidSubnetRange(_) => "InvalidSubnet.Range",
             ApiError::InvalidSubnetConflict(_) => "InvalidSubnet.Conflict",

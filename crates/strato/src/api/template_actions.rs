@@ -40,9 +40,7 @@ fn write_template(x: &mut Xml, t: &LaunchTemplate) {
         .field("createdBy", created_by(&t.owner))
         .field("defaultVersionNumber", t.default_version)
         .field("latestVersionNumber", t.latest_version);
-    if !t.tags.is_empty() {
-        x.tags(&t.tags);
-    }
+    x.tags(&t.tags);
 }
 
 fn write_version(x: &mut Xml, v: &TemplateVersion) -> ApiResult<()> {

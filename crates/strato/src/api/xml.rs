@@ -111,7 +111,13 @@ impl Xml {
     }
 
     /// `<tagSet>` of key/value pairs.
+    /// A resource's `tagSet`, left out when it has no tags (as EC2 does: clients then see
+    /// no `Tags` at all rather than an empty list).
     pub fn tags<'a>(&mut self, tags: impl IntoIterator<Item = &'a (String, String)>) -> &mut Self {
+        let mut tags = tags.into_iter().peekable();
+        if tags.peek().is_none() {
+            return self;
+        }
         self.list("tagSet", tags, |x, (k, v)| {
             x.field("key", k).field("value", v);
         })

@@ -24,6 +24,11 @@ impl Ipv4Cidr {
         (!strict || c.addr & !c.mask() == 0).then_some(c)
     }
 
+    /// The block with its host bits cleared.
+    pub fn network(self) -> Ipv4Cidr {
+        Ipv4Cidr { addr: self.addr & self.mask(), prefix: self.prefix }
+    }
+
     pub fn mask(&self) -> u32 {
         if self.prefix == 0 {
             0
@@ -83,6 +88,10 @@ mod tests {
         assert_eq!(sub.size(), 4096);
         assert!(Ipv4Cidr::parse("172.31.0.1/16", true).is_none());
         assert!(Ipv4Cidr::parse("172.31.0.1/16", false).is_some());
+        assert_eq!(
+            Ipv4Cidr::parse("10.250.1.0/16", false).map(|c| c.network().to_string()).as_deref(),
+            Some("10.250.0.0/16")
+        );
         assert!(Ipv4Cidr::parse("1.2.3.4/33", false).is_none());
         assert!(Ipv4Cidr::parse("1.2.3/8", false).is_none());
         assert!(Ipv4Cidr::parse("0.0.0.0/0", true).is_some());

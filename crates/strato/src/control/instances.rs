@@ -760,13 +760,23 @@ impl Control {
         if ids.is_empty() {
             return Err(ApiError::MissingParameter("InstanceId".into()));
         }
-        let list = self.load_instances(c, &caller.account_id).await?;
-        let mut out = Vec::new();
         for id in ids {
-            let id = InstanceId::parse(id)?;
-            out.push(list.iter().find(|i| i.id == id).cloned().ok_or_else(|| not_found_for("instance", id.as_str()))?);
+            InstanceId::parse(id)?;
         }
-        Ok(out)
+        let list = self.load_instances(c, &caller.account_id).await?;
+        let absent: Vec<&str> =
+            ids.iter().map(String::as_str).filter(|id| !list.iter().any(|i| i.id.as_str() == *id)).collect();
+        match absent.as_slice() {
+            [] => {}
+            [one] => return Err(not_found_for("instance", one)),
+            many => {
+                return Err(ApiError::not_found(
+                    "InvalidInstanceID.NotFound",
+                    format!("The instance IDs '{}' do not exist", many.join(", ")),
+                ))
+            }
+        }
+        Ok(ids.iter().filter_map(|id| list.iter().find(|i| i.id.as_str() == id.as_str()).cloned()).collect())
     }
 
     /// Start/Stop/Terminate: checks every instance first, then changes all or none.

@@ -73,7 +73,13 @@ fn generate(key_type: &str) -> ApiResult<(String, String, String)> {
 fn import(material: &[u8]) -> ApiResult<(String, String, String)> {
     let bad = || ApiError::InvalidKeyFormat("Key is not in valid OpenSSH public key format".into());
     let text = std::str::from_utf8(material).map_err(|_| bad())?.trim();
-    let public = PublicKey::from_openssh(text).map_err(|_| bad())?;
+    let public = match rfc4716_blob(text) {
+        Some(blob) => {
+            let blob = blob.ok_or_else(bad)?;
+            PublicKey::from_bytes(&blob).map_err(|_| bad())?
+        }
+        None => PublicKey::from_openssh(text).map_err(|_| bad())?,
+    };
     match public.key_data() {
         KeyData::Rsa(k) => {
             let rsa_public = rsa::RsaPublicKey::try_from(k).map_err(|_| bad())?;
@@ -91,6 +97,25 @@ fn import(material: &[u8]) -> ApiResult<(String, String, String)> {
         }
         _ => Err(ApiError::InvalidKeyFormat("Only RSA and ED25519 public keys are supported".into())),
     }
+}
+
+/// The key blob of an RFC 4716 (`---- BEGIN SSH2 PUBLIC KEY ----`) public key: `None` when
+/// the text is not in that format, `Some(None)` when it is but is broken. Header lines
+/// (`Comment: ...`, continued with a trailing backslash) are skipped.
+fn rfc4716_blob(text: &str) -> Option<Option<Vec<u8>>> {
+    use base64::Engine;
+    let body = text.strip_prefix("---- BEGIN SSH2 PUBLIC KEY ----")?;
+    let Some(body) = body.trim_end().strip_suffix("---- END SSH2 PUBLIC KEY ----") else { return Some(None) };
+    let mut b64 = String::new();
+    let mut continued = false;
+    for line in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if continued || line.contains(':') {
+            continued = line.ends_with('\\');
+            continue;
+        }
+        b64.push_str(line);
+    }
+    Some(base64::engine::general_purpose::STANDARD.decode(b64).ok())
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -283,7 +308,13 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_key() {
-        assert_eq!(import(b"ssh-rsa nonsense").unwrap_err().code(), "InvalidKey.Format");
-        assert_eq!(import(&[0xff, 0xfe]).unwrap_err().code(), "InvalidKey.Format");
+        assert_eq!(import(b"ssh-rsa nonsense").unwrap_err().code(), "InvalidKeyPair.Format");
+        // RFC 4716, as ssh-keygen -e writes it, is the same key.
+        let openssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPZmEmRiSzCfW+l8N1OVc/2sQsY+8gWGv5hOKLQlGshZ test";
+        let rfc = "---- BEGIN SSH2 PUBLIC KEY ----\nComment: \"256-bit ED25519, converted by me@host from Op\\\nenSSH\"\nAAAAC3NzaC1lZDI1NTE5AAAAIPZmEmRiSzCfW+l8N1OVc/2sQsY+8gWGv5hOKLQlGshZ\n---- END SSH2 PUBLIC KEY ----\n";
+        assert_eq!(import(rfc.as_bytes()).unwrap().2, import(openssh.as_bytes()).unwrap().2);
+        let broken = "---- BEGIN SSH2 PUBLIC KEY ----\nAAAA!!!\n---- END SSH2 PUBLIC KEY ----";
+        assert_eq!(import(broken.as_bytes()).unwrap_err().code(), "InvalidKeyPair.Format");
+        assert_eq!(import(&[0xff, 0xfe]).unwrap_err().code(), "InvalidKeyPair.Format");
     }
 }

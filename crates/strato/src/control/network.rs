@@ -159,9 +159,20 @@ pub fn select_ids<T, F: Fn(&T) -> &str>(
     if ids.is_empty() {
         return Ok(items);
     }
-    for id in ids {
-        if !items.iter().any(|i| id_of(i) == id) {
-            return Err(missing(id));
+    // EC2 names every missing id in one error ("The instance IDs 'i-1, i-2' do not exist").
+    let absent: Vec<&str> =
+        ids.iter().map(String::as_str).filter(|id| !items.iter().any(|i| id_of(i) == *id)).collect();
+    match absent.as_slice() {
+        [] => {}
+        [one] => return Err(missing(one)),
+        many => {
+            return Err(match missing(&many.join(", ")) {
+                ApiError::NotFound { code, message } => ApiError::NotFound {
+                    code,
+                    message: message.replace(" ID '", " IDs '").replace("does not exist", "do not exist"),
+                },
+                other => other,
+            })
         }
     }
     Ok(items.into_iter().filter(|i| ids.iter().any(|id| id == id_of(i))).collect())
@@ -194,7 +205,9 @@ impl Control {
         tenancy: Option<&str>,
         specs: &[TagSpec],
     ) -> ApiResult<Vpc> {
-        let block = Ipv4Cidr::parse(cidr, true).ok_or_else(|| {
+        // EC2 takes a VPC block with host bits set as its network: 10.250.1.0/16 is
+        // 10.250.0.0/16.
+        let block = Ipv4Cidr::parse(cidr, false).map(Ipv4Cidr::network).ok_or_else(|| {
             ApiError::invalid_value(format!(
                 "Value ({cidr}) for parameter cidrBlock is invalid. This is not a valid CIDR block."
             ))
