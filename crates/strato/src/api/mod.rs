@@ -295,13 +295,23 @@ async fn authenticate(
         headers: &parts.headers,
         body,
     };
-    let claims = sigv4::parse(&req)?;
+    verify_v4(state, &req, sigv4::parse(&req)?, service).await
+}
+
+/// The rest of `authenticate` for claims already read (the Query pipeline reads them once to
+/// learn the service).
+async fn verify_v4(
+    state: &ApiState,
+    req: &sigv4::RequestParts<'_>,
+    claims: sigv4::Claims,
+    service: &str,
+) -> ApiResult<Caller> {
     claims.check_scope(&state.control.region.name, service, Utc::now())?;
     let (secret, caller) =
         state.control.lookup_access_key(&claims.access_key).await?.ok_or_else(|| {
             ApiError::AuthFailure("AWS was not able to validate the provided access credentials".into())
         })?;
-    claims.verify(&req, &secret)?;
+    claims.verify(req, &secret)?;
     Ok(caller)
 }
 
@@ -415,15 +425,15 @@ async fn process(
 
     // The service a SigV4 request is for is in its credential scope; a request without one
     // (unsigned, or Signature Version 2) is EC2's.
-    let scope = sigv4::parse(&sigv4::RequestParts {
+    let req = sigv4::RequestParts {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         query,
         headers: &parts.headers,
         body: &body,
-    })
-    .ok()
-    .map(|c| c.service);
+    };
+    let claims = sigv4::parse(&req);
+    let scope = claims.as_ref().ok().map(|c| c.service.clone());
     let service = match scope.as_deref() {
         None | Some("ec2") => Service::Ec2,
         Some("sts") => Service::Sts,
@@ -444,7 +454,7 @@ async fn process(
         }
         caller
     } else {
-        authenticate(state, parts, query, &body, if service == Service::Sts { "sts" } else { "ec2" }).await?
+        verify_v4(state, &req, claims?, if service == Service::Sts { "sts" } else { "ec2" }).await?
     };
     for k in [
         "X-Amz-Algorithm",
