@@ -224,6 +224,11 @@ impl Params {
         self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// Whether a getter has read `key`.
+    pub fn was_read(&self, key: &str) -> bool {
+        self.used.contains(key)
+    }
+
     /// The pairs no getter has read yet.
     pub fn unread(&self) -> impl Iterator<Item = (&str, &str)> {
         self.map.iter().filter(|(k, _)| !self.used.contains(*k)).map(|(k, v)| (k.as_str(), v.as_str()))
