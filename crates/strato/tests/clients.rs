@@ -429,3 +429,77 @@ fn fidelity_seen_in_motos_tests() {
         "{err}"
     );
 }
+
+/// The rest of what Terraform's resources read and write: security group rules changed in
+/// place, VPC endpoints and prefix lists (none here), revoking a rule that is not there.
+#[test]
+fn rules_in_place_endpoints_and_prefix_lists() {
+    let cloud = Cloud::start_simulated();
+    let g = cloud.aws(&["ec2", "create-security-group", "--group-name", "tf", "--description", "tf"]);
+    let gid = g["GroupId"].as_str().unwrap_or_default().to_owned();
+    cloud.aws(&[
+        "ec2",
+        "authorize-security-group-ingress",
+        "--group-id",
+        &gid,
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "10.0.0.0/8",
+    ]);
+    let rules =
+        cloud.aws(&["ec2", "describe-security-group-rules", "--filters", &format!("Name=group-id,Values={gid}")]);
+    let rule = rules["SecurityGroupRules"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["IsEgress"] == false))
+        .cloned()
+        .expect("the ingress rule");
+    let rid = rule["SecurityGroupRuleId"].as_str().unwrap_or_default().to_owned();
+    cloud.aws(&[
+        "ec2",
+        "modify-security-group-rules",
+        "--group-id",
+        &gid,
+        "--security-group-rules",
+        &format!(
+            "SecurityGroupRuleId={rid},SecurityGroupRule={{IpProtocol=tcp,FromPort=80,ToPort=80,CidrIpv4=10.1.0.0/16,Description=web}}"
+        ),
+    ]);
+    let after = cloud.aws(&["ec2", "describe-security-group-rules", "--security-group-rule-ids", &rid]);
+    let r = &after["SecurityGroupRules"][0];
+    assert_eq!(
+        (r["FromPort"].clone(), r["CidrIpv4"].clone()),
+        (Value::from(80), Value::from("10.1.0.0/16")),
+        "{after}"
+    );
+    assert_eq!(r["Description"], "web", "{after}");
+    let args = [
+        "ec2",
+        "modify-security-group-rules",
+        "--group-id",
+        &gid,
+        "--security-group-rules",
+        "SecurityGroupRuleId=sgr-0123456789abcdef0,SecurityGroupRule={IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.0/8}",
+    ];
+    assert_eq!(cloud.aws_err(&args), "InvalidSecurityGroupRuleId.NotFound");
+    let args = [
+        "ec2",
+        "revoke-security-group-egress",
+        "--group-id",
+        &gid,
+        "--ip-permissions",
+        "IpProtocol=tcp,FromPort=9,ToPort=9,IpRanges=[{CidrIp=10.9.9.9/32}]",
+    ];
+    assert_eq!(cloud.aws_err(&args), "InvalidPermission.NotFound");
+
+    let e = cloud.aws(&["ec2", "describe-vpc-endpoints"]);
+    assert_eq!(e["VpcEndpoints"].as_array().map(Vec::len), Some(0), "{e}");
+    assert_eq!(
+        cloud.aws_err(&["ec2", "describe-vpc-endpoints", "--vpc-endpoint-ids", "vpce-0123456789abcdef0"]),
+        "InvalidVpcEndpointId.NotFound"
+    );
+    let p = cloud.aws(&["ec2", "describe-prefix-lists"]);
+    assert_eq!(p["PrefixLists"].as_array().map(Vec::len), Some(0), "{p}");
+}

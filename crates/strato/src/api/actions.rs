@@ -883,6 +883,60 @@ macro_rules! revoke_action {
 revoke_action!(RevokeSecurityGroupIngress, false);
 revoke_action!(RevokeSecurityGroupEgress, true);
 
+/// ModifySecurityGroupRules: rules replaced in place, by id.
+pub struct ModifySecurityGroupRules {
+    group_id: String,
+    changes: Vec<(String, IpPermission)>,
+}
+
+impl Action for ModifySecurityGroupRules {
+    const NAME: &'static str = "ModifySecurityGroupRules";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let group_id = p.required("GroupId")?;
+        let mut changes = Vec::new();
+        for n in p.indices("SecurityGroupRule")? {
+            let b = format!("SecurityGroupRule.{n}");
+            let id = p.required(&format!("{b}.SecurityGroupRuleId"))?;
+            let r = format!("{b}.SecurityGroupRule");
+            let description = p.str_max(&format!("{r}.Description"), 255)?;
+            let mut perm = IpPermission {
+                protocol: p
+                    .str(&format!("{r}.IpProtocol"))
+                    .ok_or_else(|| ApiError::MissingParameter(format!("{r}.IpProtocol")))?,
+                from_port: p.int(&format!("{r}.FromPort"))?,
+                to_port: p.int(&format!("{r}.ToPort"))?,
+                ..Default::default()
+            };
+            if let Some(c) = p.str(&format!("{r}.CidrIpv4")) {
+                perm.ipv4.push((c, description.clone()));
+            }
+            if let Some(c) = p.str(&format!("{r}.CidrIpv6")) {
+                perm.ipv6.push((c, description.clone()));
+            }
+            if let Some(g) = p.str(&format!("{r}.ReferencedGroupId")) {
+                perm.groups.push(GroupPair {
+                    group_id: Some(g),
+                    description: description.clone(),
+                    ..Default::default()
+                });
+            }
+            if let Some(pl) = p.str(&format!("{r}.PrefixListId")) {
+                perm.prefix_lists.push(pl);
+            }
+            changes.push((id, perm));
+        }
+        if changes.is_empty() {
+            return Err(ApiError::MissingParameter("SecurityGroupRule".into()));
+        }
+        Ok(ModifySecurityGroupRules { group_id, changes })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.modify_security_group_rules(&ctx.caller, &self.group_id, &self.changes).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
 pub struct DescribeSecurityGroupRules {
     ids: Vec<String>,
     filters: Vec<Filter>,

@@ -12,7 +12,7 @@ use super::cidr::{valid_ipv6_cidr, Ipv4Cidr};
 use super::filter::{self, Filterable};
 use super::model::{Caller, Peer, SecurityGroup, SgRule, Tags};
 use super::network::select_ids;
-use super::tags::{put_tags, tags_for};
+use super::tags::{not_found_for, put_tags, tags_for};
 use super::Control;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::query::{Filter, TagSpec};
@@ -640,6 +640,55 @@ impl Control {
         }
         tx.commit().await?;
         Ok((revoked, unknown))
+    }
+
+    /// ModifySecurityGroupRules: each named rule of the group becomes the one given (its id
+    /// and direction kept), all or none. A change that makes it equal to another rule of the
+    /// group is a duplicate.
+    pub async fn modify_security_group_rules(
+        &self,
+        caller: &Caller,
+        group_id: &str,
+        changes: &[(String, IpPermission)],
+    ) -> ApiResult<()> {
+        let gid = SecurityGroupId::parse(group_id)?;
+        let mut tx = self.store().begin_write().await?;
+        let groups = store::security_groups(tx.conn(), &caller.account_id).await?;
+        let group = groups.iter().find(|g| g.id == gid).ok_or_else(|| not_found_for("security-group", group_id))?;
+        let mut rules = group.rules.clone();
+        for (rule_id, perm) in changes {
+            let rid = SecurityGroupRuleId::parse(rule_id)?;
+            let at = rules.iter().position(|r| r.id == rid).ok_or_else(|| {
+                ApiError::not_found(
+                    "InvalidSecurityGroupRuleId.NotFound",
+                    format!("The security group rule ID '{rule_id}' does not exist"),
+                )
+            })?;
+            let old = rules[at].clone();
+            let mut new =
+                match self.expand(group, &groups, caller, std::slice::from_ref(perm), old.is_egress)?.as_slice() {
+                    [one] => one.clone(),
+                    _ => {
+                        return Err(ApiError::invalid_value(
+                            "A security group rule has exactly one peer: CidrIpv4, CidrIpv6 or ReferencedGroupId",
+                        ))
+                    }
+                };
+            new.id = old.id.clone();
+            if rules.iter().any(|r| r.id != new.id && r.same_permission(&new)) {
+                return Err(ApiError::duplicate(
+                    "InvalidPermission.Duplicate",
+                    format!("the specified rule \"{}\" already exists", describe_rule(&new)),
+                ));
+            }
+            rules[at] = new;
+        }
+        for r in rules.iter().filter(|r| !group.rules.contains(r)) {
+            store::delete_rule(tx.conn(), &r.id).await?;
+            store::insert_rule(tx.conn(), &caller.account_id, r).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn describe_security_group_rules(
