@@ -503,3 +503,51 @@ fn rules_in_place_endpoints_and_prefix_lists() {
     let p = cloud.aws(&["ec2", "describe-prefix-lists"]);
     assert_eq!(p["PrefixLists"].as_array().map(Vec::len), Some(0), "{p}");
 }
+
+/// CreateDefaultVpc and CreateDefaultSubnet bring back what was deleted, and only that.
+#[test]
+fn default_vpc_and_subnets_made_again() {
+    let cloud = Cloud::start_simulated();
+    assert_eq!(cloud.aws_err(&["ec2", "create-default-vpc"]), "DefaultVpcAlreadyExists");
+    let vpc = cloud.aws(&["ec2", "describe-vpcs", "--filters", "Name=is-default,Values=true"])["Vpcs"][0]["VpcId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let subnets = cloud.aws(&["ec2", "describe-subnets", "--filters", &format!("Name=vpc-id,Values={vpc}")]);
+    let mut b_subnet = String::new();
+    for s in subnets["Subnets"].as_array().cloned().unwrap_or_default() {
+        let id = s["SubnetId"].as_str().unwrap_or_default().to_owned();
+        if s["AvailabilityZone"] == "local-1b" {
+            b_subnet = id.clone();
+        }
+        cloud.aws(&["ec2", "delete-subnet", "--subnet-id", &id]);
+    }
+    let s = cloud.aws(&["ec2", "create-default-subnet", "--availability-zone", "local-1b"]);
+    assert_eq!(s["Subnet"]["DefaultForAz"], true, "{s}");
+    assert_eq!(s["Subnet"]["MapPublicIpOnLaunch"], true, "{s}");
+    assert_ne!(s["Subnet"]["SubnetId"], Value::from(b_subnet));
+    assert_eq!(
+        cloud.aws_err(&["ec2", "create-default-subnet", "--availability-zone", "local-1b"]),
+        "DefaultSubnetAlreadyExistsInAvailabilityZone"
+    );
+    cloud.aws(&["ec2", "delete-subnet", "--subnet-id", s["Subnet"]["SubnetId"].as_str().unwrap_or_default()]);
+    let igw =
+        cloud.aws(&["ec2", "describe-internet-gateways", "--filters", &format!("Name=attachment.vpc-id,Values={vpc}")]);
+    let igw = igw["InternetGateways"][0]["InternetGatewayId"].as_str().unwrap_or_default().to_owned();
+    cloud.aws(&["ec2", "detach-internet-gateway", "--internet-gateway-id", &igw, "--vpc-id", &vpc]);
+    cloud.aws(&["ec2", "delete-internet-gateway", "--internet-gateway-id", &igw]);
+    cloud.aws(&["ec2", "delete-vpc", "--vpc-id", &vpc]);
+    assert_eq!(
+        cloud.aws_err(&["ec2", "create-default-subnet", "--availability-zone", "local-1a"]),
+        "DefaultVpcDoesNotExist"
+    );
+
+    let v = cloud.aws(&["ec2", "create-default-vpc"]);
+    assert_eq!(v["Vpc"]["IsDefault"], true, "{v}");
+    assert_eq!(v["Vpc"]["CidrBlock"], "172.31.0.0/16");
+    let id = v["Vpc"]["VpcId"].as_str().unwrap_or_default();
+    let subnets = cloud.aws(&["ec2", "describe-subnets", "--filters", &format!("Name=vpc-id,Values={id}")]);
+    assert_eq!(subnets["Subnets"].as_array().map(Vec::len), Some(3), "{subnets}");
+    let a = cloud.aws(&["ec2", "describe-account-attributes", "--attribute-names", "default-vpc"]);
+    assert_eq!(a["AccountAttributes"][0]["AttributeValues"][0]["AttributeValue"], Value::from(id), "{a}");
+}

@@ -435,6 +435,44 @@ pub struct CreateVpc {
     tags: Vec<TagSpec>,
 }
 
+pub struct CreateDefaultVpc;
+
+impl Action for CreateDefaultVpc {
+    const NAME: &'static str = "CreateDefaultVpc";
+    fn decode(_p: &mut Params) -> ApiResult<Self> {
+        Ok(CreateDefaultVpc)
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let v = ctx.control.create_default_vpc(&ctx.caller).await?;
+        x.open("vpc");
+        write_vpc(x, &v);
+        x.close("vpc");
+        Ok(())
+    }
+}
+
+pub struct CreateDefaultSubnet {
+    zone: Option<String>,
+    zone_id: Option<String>,
+}
+
+impl Action for CreateDefaultSubnet {
+    const NAME: &'static str = "CreateDefaultSubnet";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        if p.bool("Ipv6Native")? == Some(true) {
+            return Err(ApiError::UnsupportedOperation("Strato has no IPv6 subnets yet (Ipv6Native=true)".into()));
+        }
+        Ok(CreateDefaultSubnet { zone: p.str("AvailabilityZone"), zone_id: p.str("AvailabilityZoneId") })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let s = ctx.control.create_default_subnet(&ctx.caller, self.zone.as_deref(), self.zone_id.as_deref()).await?;
+        x.open("subnet");
+        write_subnet(ctx, x, &s);
+        x.close("subnet");
+        Ok(())
+    }
+}
+
 impl Action for CreateVpc {
     const NAME: &'static str = "CreateVpc";
     fn decode(p: &mut Params) -> ApiResult<Self> {

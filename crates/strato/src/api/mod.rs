@@ -93,6 +93,8 @@ dispatch_table!(
     DescribeKeyPairs,
     DeleteKeyPair,
     CreateVpc,
+    CreateDefaultVpc,
+    CreateDefaultSubnet,
     DescribeVpcs,
     DeleteVpc,
     CreateSubnet,

@@ -240,6 +240,84 @@ impl Control {
         Ok(vpc)
     }
 
+    /// CreateDefaultVpc: a new default VPC (172.31.0.0/16, a gateway, a public default
+    /// subnet per zone, a default security group) for an account whose default VPC was
+    /// deleted.
+    pub async fn create_default_vpc(&self, caller: &Caller) -> ApiResult<Vpc> {
+        let mut tx = self.store().begin_write().await?;
+        if store::vpcs(tx.conn(), &caller.account_id).await?.iter().any(|v| v.is_default) {
+            return Err(ApiError::Conflict {
+                code: "DefaultVpcAlreadyExists",
+                message: "A Default VPC already exists for this account in this region.".into(),
+            });
+        }
+        let vpc = create_default_vpc(tx.conn(), &self.region, &caller.account_id).await?;
+        tx.commit().await?;
+        self.agent_wake.notify_one();
+        Ok(vpc)
+    }
+
+    /// CreateDefaultSubnet: the default VPC's default subnet in a zone that has none (the
+    /// next free /20 of 172.31.0.0/16, public IP on launch).
+    pub async fn create_default_subnet(
+        &self,
+        caller: &Caller,
+        zone: Option<&str>,
+        zone_id: Option<&str>,
+    ) -> ApiResult<Subnet> {
+        let zone = match (zone, zone_id) {
+            (Some(z), None) => self.region.zones.iter().find(|x| *x == z).cloned(),
+            (None, Some(id)) => {
+                self.region.zones.iter().find(|z| self.region.zone_id(z).as_deref() == Some(id)).cloned()
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::InvalidParameterCombination(
+                    "Only one of AvailabilityZone or AvailabilityZoneId may be given".into(),
+                ))
+            }
+            (None, None) => return Err(ApiError::MissingParameter("AvailabilityZone".into())),
+        }
+        .ok_or_else(|| {
+            ApiError::invalid_value(format!(
+                "Value ({}) for parameter availabilityZone is invalid.",
+                zone.or(zone_id).unwrap_or("")
+            ))
+        })?;
+        let mut tx = self.store().begin_write().await?;
+        let vpc =
+            store::vpcs(tx.conn(), &caller.account_id).await?.into_iter().find(|v| v.is_default).ok_or_else(|| {
+                ApiError::Conflict { code: "DefaultVpcDoesNotExist", message: "No default VPC for this user".into() }
+            })?;
+        let subnets: Vec<Subnet> =
+            store::subnets(tx.conn(), &caller.account_id).await?.into_iter().filter(|s| s.vpc_id == vpc.id).collect();
+        if subnets.iter().any(|s| s.is_default && s.availability_zone == zone) {
+            return Err(ApiError::Conflict {
+                code: "DefaultSubnetAlreadyExistsInAvailabilityZone",
+                message: format!("Default subnet already exists in availability zone {zone}"),
+            });
+        }
+        let taken: Vec<Ipv4Cidr> = subnets.iter().filter_map(|s| Ipv4Cidr::parse(&s.cidr, false)).collect();
+        let cidr = (0..16u32)
+            .map(|i| format!("172.31.{}.0/20", i * 16))
+            .find(|c| Ipv4Cidr::parse(c, true).is_some_and(|b| !taken.iter().any(|t| t.overlaps(&b))))
+            .ok_or_else(|| ApiError::InvalidSubnetConflict("The default VPC has no free /20 left".into()))?;
+        let s = Subnet {
+            id: SubnetId::generate(),
+            owner: caller.account_id.clone(),
+            vpc_id: vpc.id.clone(),
+            cidr,
+            availability_zone_id: self.region.zone_id(&zone).unwrap_or_default(),
+            availability_zone: zone,
+            is_default: true,
+            map_public_ip: true,
+            tags: vec![],
+        };
+        store::insert_subnet(tx.conn(), &s).await?;
+        tx.commit().await?;
+        self.agent_wake.notify_one();
+        Ok(s)
+    }
+
     pub async fn describe_vpcs(
         &self,
         caller: &Caller,
