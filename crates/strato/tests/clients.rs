@@ -551,3 +551,46 @@ fn default_vpc_and_subnets_made_again() {
     let a = cloud.aws(&["ec2", "describe-account-attributes", "--attribute-names", "default-vpc"]);
     assert_eq!(a["AccountAttributes"][0]["AttributeValues"][0]["AttributeValue"], Value::from(id), "{a}");
 }
+
+/// DHCP options sets: made, described, associated with a VPC, kept while in use.
+#[test]
+fn dhcp_options_sets() {
+    let cloud = Cloud::start_simulated();
+    let d = cloud.aws(&[
+        "ec2",
+        "create-dhcp-options",
+        "--dhcp-configurations",
+        "Key=domain-name-servers,Values=AmazonProvidedDNS,10.0.0.53",
+        "Key=domain-name,Values=corp.example",
+    ]);
+    let id = d["DhcpOptions"]["DhcpOptionsId"].as_str().unwrap_or_default().to_owned();
+    assert!(id.starts_with("dopt-"), "{d}");
+    let conf = &d["DhcpOptions"]["DhcpConfigurations"];
+    assert_eq!(conf[0]["Key"], "domain-name-servers", "{d}");
+    assert_eq!(conf[0]["Values"][1]["Value"], "10.0.0.53", "{d}");
+    let f = cloud.aws(&["ec2", "describe-dhcp-options", "--filters", "Name=key,Values=domain-name"]);
+    assert_eq!(f["DhcpOptions"].as_array().map(Vec::len), Some(1), "{f}");
+    let args = ["ec2", "create-dhcp-options", "--dhcp-configurations", "Key=domain-name,Values=a.com;rm"];
+    assert_eq!(cloud.aws_err(&args), "InvalidParameterValue");
+
+    let vpc = cloud.aws(&["ec2", "create-vpc", "--cidr-block", "10.7.0.0/16"])["Vpc"]["VpcId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    cloud.aws(&["ec2", "associate-dhcp-options", "--dhcp-options-id", &id, "--vpc-id", &vpc]);
+    let v = cloud.aws(&["ec2", "describe-vpcs", "--vpc-ids", &vpc]);
+    assert_eq!(v["Vpcs"][0]["DhcpOptionsId"], Value::from(id.clone()), "{v}");
+    let v = cloud.aws(&["ec2", "describe-vpcs", "--filters", &format!("Name=dhcp-options-id,Values={id}")]);
+    assert_eq!(v["Vpcs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(cloud.aws_err(&["ec2", "delete-dhcp-options", "--dhcp-options-id", &id]), "DependencyViolation");
+    cloud.aws(&["ec2", "associate-dhcp-options", "--dhcp-options-id", "default", "--vpc-id", &vpc]);
+    cloud.aws(&["ec2", "delete-dhcp-options", "--dhcp-options-id", &id]);
+    assert_eq!(
+        cloud.aws_err(&["ec2", "describe-dhcp-options", "--dhcp-options-ids", &id]),
+        "InvalidDhcpOptionID.NotFound"
+    );
+    // Another account cannot use or see it.
+    let other = cloud.create_account("other", false);
+    let d = cloud.aws_json_as(&other, &["ec2", "describe-dhcp-options"]);
+    assert_eq!(d["DhcpOptions"].as_array().map(Vec::len), Some(0), "{d}");
+}

@@ -405,7 +405,7 @@ fn write_vpc(x: &mut Xml, v: &Vpc) {
                 .field("state", "associated")
                 .close("cidrBlockState");
         })
-        .field("dhcpOptionsId", "default")
+        .field("dhcpOptionsId", v.dhcp_options_id.as_deref().unwrap_or("default"))
         .field("instanceTenancy", &v.instance_tenancy)
         .field("isDefault", v.is_default)
         .tags(&v.tags);

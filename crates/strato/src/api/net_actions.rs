@@ -620,3 +620,98 @@ impl Action for DescribePrefixLists {
         Ok(())
     }
 }
+
+fn write_dhcp_options(x: &mut Xml, d: &crate::control::dhcp::DhcpOptions) {
+    x.field("dhcpOptionsId", &d.id).field("ownerId", &d.owner);
+    x.list("dhcpConfigurationSet", &d.config, |x, (k, values)| {
+        x.field("key", k).list("valueSet", values, |x, v| {
+            x.field("value", v);
+        });
+    });
+    x.tags(&d.tags);
+}
+
+pub struct CreateDhcpOptions {
+    config: crate::control::dhcp::DhcpConfig,
+    tags: Vec<TagSpec>,
+}
+
+impl Action for CreateDhcpOptions {
+    const NAME: &'static str = "CreateDhcpOptions";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        let mut config = Vec::new();
+        for n in p.indices("DhcpConfiguration")? {
+            let key = p.required(&format!("DhcpConfiguration.{n}.Key"))?;
+            let values = p.list(&format!("DhcpConfiguration.{n}.Value"))?;
+            config.push((key, values));
+        }
+        Ok(CreateDhcpOptions { config, tags: p.tag_specs()? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let tags = crate::control::tags::tags_for(&self.tags, "dhcp-options")?;
+        let d = ctx.control.create_dhcp_options(&ctx.caller, self.config, tags).await?;
+        x.open("dhcpOptions");
+        write_dhcp_options(x, &d);
+        x.close("dhcpOptions");
+        Ok(())
+    }
+}
+
+pub struct DescribeDhcpOptions {
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+    page: Page,
+}
+
+impl Action for DescribeDhcpOptions {
+    const NAME: &'static str = "DescribeDhcpOptions";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DescribeDhcpOptions {
+            ids: p.list("DhcpOptionsId")?,
+            filters: p.filters()?,
+            page: Page::decode(p, 5, 1000)?,
+        })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        let (list, next) = ctx
+            .control
+            .describe_dhcp_options(&ctx.caller, &self.ids, &self.filters, self.page.max, self.page.token.as_deref())
+            .await?;
+        x.list("dhcpOptionsSet", list, |x, d| write_dhcp_options(x, &d));
+        write_next_token(x, next);
+        Ok(())
+    }
+}
+
+pub struct DeleteDhcpOptions {
+    id: String,
+}
+
+impl Action for DeleteDhcpOptions {
+    const NAME: &'static str = "DeleteDhcpOptions";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(DeleteDhcpOptions { id: p.required("DhcpOptionsId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.delete_dhcp_options(&ctx.caller, &self.id).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}
+
+pub struct AssociateDhcpOptions {
+    id: String,
+    vpc_id: String,
+}
+
+impl Action for AssociateDhcpOptions {
+    const NAME: &'static str = "AssociateDhcpOptions";
+    fn decode(p: &mut Params) -> ApiResult<Self> {
+        Ok(AssociateDhcpOptions { id: p.required("DhcpOptionsId")?, vpc_id: p.required("VpcId")? })
+    }
+    async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
+        ctx.control.associate_dhcp_options(&ctx.caller, &self.id, &self.vpc_id).await?;
+        x.field("return", true);
+        Ok(())
+    }
+}

@@ -10,6 +10,7 @@
 pub mod addresses;
 pub mod billing;
 pub mod cidr;
+pub mod dhcp;
 pub mod filter;
 pub mod gateways;
 pub mod hosts;

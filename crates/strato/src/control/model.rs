@@ -48,6 +48,8 @@ pub struct Vpc {
     pub instance_tenancy: String,
     pub enable_dns_support: bool,
     pub enable_dns_hostnames: bool,
+    /// Its DHCP options set; `None` is EC2's `default`.
+    pub dhcp_options_id: Option<String>,
     pub tags: Tags,
 }
 

@@ -30,6 +30,7 @@ pub async fn create_default_vpc(c: &mut AnyConnection, region: &Region, account:
         instance_tenancy: "default".into(),
         enable_dns_support: true,
         enable_dns_hostnames: true,
+        dhcp_options_id: None,
         tags: vec![],
     };
     store::insert_vpc(c, &vpc).await?;
@@ -79,7 +80,7 @@ impl Filterable for Vpc {
                 vec![format!("vpc-cidr-assoc-{}", self.id.as_str().trim_start_matches("vpc-"))]
             }
             "is-default" | "isDefault" => vec![self.is_default.to_string()],
-            "dhcp-options-id" => vec!["default".into()],
+            "dhcp-options-id" => vec![self.dhcp_options_id.clone().unwrap_or_else(|| "default".into())],
             "owner-id" => vec![self.owner.to_string()],
             "state" => vec!["available".into()],
             "vpc-id" => vec![self.id.to_string()],
@@ -141,7 +142,7 @@ impl Subnet {
     }
 }
 
-fn vpc_not_found(id: &str) -> ApiError {
+pub(crate) fn vpc_not_found(id: &str) -> ApiError {
     ApiError::not_found("InvalidVpcID.NotFound", format!("The vpc ID '{id}' does not exist"))
 }
 
@@ -230,6 +231,7 @@ impl Control {
             instance_tenancy: tenancy.into(),
             enable_dns_support: true,
             enable_dns_hostnames: false,
+            dhcp_options_id: None,
             tags: tags.clone(),
         };
         let mut tx = self.store().begin_write().await?;
@@ -482,6 +484,7 @@ impl Control {
             let subnets = store::subnets(&mut c, account).await?;
             let groups = store::security_groups(&mut c, account).await?;
             let vpcs = store::vpcs(&mut c, account).await?;
+            let dhcp_sets = store::dhcp_options::in_use(&mut c).await?;
             for i in instances.iter().filter(|i| &i.owner == account) {
                 let Ok(private_ip) = i.private_ip.parse::<std::net::Ipv4Addr>() else { continue };
                 let view = by_vpc.entry(i.vpc_id.clone()).or_insert_with(|| VpcView {
@@ -497,6 +500,13 @@ impl Control {
                         .filter(|s| s.vpc_id.as_str() == i.vpc_id)
                         .filter_map(|s| Ipv4Cidr::parse(&s.cidr, false))
                         .collect(),
+                    dhcp_options: vpcs
+                        .iter()
+                        .find(|v| v.id.as_str() == i.vpc_id)
+                        .and_then(|v| v.dhcp_options_id.as_deref())
+                        .and_then(|id| dhcp_sets.iter().find(|(d, _)| d == id))
+                        .and_then(|(_, config)| serde_json::from_str(config).ok())
+                        .unwrap_or_default(),
                     ..Default::default()
                 });
                 for (gid, _) in &i.security_groups {

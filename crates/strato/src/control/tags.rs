@@ -146,6 +146,7 @@ pub fn not_found_for(kind: &str, id: &str) -> ApiError {
         "network-acl" => ("InvalidNetworkAclID.NotFound", "network ACL"),
         "internet-gateway" => ("InvalidInternetGatewayID.NotFound", "internet gateway"),
         "launch-template" => ("InvalidLaunchTemplateId.NotFound", "launch template ID"),
+        "dhcp-options" => ("InvalidDhcpOptionID.NotFound", "dhcp option ID"),
         _ => ("InvalidID", "ID"),
     };
     ApiError::not_found(code, format!("The {what} '{id}' does not exist"))

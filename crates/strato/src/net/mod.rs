@@ -347,6 +347,40 @@ fn dnsmasq_pid(dir: &Path) -> Option<u32> {
     cmdline.split(|b| *b == 0).any(|a| String::from_utf8_lossy(a).ends_with(&marker)).then_some(pid)
 }
 
+/// A DHCP options set: its options in the order given (`control::dhcp` checks them).
+pub type DhcpConfig = Vec<(String, Vec<String>)>;
+
+/// dnsmasq's options for a set, `AmazonProvidedDNS` being `dns_ip`; the values were
+/// checked by `check_config` when the set was made.
+pub fn dnsmasq_options(config: &DhcpConfig, dns_ip: Option<Ipv4Addr>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, values) in config {
+        let list = |vs: &[String]| -> String {
+            vs.iter()
+                .filter_map(|v| if v == "AmazonProvidedDNS" { dns_ip.map(|d| d.to_string()) } else { Some(v.clone()) })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match key.as_str() {
+            "domain-name-servers" => out.push(format!("--dhcp-option=option:dns-server,{}", list(values))),
+            "domain-name" => {
+                let names: Vec<&str> = values.iter().flat_map(|v| v.split_whitespace()).collect();
+                if let Some(first) = names.first() {
+                    out.push(format!("--dhcp-option=option:domain-name,{first}"));
+                }
+                if names.len() > 1 {
+                    out.push(format!("--dhcp-option=option:domain-search,{}", names.join(",")));
+                }
+            }
+            "ntp-servers" => out.push(format!("--dhcp-option=option:ntp-server,{}", list(values))),
+            "netbios-name-servers" => out.push(format!("--dhcp-option=option:netbios-ns,{}", list(values))),
+            "netbios-node-type" => out.push(format!("--dhcp-option=option:netbios-nodetype,{}", list(values))),
+            _ => {}
+        }
+    }
+    out
+}
+
 fn dnsmasq_args(dir: &Path, view: &VpcView) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--conf-file=/dev/null".into(),
@@ -368,9 +402,13 @@ fn dnsmasq_args(dir: &Path, view: &VpcView) -> Vec<String> {
         format!("--log-facility={}", dir.join("dnsmasq.log").display()),
         "--log-dhcp".into(),
     ];
-    if let Some(dns) = view.dns_ip {
-        a.push(format!("--dhcp-option=option:dns-server,{dns}"));
+    // The VPC's DHCP options set, else the default: its own DNS server.
+    if !view.dhcp_options.iter().any(|(k, _)| k == "domain-name-servers") {
+        if let Some(dns) = view.dns_ip {
+            a.push(format!("--dhcp-option=option:dns-server,{dns}"));
+        }
     }
+    a.extend(dnsmasq_options(&view.dhcp_options, view.dns_ip));
     for s in &view.subnets {
         a.push(format!("--dhcp-range={},static,{},12h", Ipv4Addr::from(s.first()), Ipv4Addr::from(s.mask())));
     }

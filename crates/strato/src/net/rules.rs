@@ -110,6 +110,9 @@ pub struct VpcView {
     /// Set when the VPC reaches other hosts.
     #[serde(default)]
     pub vxlan: Option<Vxlan>,
+    /// Its DHCP options set (empty: the default, the VPC's own DNS and domain).
+    #[serde(default)]
+    pub dhcp_options: super::DhcpConfig,
 }
 
 impl VpcView {

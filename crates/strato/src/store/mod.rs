@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Row};
 
+pub mod dhcp_options;
 pub mod instances;
 pub mod launch_templates;
 
@@ -46,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../../migrations/0014_vxlan.sql")),
     (15, include_str!("../../migrations/0015_instance_options.sql")),
     (16, include_str!("../../migrations/0016_launch_templates.sql")),
+    (17, include_str!("../../migrations/0017_dhcp_options.sql")),
 ];
 
 /// The PostgreSQL form of a migration written for SQLite: `BIGINT` for SQLite's 64-bit
@@ -552,6 +554,7 @@ pub async fn vpcs(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Ve
                 instance_tenancy: r.try_get("instance_tenancy")?,
                 enable_dns_support: r.try_get::<i64, _>("enable_dns_support")? != 0,
                 enable_dns_hostnames: r.try_get::<i64, _>("enable_dns_hostnames")? != 0,
+                dhcp_options_id: r.try_get("dhcp_options_id")?,
                 tags: Vec::new(),
             })
         })
@@ -772,6 +775,7 @@ pub async fn owns(
         "snapshot" => "snapshots",
         "internet-gateway" => "internet_gateways",
         "launch-template" => "launch_templates",
+        "dhcp-options" => "dhcp_options",
         "image" => {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE id = $1 AND owner_id = $2")
                 .bind(id)
