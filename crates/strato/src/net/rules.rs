@@ -634,6 +634,7 @@ mod tests {
                 peers: vec![],
                 remote: vec![remote(5, "sg-client"), remote(6, "sg-other")],
             }),
+            dhcp_options: Vec::new(),
         };
         let text = vpc_ruleset(&view).to_string();
         // The web server's ingress admits the client on the other host, not the other one.
