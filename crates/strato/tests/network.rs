@@ -157,6 +157,25 @@ fn ssh_security_groups_metadata_and_user_data() {
     assert!(dns.matches(&rb).count() >= 1, "{name} does not resolve to {rb}: {dns}");
     assert!(!port22_open(&pb), "a group rule must not open B to the host");
 
+    // A DHCP options set on the VPC: an instance launched afterwards is handed its DNS server.
+    let set = cloud.aws(&[
+        "ec2",
+        "create-dhcp-options",
+        "--dhcp-configurations",
+        "Key=domain-name-servers,Values=172.31.0.53,AmazonProvidedDNS",
+    ]);
+    let set = s(&set["DhcpOptions"]["DhcpOptionsId"]);
+    let vpc = s(&ia["VpcId"]);
+    cloud.aws(&["ec2", "associate-dhcp-options", "--dhcp-options-id", &set, "--vpc-id", &vpc]);
+    let c = run(&cloud, "strato", &["--image-id", &ami, "--key-name", "net"]);
+    let ic = wait_ready(&cloud, "strato", &c);
+    let pc = s(&ic["PublicIpAddress"]);
+    eventually("port 22 of C opens", || port22_open(&pc));
+    let resolv = ssh(&key, &pc, "cat /etc/resolv.conf").unwrap_or_default();
+    assert!(resolv.contains("nameserver 172.31.0.53"), "C's DNS server is its VPC's DHCP options': {resolv}");
+    cloud.aws(&["ec2", "associate-dhcp-options", "--dhcp-options-id", "default", "--vpc-id", &vpc]);
+    cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &c]);
+
     // A cannot pass for B: it takes B's address, claims it by gratuitous ARP and asks the
     // metadata service from it. Without the tap's anti-spoofing rules this returns B's id
     // (checked by hand); with them, neither the ARP nor the packets leave A's tap.

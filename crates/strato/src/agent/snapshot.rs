@@ -316,7 +316,8 @@ pub fn identity(
         subnet.prefix,
         std::net::Ipv4Addr::from(subnet.first() + 1)
     );
-    if let Some(dns) = view.dns_ip {
+    // The first DNS server of the VPC's DHCP options (the image's init takes one).
+    if let Some(dns) = view.dns_servers().first() {
         line.push_str(&format!(" dns={dns}"));
     }
     line.push_str(" hostkey=");
@@ -479,6 +480,16 @@ mod tests {
             Some("id=i-b mac=02:00:0a:00:11:04 ip=10.0.17.4/20 gw=10.0.16.1 dns=10.0.0.2 hostkey=\n")
         );
         assert_eq!(identity(&view, "i-c", b"", None), None);
+        // A DHCP options set's first DNS server is the one the image's init uses.
+        let with_set = VpcView {
+            dhcp_options: vec![("domain-name-servers".into(), vec!["10.9.9.9".into(), "AmazonProvidedDNS".into()])],
+            ..view.clone()
+        };
+        assert!(identity(&with_set, "i-b", b"", None).is_some_and(|l| l.contains(" dns=10.9.9.9 ")));
+        assert_eq!(
+            with_set.dns_servers(),
+            [std::net::Ipv4Addr::new(10, 9, 9, 9), std::net::Ipv4Addr::new(10, 0, 0, 2)]
+        );
         // A key line that is not two plain words is not sent (the metadata service gives it).
         assert!(identity(&view, "i-a", b"", Some("ssh-rsa AAAA$(x)")).is_some_and(|l| !l.contains("sshkey")));
         assert!(identity(&view, "i-a", b"", Some("ssh-rsa")).is_some_and(|l| !l.contains("sshkey")));

@@ -116,6 +116,18 @@ pub struct VpcView {
 }
 
 impl VpcView {
+    /// The DNS servers the VPC's DHCP hands out: its options set's (`AmazonProvidedDNS`
+    /// being the VPC's own), else the VPC's own.
+    pub fn dns_servers(&self) -> Vec<Ipv4Addr> {
+        match self.dhcp_options.iter().find(|(k, _)| k == "domain-name-servers") {
+            Some((_, values)) => values
+                .iter()
+                .filter_map(|v| if v == "AmazonProvidedDNS" { self.dns_ip } else { v.parse().ok() })
+                .collect(),
+            None => self.dns_ip.into_iter().collect(),
+        }
+    }
+
     /// Addresses of the instances in a group (the peers of a group rule), on this host and
     /// on others.
     fn members(&self, group: &str) -> BTreeSet<Ipv4Addr> {
