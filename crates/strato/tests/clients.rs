@@ -74,6 +74,10 @@ fn instance_options_terraform_sets_and_reads() {
     let args = run(&["--instance-type", "m5.large"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let m5 = cloud.aws(&args)["Instances"][0]["InstanceId"].as_str().unwrap_or_default().to_owned();
+    // A type the catalogue has but no host can hold (64 GiB here) is a capacity answer.
+    let args = run(&["--instance-type", "m5.4xlarge"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(cloud.aws_err(&args), "InsufficientInstanceCapacity");
 
     // Defaults per family, and what was asked for.
     let c = cloud.aws(&["ec2", "describe-instance-credit-specifications"]);
@@ -99,6 +103,28 @@ fn instance_options_terraform_sets_and_reads() {
     assert_eq!(a["DisableApiStop"]["Value"], true, "{a}");
     let a = cloud.aws(&["ec2", "describe-instance-attribute", "--instance-id", &t3, "--attribute", "ebsOptimized"]);
     assert_eq!(a["EbsOptimized"]["Value"], true, "{a}");
+    // Every attribute of the model's enum is answered.
+    for attr in [
+        "instanceType",
+        "kernel",
+        "ramdisk",
+        "userData",
+        "disableApiTermination",
+        "instanceInitiatedShutdownBehavior",
+        "rootDeviceName",
+        "blockDeviceMapping",
+        "productCodes",
+        "sourceDestCheck",
+        "groupSet",
+        "ebsOptimized",
+        "sriovNetSupport",
+        "enaSupport",
+        "enclaveOptions",
+        "disableApiStop",
+    ] {
+        let a = cloud.aws(&["ec2", "describe-instance-attribute", "--instance-id", &t3, "--attribute", attr]);
+        assert_eq!(a["InstanceId"], Value::from(t3.clone()), "{attr}: {a}");
+    }
     assert_eq!(cloud.aws_err(&["ec2", "stop-instances", "--instance-ids", &t3]), "OperationNotPermitted");
     cloud.aws(&["ec2", "modify-instance-attribute", "--instance-id", &t3, "--no-disable-api-stop"]);
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", &t3]);

@@ -2173,6 +2173,16 @@ impl Action for DescribeInstanceAttribute {
             AttributeValue::EbsOptimized(v) => value(x, "ebsOptimized", v.to_string()),
             AttributeValue::EnaSupport => value(x, "enaSupport", "false".into()),
             AttributeValue::DisableApiStop(v) => value(x, "disableApiStop", v.to_string()),
+            // Strato's instances carry no product codes and no SR-IOV NIC; no enclaves.
+            AttributeValue::ProductCodes => {
+                x.list("productCodes", Vec::<()>::new(), |_, _| {});
+            }
+            AttributeValue::SriovNetSupport => {
+                x.open("sriovNetSupport").close("sriovNetSupport");
+            }
+            AttributeValue::EnclaveOptions => {
+                x.open("enclaveOptions").field("enabled", false).close("enclaveOptions");
+            }
         }
         Ok(())
     }

@@ -271,6 +271,9 @@ pub enum AttributeValue {
     EbsOptimized(bool),
     EnaSupport,
     DisableApiStop(bool),
+    ProductCodes,
+    SriovNetSupport,
+    EnclaveOptions,
 }
 
 /// The state change a Start/Stop/Terminate answers with.
@@ -1063,6 +1066,9 @@ impl Control {
             "ebsOptimized" => AttributeValue::EbsOptimized(i.ebs_optimized),
             "enaSupport" => AttributeValue::EnaSupport,
             "disableApiStop" => AttributeValue::DisableApiStop(i.disable_api_stop),
+            "productCodes" => AttributeValue::ProductCodes,
+            "sriovNetSupport" => AttributeValue::SriovNetSupport,
+            "enclaveOptions" => AttributeValue::EnclaveOptions,
             other => {
                 return Err(ApiError::invalid_value(format!(
                     "Value ({other}) for parameter attribute is invalid. Unknown attribute."
