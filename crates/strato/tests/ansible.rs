@@ -22,11 +22,7 @@ fn playbook_with_key_group_instance_volume_stop_resize_start_terminate() {
         venv.display()
     );
     let cloud = Cloud::start();
-    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
-        ["ImageId"]
-        .as_str()
-        .expect("the minimal image")
-        .to_owned();
+    let ami = cloud.minimal_ami();
     let (key, secret) = cloud.admin_keys();
     let home = cloud.dir.path().join("ansible-home");
     std::fs::create_dir_all(&home).expect("ansible home");

@@ -55,11 +55,7 @@ fn libcloud_with_signature_versions_2_and_4() {
 #[test]
 fn instance_options_terraform_sets_and_reads() {
     let cloud = Cloud::start_simulated();
-    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
-        ["ImageId"]
-        .as_str()
-        .expect("the minimal image")
-        .to_owned();
+    let ami = cloud.minimal_ami();
     let run = |extra: &[&str]| {
         let mut a = vec!["ec2", "run-instances", "--image-id", &ami, "--count", "1"];
         a.extend_from_slice(extra);
@@ -178,11 +174,7 @@ fn defaults_of_ansible_and_boto3_and_the_type_catalogue() {
     assert_eq!(v["Vpcs"].as_array().map(Vec::len), Some(1), "{v}");
     assert_eq!(v["Vpcs"][0]["IsDefault"], true);
 
-    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
-        ["ImageId"]
-        .as_str()
-        .expect("the minimal image")
-        .to_owned();
+    let ami = cloud.minimal_ami();
     let r = cloud.aws(&[
         "ec2",
         "run-instances",
@@ -254,11 +246,7 @@ fn defaults_of_ansible_and_boto3_and_the_type_catalogue() {
 #[test]
 fn launch_templates() {
     let cloud = Cloud::start_simulated();
-    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
-        ["ImageId"]
-        .as_str()
-        .expect("the minimal image")
-        .to_owned();
+    let ami = cloud.minimal_ami();
     let sg = cloud.aws(&["ec2", "describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]
         ["GroupId"]
         .as_str()

@@ -67,11 +67,7 @@ impl Tf<'_> {
 fn vpc_instance_volume_and_address_apply_plan_clean_and_destroy() {
     let plugins = plugin_dir();
     let cloud = Cloud::start();
-    let ami = cloud.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"])["Images"][0]
-        ["ImageId"]
-        .as_str()
-        .expect("the minimal image")
-        .to_owned();
+    let ami = cloud.minimal_ami();
     let (key, secret) = cloud.admin_keys();
     let work = cloud.dir.path().join("tf");
     std::fs::create_dir_all(&work).expect("tf dir");

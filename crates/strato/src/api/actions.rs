@@ -1728,6 +1728,18 @@ impl Action for RunInstances {
     }
 }
 
+/// `InstanceId.N`, filters and a page, for the Describe actions where instance ids and
+/// MaxResults exclude each other (as on EC2).
+fn instance_ids_filters_page(p: &mut Params) -> ApiResult<(Vec<String>, Vec<Filter>, Page)> {
+    let (ids, filters, page) = (p.list("InstanceId")?, p.filters()?, Page::decode(p, 5, 1000)?);
+    if page.max.is_some() && !ids.is_empty() {
+        return Err(ApiError::InvalidParameterCombination(
+            "The parameter instancesSet cannot be used with the parameter maxResults".into(),
+        ));
+    }
+    Ok((ids, filters, page))
+}
+
 pub struct DescribeInstances {
     ids: Vec<String>,
     filters: Vec<Filter>,
@@ -1737,14 +1749,8 @@ pub struct DescribeInstances {
 impl Action for DescribeInstances {
     const NAME: &'static str = "DescribeInstances";
     fn decode(p: &mut Params) -> ApiResult<Self> {
-        let r =
-            DescribeInstances { ids: p.list("InstanceId")?, filters: p.filters()?, page: Page::decode(p, 5, 1000)? };
-        if r.page.max.is_some() && !r.ids.is_empty() {
-            return Err(ApiError::InvalidParameterCombination(
-                "The parameter instancesSet cannot be used with the parameter maxResults".into(),
-            ));
-        }
-        Ok(r)
+        let (ids, filters, page) = instance_ids_filters_page(p)?;
+        Ok(DescribeInstances { ids, filters, page })
     }
     async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
         let (list, next) = ctx
@@ -2070,17 +2076,8 @@ pub struct DescribeInstanceCreditSpecifications {
 impl Action for DescribeInstanceCreditSpecifications {
     const NAME: &'static str = "DescribeInstanceCreditSpecifications";
     fn decode(p: &mut Params) -> ApiResult<Self> {
-        let r = DescribeInstanceCreditSpecifications {
-            ids: p.list("InstanceId")?,
-            filters: p.filters()?,
-            page: Page::decode(p, 5, 1000)?,
-        };
-        if r.page.max.is_some() && !r.ids.is_empty() {
-            return Err(ApiError::InvalidParameterCombination(
-                "The parameter instancesSet cannot be used with the parameter maxResults".into(),
-            ));
-        }
-        Ok(r)
+        let (ids, filters, page) = instance_ids_filters_page(p)?;
+        Ok(DescribeInstanceCreditSpecifications { ids, filters, page })
     }
     async fn run(self, ctx: &Ctx, x: &mut Xml) -> ApiResult<()> {
         let (list, next) = ctx

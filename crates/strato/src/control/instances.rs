@@ -668,13 +668,10 @@ impl Control {
         filter::check_filters::<CreditSpec>(filters)?;
         let mut c = self.store().read().await?;
         let list = self.load_instances(&mut c, &caller.account_id).await?;
-        if let Some(missing) = ids.iter().find(|id| !list.iter().any(|i| i.id.as_str() == id.as_str())) {
-            return Err(not_found_for("instance", missing));
-        }
+        let list = super::network::select_ids(list, ids, |i| i.id.as_str(), |id| not_found_for("instance", id))?;
         let specs = list
             .into_iter()
             .filter(|i| i.state != InstanceState::Terminated)
-            .filter(|i| ids.is_empty() || ids.iter().any(|id| id.as_str() == i.id.as_str()))
             .filter_map(|i| {
                 let cpu_credits = i.credit_spec?;
                 Some(CreditSpec { instance_id: i.id.to_string(), cpu_credits, tags: Vec::new() })
@@ -767,19 +764,9 @@ impl Control {
             InstanceId::parse(id)?;
         }
         let list = self.load_instances(c, &caller.account_id).await?;
-        let absent: Vec<&str> =
-            ids.iter().map(String::as_str).filter(|id| !list.iter().any(|i| i.id.as_str() == *id)).collect();
-        match absent.as_slice() {
-            [] => {}
-            [one] => return Err(not_found_for("instance", one)),
-            many => {
-                return Err(ApiError::not_found(
-                    "InvalidInstanceID.NotFound",
-                    format!("The instance IDs '{}' do not exist", many.join(", ")),
-                ))
-            }
-        }
-        Ok(ids.iter().filter_map(|id| list.iter().find(|i| i.id.as_str() == id.as_str()).cloned()).collect())
+        // Every missing id named in one error; the rest in the request's order.
+        let found = super::network::select_ids(list, ids, |i| i.id.as_str(), |id| not_found_for("instance", id))?;
+        Ok(ids.iter().filter_map(|id| found.iter().find(|i| i.id.as_str() == id.as_str()).cloned()).collect())
     }
 
     /// Start/Stop/Terminate: checks every instance first, then changes all or none.

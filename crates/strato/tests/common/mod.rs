@@ -490,6 +490,12 @@ impl Cloud {
         );
     }
 
+    /// The id of Strato's minimal image, as the admin sees it.
+    pub fn minimal_ami(&self) -> String {
+        let images = self.aws(&["ec2", "describe-images", "--filters", "Name=name,Values=strato-minimal*"]);
+        images["Images"][0]["ImageId"].as_str().expect("the minimal image is registered").to_owned()
+    }
+
     /// Admin credentials, read from the aws-config file.
     pub fn admin_keys(&self) -> (String, String) {
         let text = std::fs::read_to_string(self.config_file()).expect("aws-config");
