@@ -268,7 +268,7 @@ impl Action for DescribeInstanceTypes {
                 .field("nvmeSupport", "unsupported")
                 .close("ebsInfo");
             x.open("networkInfo")
-                .field("networkPerformance", "Up to 5 Gigabit")
+                .field("networkPerformance", t.network_performance.as_deref().unwrap_or("Up to 5 Gigabit"))
                 .field("maximumNetworkInterfaces", 1)
                 .field("ipv4AddressesPerInterface", 1)
                 .field("ipv6AddressesPerInterface", 0)

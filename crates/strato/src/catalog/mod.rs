@@ -35,6 +35,10 @@ pub struct InstanceType {
     /// A previous-generation type (`m1`, `m3`, `c4`...): `currentGeneration` false.
     #[serde(default)]
     pub previous_generation: bool,
+    /// EC2's network performance label (`Up to 5 Gigabit`, `25 Gigabit`...); Strato's
+    /// virtio NICs are not shaped to it.
+    #[serde(default)]
+    pub network_performance: Option<String>,
 }
 
 /// Prices of storage, per GB-month (USD).
