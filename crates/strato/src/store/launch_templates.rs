@@ -95,10 +95,15 @@ pub async fn find(
     id: Option<&str>,
     name: Option<&str>,
 ) -> sqlx::Result<Option<TemplateRow>> {
-    let row = sqlx::query("SELECT * FROM launch_templates WHERE account_id = $1 AND (id = $2 OR name = $3)")
+    let (column, value) = match (id, name) {
+        (Some(id), _) => ("id", id),
+        (None, Some(name)) => ("name", name),
+        (None, None) => return Ok(None),
+    };
+    // The column is one of the two above, never from the request.
+    let row = sqlx::query(&format!("SELECT * FROM launch_templates WHERE account_id = $1 AND {column} = $2"))
         .bind(account.as_str())
-        .bind(id.unwrap_or(""))
-        .bind(name.unwrap_or("\u{0}"))
+        .bind(value)
         .fetch_optional(c)
         .await?;
     row.as_ref().map(template).transpose()
