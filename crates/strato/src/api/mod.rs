@@ -1,11 +1,15 @@
-//! The EC2 front door: an HTTP server speaking the EC2 Query protocol.
+//! The EC2 front door: an HTTP server speaking the EC2 Query protocol, and on the same
+//! endpoint STS (`sts`), SSM's public parameters (`ssm`) and Cost Explorer (`ce`), told
+//! apart by the SigV4 credential scope (Query) or `X-Amz-Target` (JSON).
 //!
-//! Every request goes through one pipeline (`process`): read the body (at most
-//! `MAX_BODY_BYTES`), decode the form, verify SigV4 against the caller's secret, pick the
-//! action, decode its typed request (unknown parameters are errors), check permission and
-//! `DryRun`, run it, and answer XML. Any failure becomes the EC2 error document with the
-//! code and status of `ApiError`; nothing half-done is left behind because each control
-//! function runs in one transaction.
+//! Every EC2 request goes through one pipeline (`process`): read the body (at most
+//! `MAX_BODY_BYTES`), decode the form, verify SigV4 (or, for EC2, Signature Version 2)
+//! against the caller's secret, pick the action, check the request against the EC2 model
+//! (`model`: names, types, enums, ranges, required members), decode its typed request
+//! (members it does not honour are refused by name), check permission and `DryRun`, run
+//! it, and answer XML. Any failure becomes the EC2 error document with the code and status
+//! of `ApiError`; nothing half-done is left behind because each control function runs in
+//! one transaction.
 
 pub mod actions;
 pub mod ce;
