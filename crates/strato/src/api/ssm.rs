@@ -42,13 +42,17 @@ fn body(raw: &[u8]) -> Result<Value, CeError> {
     Ok(v)
 }
 
-/// The value of one public parameter (RunInstances' `resolve:ssm:`), if there is one.
-pub async fn resolve(control: &Control, name: &str) -> Result<Option<String>, crate::api::error::ApiError> {
-    // `NAME:VERSION` or `NAME:LABEL` selects a version; there is only version 1.
-    let name = match name.rsplit_once(':') {
+/// A parameter name without its `:1` selector (`NAME:VERSION`; there is only version 1).
+fn base_name(name: &str) -> &str {
+    match name.rsplit_once(':') {
         Some((n, "1")) => n,
         _ => name,
-    };
+    }
+}
+
+/// The value of one public parameter (RunInstances' `resolve:ssm:`), if there is one.
+pub async fn resolve(control: &Control, name: &str) -> Result<Option<String>, crate::api::error::ApiError> {
+    let name = base_name(name);
     Ok(control.public_image_parameters().await?.into_iter().find(|(n, _, _)| n == name).map(|(_, v, _)| v))
 }
 
@@ -58,10 +62,7 @@ pub async fn call(control: &Control, operation: &str, raw: &[u8]) -> Result<Valu
     let params = control.public_image_parameters().await.map_err(|e| CeError::from_api(&e))?;
     let region = control.region.name.as_str();
     let find = |name: &str| {
-        let base = match name.rsplit_once(':') {
-            Some((n, "1")) => n,
-            _ => name,
-        };
+        let base = base_name(name);
         params.iter().find(|(n, _, _)| n == base).map(|(_, v, t)| parameter(region, base, v, t))
     };
     match operation {
