@@ -1,7 +1,8 @@
 //! Instance networking with real VMs and real packets: SSH with a created key pair to the
 //! public address, ports opened and closed by security-group rules (from the host and from
 //! another instance), the metadata service answering only the instance that asks, user data
-//! that ran, and two accounts with the same CIDR that cannot reach each other.
+//! that ran, frames a guest forges (another address, an 802.1Q tag) that leave no tap, and two
+//! accounts with the same CIDR that cannot reach each other.
 
 mod common;
 
@@ -191,6 +192,7 @@ fn ssh_security_groups_metadata_and_user_data() {
     )
     .expect("ssh to A for the spoofing attempt");
     assert!(spoof.contains("done") && !spoof.contains(&b), "A read B's metadata: {spoof}");
+    raw_frames_from_a_guest_pass_for_no_one(&cloud, &key, &ia, &ib);
 
     // Revoking the rule closes the port again.
     cloud.aws(&[
@@ -269,6 +271,52 @@ fn ssh_security_groups_metadata_and_user_data() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The same attack with raw frames, as a program in the guest writes them (tests/spoof/spoof.c,
+/// built static here and copied in): ARP requests "from" B's address that would point the
+/// VPC router's neighbour entry for B at A's MAC, then a TCP handshake with the metadata
+/// service from B's address, plain and behind an 802.1Q tag with VLAN id 0 (which a Linux
+/// bridge takes as untagged). Only plain IPv4 and ARP frames with A's own MAC and address
+/// leave A's tap: the service answers A's own untagged SYN and nothing else.
+fn raw_frames_from_a_guest_pass_for_no_one(cloud: &Cloud, key: &Path, a: &Value, b: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("spoof");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spoof/spoof.c");
+    let cc = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src).output().expect("gcc");
+    assert!(cc.status.success(), "gcc: {}", String::from_utf8_lossy(&cc.stderr));
+    let (pa, ra, rb) = (s(&a["PublicIpAddress"]), s(&a["PrivateIpAddress"]), s(&b["PrivateIpAddress"]));
+    let copy = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "LogLevel=ERROR", &format!("root@{pa}"), "cat > /root/spoof && chmod 700 /root/spoof"])
+        .stdin(std::fs::File::open(&bin).unwrap())
+        .output()
+        .unwrap();
+    assert!(copy.status.success(), "copying spoof in: {}", String::from_utf8_lossy(&copy.stderr));
+    let attempt = |tag: &str, ip: &str| {
+        let cmd = format!(
+            "GW=$(ip route | awk '/default/ {{print $3}}'); ping -c 1 -W 1 $GW >/dev/null; \
+             /root/spoof eth0 {tag} {ip} $GW; echo exit=$?"
+        );
+        ssh(key, &pa, &cmd).expect("ssh to A for spoof")
+    };
+    // The program works: A's own address, untagged, gets the service's SYN-ACK.
+    let own = attempt("none", &ra);
+    assert!(own.contains("synack"), "A's own untagged handshake was not answered: {own}");
+    let ns = strato::net::Site::new(cloud.dir.path()).netns(&s(&a["VpcId"]));
+    let mac_a = s(&a["NetworkInterfaces"][0]["MacAddress"]).to_lowercase();
+    for (tag, ip) in [("vlan0", &rb), ("none", &rb), ("vlan0", &ra)] {
+        let out = attempt(tag, ip);
+        assert!(
+            out.contains("exit=1") && !out.contains("synack") && !out.contains(&s(&b["InstanceId"])),
+            "A's {tag} frames from {ip} were answered: {out}"
+        );
+        let neigh = Command::new("ip").args(["-n", &ns, "neigh", "show", &rb]).output().unwrap();
+        let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
+        assert!(!neigh.contains(&mac_a), "the router's entry for B ({rb}) points at A after {tag} ARP: {neigh}");
+    }
 }
 
 #[test]

@@ -2,10 +2,11 @@
 //! what the control plane says (pure functions: no system is touched here).
 //!
 //! In a VPC namespace:
-//! - `bridge strato`: anti-spoofing on every tap. A frame from a tap must carry the
-//!   instance's MAC, and its IPv4/ARP sender address must be the instance's address (DHCP
-//!   discovery from 0.0.0.0 and ARP probes excepted); IPv6 is dropped (no IPv6 here). This
-//!   is what makes "the packet's source address" a trustworthy name for an instance.
+//! - `bridge strato`: anti-spoofing on every tap, an allowlist. A frame from a tap leaves
+//!   only if it is untagged IPv4 or ARP with the instance's MAC and the instance's address
+//!   as its sender (DHCP discovery from 0.0.0.0 and ARP probes excepted); everything else
+//!   (802.1Q-tagged frames, VLAN 0 included; IPv6, none here; other ethertypes) is dropped.
+//!   This is what makes "the packet's source address" a trustworthy name for an instance.
 //! - `inet strato`: security groups, stateful. Bridged traffic goes through the `inet`
 //!   hooks with conntrack because the namespace sets `bridge-nf-call-iptables` (nftables
 //!   `inet` rules cannot see which tap a bridged packet uses, measured, so instances are
@@ -315,8 +316,12 @@ pub fn vpc_ruleset(view: &VpcView) -> Value {
             br.rule(hook, vec![m("==", meta("iifname"), json!(i.tap)), jump(&chain)]);
         }
         let ip = i.private_ip.to_string();
+        // An allowlist: plain (untagged) IPv4 from the instance's address, DHCP discovery
+        // from 0.0.0.0, and ARP whose sender is the instance (or a probe from 0.0.0.0), each
+        // with the instance's MAC; every other frame is dropped: 802.1Q-tagged ones (a
+        // bridge takes VLAN 0 as untagged, and its ethertype is 0x8100, so a rule matching
+        // `ether type ip` alone lets it by), IPv6 (none here), other ethertypes.
         br.rule(&chain, vec![m("!=", payload("ether", "saddr"), json!(i.mac)), verdict("drop")]);
-        br.rule(&chain, vec![m("==", payload("ether", "type"), json!("ip6")), verdict("drop")]);
         br.rule(
             &chain,
             vec![
@@ -330,18 +335,20 @@ pub fn vpc_ruleset(view: &VpcView) -> Value {
             &chain,
             vec![
                 m("==", payload("ether", "type"), json!("ip")),
-                m("!=", payload("ip", "saddr"), json!(ip)),
-                verdict("drop"),
+                m("==", payload("ip", "saddr"), json!(ip)),
+                verdict("return"),
             ],
         );
         br.rule(
             &chain,
             vec![
                 m("==", payload("ether", "type"), json!("arp")),
-                m("!=", payload("arp", "saddr ip"), json!({"set": [ip, "0.0.0.0"]})),
-                verdict("drop"),
+                m("==", payload("arp", "saddr ether"), json!(i.mac)),
+                m("==", payload("arp", "saddr ip"), json!({"set": [ip, "0.0.0.0"]})),
+                verdict("return"),
             ],
         );
+        br.rule(&chain, vec![verdict("drop")]);
     }
     if view.vxlan.is_some() {
         // The tunnel carries instance traffic only: each host's router, DNS and DHCP serve
