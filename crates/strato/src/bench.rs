@@ -52,7 +52,7 @@ impl Result {
 pub async fn run(opts: Options) -> anyhow::Result<Vec<Result>> {
     let (addr, creds, region, cleanup) = match (&opts.endpoint, &opts.data_dir) {
         (Some(ep), Some(dir)) => {
-            let control = server::open_control(dir, opts.database.as_deref(), "local-1")
+            let control = server::open_control(dir, opts.database.as_deref(), "local-1", None)
                 .await
                 .or_else(|_| anyhow::bail!("cannot open data dir {}", dir.display()))?;
             let creds = server::ensure_admin(&control).await?;
@@ -62,7 +62,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Result>> {
         (Some(_), None) => anyhow::bail!("--endpoint needs --data-dir for the admin credentials"),
         (None, _) => {
             let dir = std::env::temp_dir().join(format!("strato-bench-{}", std::process::id()));
-            let control = Arc::new(server::open_control(&dir, opts.database.as_deref(), "local-1").await?);
+            let control = Arc::new(server::open_control(&dir, opts.database.as_deref(), "local-1", None).await?);
             let creds = server::ensure_admin(&control).await?;
             let (addr, tx, handle) = api_in_process(&control).await?;
             let region = control.region.name.clone();
@@ -638,7 +638,7 @@ impl BenchCloud {
         launch_snapshots: bool,
         warm_pool: usize,
     ) -> anyhow::Result<BenchCloud> {
-        let mut control = server::open_control(dir, None, "local-1").await?;
+        let mut control = server::open_control(dir, None, "local-1", None).await?;
         control.public_pool = crate::control::cidr::Ipv4Cidr::parse(pool, true).context("the bench's public pool")?;
         // Rounds of many small guests: the host's RAM, not their nominal memory, is the limit.
         control.memory_overcommit = 8.0;
@@ -1069,7 +1069,7 @@ async fn schedule_in(
 ) -> anyhow::Result<()> {
     use crate::agent::sim::SimAgent;
     use crate::control::hosts::HostSpec;
-    let mut control = server::open_control(dir, database, "local-1").await?;
+    let mut control = server::open_control(dir, database, "local-1", None).await?;
     control.host_timeout = Duration::from_secs(2);
     let control = Arc::new(control);
     let creds = server::ensure_admin(&control).await?;

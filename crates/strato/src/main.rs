@@ -31,6 +31,12 @@ struct Cli {
     /// data dir.
     #[arg(long, global = true, env = "STRATO_STORAGE_DIR")]
     storage_dir: Option<PathBuf>,
+    /// The key that seals secrets in the database (secret access keys, the agent API's TLS
+    /// key): a file of 64 hex digits, mode 0600 (`openssl rand -hex 32`). By default
+    /// DATA_DIR/secrets.key, made at first start. Every server of a shared database needs
+    /// the same key; a key that does not open what is stored stops the start.
+    #[arg(long, global = true, env = "STRATO_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -329,6 +335,8 @@ enum BenchCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Everything this process makes is its user's only (secrets, tenants' disks).
+    strato::secrets::private_umask();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STRATO_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -339,6 +347,7 @@ fn main() -> anyhow::Result<()> {
     cli.data_dir = std::path::absolute(&cli.data_dir).context("the data dir")?;
     cli.cache_dir = std::path::absolute(&cli.cache_dir).context("the cache dir")?;
     cli.storage_dir = cli.storage_dir.map(std::path::absolute).transpose().context("the storage dir")?;
+    cli.secrets_key_file = cli.secrets_key_file.map(std::path::absolute).transpose().context("the secrets key file")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(run(cli))
 }
@@ -346,13 +355,15 @@ fn main() -> anyhow::Result<()> {
 /// Where a command's control plane is: `--data-dir`, `--database`, `--storage-dir`, `--region`.
 struct At {
     data_dir: PathBuf,
+    secrets_key: Option<PathBuf>,
     database: Option<String>,
     storage_dir: Option<PathBuf>,
     region: String,
 }
 
 async fn open(at: &At) -> anyhow::Result<strato::control::Control> {
-    let mut control = server::open_control(&at.data_dir, at.database.as_deref(), &at.region).await?;
+    let mut control =
+        server::open_control(&at.data_dir, at.database.as_deref(), &at.region, at.secrets_key.as_deref()).await?;
     if let Some(dir) = &at.storage_dir {
         control.storage_dir = dir.clone();
     }
@@ -362,6 +373,7 @@ async fn open(at: &At) -> anyhow::Result<strato::control::Control> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let at = At {
         data_dir: cli.data_dir.clone(),
+        secrets_key: cli.secrets_key_file.clone(),
         database: cli.database.clone(),
         storage_dir: cli.storage_dir.clone(),
         region: cli.region.clone(),
@@ -406,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 host_timeout: host_timeout.map(Duration::from_secs_f64),
                 agent_listen,
                 underlay,
+                secrets_key: cli.secrets_key_file.as_deref(),
             })
             .await
         }

@@ -5,7 +5,11 @@
 //! - `strato.db` (+ `-wal`, `-shm`): the SQLite database;
 //! - `instance-types.toml`: the catalogue with prices (written once, then edited by hand);
 //! - `aws-config`: an AWS CLI config file with one profile per account (`strato` for the
-//!   admin account), rewritten when accounts change. It holds secrets: mode 0600.
+//!   admin account), rewritten when accounts change. It holds secrets: mode 0600;
+//! - `secrets.key`: the key secrets are sealed with in the database (`crate::secrets`),
+//!   unless `--secrets-key-file` names another.
+//!
+//! The data dir is 0700 and every file in it root's only (`secrets::make_private` at start).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,20 +24,58 @@ use crate::catalog::{Catalogue, Region};
 use crate::control::{Control, Credentials, ADMIN_ACCOUNT};
 use crate::ids::ImageId;
 use crate::image::{self, Built, Kind, StderrProgress};
+use crate::secrets::Sealer;
 use crate::store::{self, Store};
 
 /// The profile name of the admin account in `aws-config`.
 pub const ADMIN_PROFILE: &str = "strato";
 
 /// Opens the control plane of a data dir: its database (`database`, a `postgres://` URL, or
-/// by default the SQLite file `DATA_DIR/strato.db`), catalogue and images.
-pub async fn open_control(data_dir: &Path, database: Option<&str>, region: &str) -> anyhow::Result<Control> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+/// by default the SQLite file `DATA_DIR/strato.db`), catalogue and images, with secrets
+/// sealed under `secrets_key` (by default `DATA_DIR/secrets.key`, made at first start). The
+/// data dir is made private first (`secrets::make_private`).
+pub async fn open_control(
+    data_dir: &Path,
+    database: Option<&str>,
+    region: &str,
+    secrets_key: Option<&Path>,
+) -> anyhow::Result<Control> {
+    private_data_dir(data_dir)?;
     let store = Store::open(&store::database_url(database, data_dir)).await?;
+    let sealer = match secrets_key {
+        Some(path) => Sealer::from_file(path, false)?,
+        None => {
+            // Made here only for a database that holds no sealed secret yet: another
+            // server's database needs that server's key.
+            let mut c = store.read().await?;
+            let sealed = store::all_access_key_secrets(&mut c).await?.iter().any(|(_, s)| crate::secrets::is_sealed(s));
+            drop(c);
+            let path = data_dir.join("secrets.key");
+            if sealed && !path.exists() {
+                anyhow::bail!(
+                    "this database's secrets are sealed with a key this data dir does not have ({}): \
+                     give the key they were sealed with (--secrets-key-file)",
+                    path.display()
+                );
+            }
+            Sealer::from_file(&path, true)?
+        }
+    };
     let catalogue = Catalogue::load_or_init(&data_dir.join("instance-types.toml"))?;
-    let mut control = Control::new(store, Region::new(region)?, catalogue, data_dir.to_owned()).await?;
+    let mut control = Control::new(store, Region::new(region)?, catalogue, data_dir.to_owned(), sealer).await?;
     control.load_host_timeout().await?;
     Ok(control)
+}
+
+/// Makes (or keeps) a data or storage dir, private to this user: the dir 0700, every file in
+/// it without group or other bits, also files made by older versions.
+pub fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let changed = crate::secrets::make_private(dir)?;
+    if changed > 0 {
+        tracing::info!(dir = %dir.display(), changed, "files made private (group and other bits removed)");
+    }
+    Ok(())
 }
 
 /// The admin account's credentials, creating the account on first start.
@@ -147,6 +189,9 @@ pub struct ServeOptions<'a> {
     pub agent_listen: Option<SocketAddr>,
     /// `--underlay`: this host's end of the VXLAN tunnels that carry VPCs across hosts.
     pub underlay: Option<std::net::Ipv4Addr>,
+    /// `--secrets-key-file`: the key secrets are sealed with; `None` for
+    /// `DATA_DIR/secrets.key`.
+    pub secrets_key: Option<&'a Path>,
 }
 
 /// Registers this data dir's host (its id kept in `DATA_DIR/host-id`, so a restart is the
@@ -189,9 +234,11 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
         host_timeout,
         agent_listen,
         underlay,
+        secrets_key,
     } = opts;
-    let mut control = open_control(data_dir, database, region).await?;
+    let mut control = open_control(data_dir, database, region, secrets_key).await?;
     if let Some(dir) = storage_dir {
+        private_data_dir(dir)?;
         control.storage_dir = dir.to_owned();
     }
     control.public_pool = public_pool;
@@ -316,7 +363,10 @@ pub async fn run_agent(
     spec: &crate::control::hosts::HostSpec,
 ) -> anyhow::Result<()> {
     use crate::agent::remote::{call, token_fingerprint, Endpoint, Joined, RemoteLink};
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    private_data_dir(data_dir)?;
+    if storage_dir != data_dir {
+        private_data_dir(storage_dir)?;
+    }
     let file = data_dir.join("agent.json");
     let joined: Joined = match std::fs::read(&file) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?,

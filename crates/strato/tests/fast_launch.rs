@@ -190,6 +190,10 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
     cloud.aws(&["ec2", "stop-instances", "--instance-ids", b]);
     wait_state(&cloud, b, "stopped");
     assert!(console(&cloud, b).contains("STRATO-BOOT: shutting down"), "{}", console(&cloud, b));
+    // Everything the VMs made on the host (disks, launch snapshots, the warm pool's files,
+    // QMP sockets, consoles, dnsmasq's files) is root's only.
+    let open = common::readable_by_others(cloud.dir.path());
+    assert!(open.is_empty(), "readable by other users: {open:#?}");
     cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &first, &pair[0], &pair[1]]);
 }
 

@@ -34,6 +34,8 @@ struct Host {
 struct Cluster {
     database: String,
     storage: tempfile::TempDir,
+    /// The key every server seals the database's secrets with (`--secrets-key-file`).
+    secrets_key: tempfile::NamedTempFile,
     hosts: Vec<Host>,
 }
 
@@ -42,6 +44,12 @@ impl Cluster {
         Cluster {
             database: common::new_postgres_database(),
             storage: tempfile::Builder::new().prefix("strato-storage-").tempdir().expect("temp dir"),
+            secrets_key: {
+                // (NamedTempFile makes its file 0600.)
+                let mut f = tempfile::NamedTempFile::new().expect("temp file");
+                std::io::Write::write_all(&mut f, hex_key().as_bytes()).expect("writing the secrets key");
+                f
+            },
             hosts: Vec::new(),
         }
     }
@@ -53,6 +61,7 @@ impl Cluster {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--az", zone, "--host-timeout", "3", "--storage-dir"])
             .arg(self.storage.path())
             .env("STRATO_DATABASE", &self.database)
+            .env("STRATO_SECRETS_KEY_FILE", self.secrets_key.path())
             .env("STRATO_PUBLIC_POOL", common::public_pool(dir.path()))
             .env("STRATO_LAUNCH_SNAPSHOTS", "off");
         let (child, endpoint) = common::spawn_serve(cmd);
@@ -97,6 +106,14 @@ impl Cluster {
     fn instance(&self, n: usize, id: &str) -> Value {
         self.aws(n, &["ec2", "describe-instances", "--instance-ids", id])["Reservations"][0]["Instances"][0].clone()
     }
+}
+
+/// 32 random bytes in hex: a secrets key.
+fn hex_key() -> String {
+    let mut b = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"), &mut b)
+        .expect("reading /dev/urandom");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn down(database: &str, dir: &Path) {

@@ -46,7 +46,7 @@ fn a_lease_has_one_holder_at_a_time() {
     for database in [None, Some(url.as_str())] {
         let dir = tempfile::tempdir().expect("temp dir");
         rt.block_on(async {
-            let control = strato::server::open_control(dir.path(), database, "local-1").await.expect("control");
+            let control = strato::server::open_control(dir.path(), database, "local-1", None).await.expect("control");
             let ttl = std::time::Duration::from_millis(300);
             assert!(control.take_lease("test", "a", ttl).await.unwrap(), "free: a takes it");
             assert!(!control.take_lease("test", "b", ttl).await.unwrap(), "a holds it");

@@ -279,6 +279,8 @@ async fn build(dir: &Path, image: &Image, vcpus: u32, memory_mib: u64, accel: Ac
             for name in ["qmp.sock", "qemu.pid"] {
                 let _ = std::fs::remove_file(tmp.join(name));
             }
+            // QEMU made its files (the RAM file, the console) with its own umask (027).
+            crate::secrets::make_private(&tmp)?;
             let _ = std::fs::remove_dir_all(dir);
             std::fs::rename(&tmp, dir)?;
             Ok(())

@@ -1,12 +1,12 @@
 //! TLS for the agent API when it leaves loopback.
 //!
 //! The control plane has one self-signed certificate (made by the first server or `strato
-//! host token` that needs it, kept in the database's `meta` table with its key, so every API
-//! server of a database presents the same one). Its SHA-256 travels inside each join token;
-//! an agent pins it: the handshake succeeds only with that certificate and a signature made
-//! with its key. No certificate authority and no host names are involved, so the control
-//! plane can be reached at any address. `serve --agent-listen ADDR:PORT` opens the TLS
-//! listener; it serves the agent API only.
+//! host token` that needs it, kept in the database's `meta` table with its key, sealed by
+//! `crate::secrets`, so every API server of a database presents the same one). Its SHA-256
+//! travels inside each join token; an agent pins it: the handshake succeeds only with that
+//! certificate and a signature made with its key. No certificate authority and no host names
+//! are involved, so the control plane can be reached at any address. `serve --agent-listen
+//! ADDR:PORT` opens the TLS listener; it serves the agent API only.
 
 use std::sync::Arc;
 
@@ -52,11 +52,16 @@ pub async fn identity(control: &Control) -> anyhow::Result<Identity> {
     let cert = crate::store::get_meta(tx.conn(), CERT_KEY).await?;
     let key = crate::store::get_meta(tx.conn(), KEY_KEY).await?;
     if let (Some(cert), Some(key)) = (cert, key) {
+        let key = if crate::secrets::is_sealed(&key) {
+            control.sealer.open(KEY_KEY, &key)?
+        } else {
+            // Stored in clear by an older version: sealed now.
+            let der = b64.decode(key).context("the stored agent TLS key")?;
+            crate::store::set_meta(tx.conn(), KEY_KEY, &control.sealer.seal(KEY_KEY, &der)?).await?;
+            der
+        };
         tx.commit().await?;
-        return Ok(Identity {
-            cert: b64.decode(cert).context("the stored agent TLS certificate")?,
-            key: b64.decode(key).context("the stored agent TLS key")?,
-        });
+        return Ok(Identity { cert: b64.decode(cert).context("the stored agent TLS certificate")?, key });
     }
     let pair = rcgen::KeyPair::generate().context("making the agent TLS key")?;
     let mut params = rcgen::CertificateParams::new(vec!["strato-control-plane".to_owned()])?;
@@ -64,7 +69,7 @@ pub async fn identity(control: &Control) -> anyhow::Result<Identity> {
     let cert = params.self_signed(&pair).context("making the agent TLS certificate")?;
     let identity = Identity { cert: cert.der().to_vec(), key: pair.serialize_der() };
     crate::store::set_meta(tx.conn(), CERT_KEY, &b64.encode(&identity.cert)).await?;
-    crate::store::set_meta(tx.conn(), KEY_KEY, &b64.encode(&identity.key)).await?;
+    crate::store::set_meta(tx.conn(), KEY_KEY, &control.sealer.seal(KEY_KEY, &identity.key)?).await?;
     tx.commit().await?;
     tracing::info!(fingerprint = identity.fingerprint(), "agent TLS certificate made");
     Ok(identity)

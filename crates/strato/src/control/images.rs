@@ -98,13 +98,20 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
-/// Puts `src` at `dst`: a hard link when possible, else a sparse copy.
+/// Puts `src` at `dst`: a hard link when possible, else a sparse copy; either way private
+/// (0600: a link shares the cache file's mode, which it then loses for every user but root).
 fn link_or_copy(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    if std::fs::hard_link(src, dst).is_ok() {
-        return Ok(());
+    if std::fs::hard_link(src, dst).is_err() {
+        let out = Command::new("cp").arg("--sparse=always").arg("--reflink=auto").arg(src).arg(dst).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "copying {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    let out = Command::new("cp").arg("--sparse=always").arg("--reflink=auto").arg(src).arg(dst).output()?;
-    anyhow::ensure!(out.status.success(), "copying {}: {}", src.display(), String::from_utf8_lossy(&out.stderr).trim());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
 }
 

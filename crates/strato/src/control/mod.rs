@@ -30,6 +30,7 @@ pub mod volumes;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use anyhow::Context;
 use chrono::Utc;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -37,6 +38,7 @@ use rand::Rng;
 use crate::api::error::{ApiError, ApiResult};
 use crate::catalog::{Catalogue, Region};
 use crate::ids::AccountId;
+use crate::secrets::{self, Sealer};
 use crate::store::{self, Store};
 use model::{Account, Caller};
 
@@ -62,6 +64,8 @@ pub struct Control {
     pub memory_overcommit: f64,
     /// A host whose last heartbeat is older than this is down.
     pub host_timeout: std::time::Duration,
+    /// Seals the secrets kept in the database (`crate::secrets`).
+    pub sealer: Sealer,
 }
 
 /// An access key pair, as handed to a user once.
@@ -81,6 +85,7 @@ impl Control {
         region: Region,
         catalogue: Catalogue,
         data_dir: std::path::PathBuf,
+        sealer: Sealer,
     ) -> anyhow::Result<Control> {
         let mut tx = store.begin_write().await?;
         match store::get_meta(tx.conn(), "region").await? {
@@ -90,7 +95,12 @@ impl Control {
             Some(_) => {}
             None => store::set_meta(tx.conn(), "region", &region.name).await?,
         }
+        let sealed_now = seal_stored_secrets(tx.conn(), &sealer).await?;
         tx.commit().await?;
+        if sealed_now > 0 {
+            // The secrets in clear are gone from the rows, not yet from the file.
+            store.compact().await?;
+        }
         Ok(Control {
             store,
             region,
@@ -103,6 +113,7 @@ impl Control {
                 .ok_or_else(|| anyhow::anyhow!("the default public pool does not parse"))?,
             memory_overcommit: instances::MEMORY_OVERCOMMIT,
             host_timeout: hosts::HOST_TIMEOUT,
+            sealer,
         })
     }
 
@@ -145,7 +156,10 @@ impl Control {
             }
         }
         let mut c = self.store.read().await?;
-        let found = store::access_key(&mut c, key_id).await?;
+        let found = match store::access_key(&mut c, key_id).await? {
+            Some((sealed, caller)) => Some((self.open_secret(key_id, &sealed)?, caller)),
+            None => None,
+        };
         if let (Some(hit), Ok(mut cache)) = (&found, self.keys.write()) {
             cache.insert(key_id.to_owned(), hit.clone());
         }
@@ -177,7 +191,11 @@ impl Control {
         store::insert_account(tx.conn(), &account).await?;
         let access_key_id = new_access_key_id();
         let secret: String = rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
-        store::insert_access_key(tx.conn(), &account.id, &access_key_id, &secret).await?;
+        let sealed = self
+            .sealer
+            .seal(&secrets::access_key_context(&access_key_id), secret.as_bytes())
+            .map_err(ApiError::Internal)?;
+        store::insert_access_key(tx.conn(), &account.id, &access_key_id, &sealed).await?;
         network::create_default_vpc(tx.conn(), &self.region, &account.id).await?;
         tx.commit().await?;
         tracing::info!(account_id = %account.id, name, "account created");
@@ -194,12 +212,21 @@ impl Control {
         let mut c = self.store.read().await?;
         let Some(account) = store::account_by_name(&mut c, name).await? else { return Ok(None) };
         let keys = store::access_keys_of(&mut c, &account.id).await?;
-        Ok(keys.into_iter().next().map(|(access_key_id, secret_access_key)| Credentials {
+        let Some((access_key_id, sealed)) = keys.into_iter().next() else { return Ok(None) };
+        Ok(Some(Credentials {
             account_id: account.id.clone(),
             account_name: account.name.clone(),
+            secret_access_key: self.open_secret(&access_key_id, &sealed)?,
             access_key_id,
-            secret_access_key,
         }))
+    }
+
+    /// A stored secret access key, opened.
+    fn open_secret(&self, key_id: &str, sealed: &str) -> ApiResult<String> {
+        self.sealer.open_str(&secrets::access_key_context(key_id), sealed).map_err(|e| {
+            tracing::error!(key_id, error = %e, "a stored secret does not open");
+            ApiError::Internal(e)
+        })
     }
 
     /// Sets an account's vCPU quota (by account name).
@@ -226,6 +253,32 @@ impl Control {
         let mut c = self.store.read().await?;
         Ok(store::list_accounts(&mut c).await?)
     }
+}
+
+/// Seals the secret access keys older versions stored in clear, and checks that the key
+/// opens the sealed ones (a server started with another key would answer every request
+/// with AuthFailure: it stops instead).
+async fn seal_stored_secrets(c: &mut sqlx::AnyConnection, sealer: &Sealer) -> anyhow::Result<usize> {
+    let mut sealed_now = 0;
+    for (key_id, stored) in store::all_access_key_secrets(c).await? {
+        let what = secrets::access_key_context(&key_id);
+        if secrets::is_sealed(&stored) {
+            sealer.open(&what, &stored).with_context(|| {
+                format!(
+                    "the secrets key {} does not open the access keys stored in this database: \
+                     start with the key they were sealed with (--secrets-key-file)",
+                    sealer.source
+                )
+            })?;
+        } else {
+            store::set_access_key_secret(c, &key_id, &sealer.seal(&what, stored.as_bytes())?).await?;
+            sealed_now += 1;
+        }
+    }
+    if sealed_now > 0 {
+        tracing::info!(count = sealed_now, "secret access keys stored in clear sealed");
+    }
+    Ok(sealed_now)
 }
 
 /// `AKIA` + 16 uppercase letters and digits, like AWS's long-term keys.

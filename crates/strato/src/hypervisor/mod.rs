@@ -577,6 +577,9 @@ impl Vm {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
+        // `-daemonize` sets QEMU's umask to 027: its sockets and pid file lose the group bits
+        // here (the run directory is 0700 already).
+        crate::secrets::make_private(&spec.run_dir)?;
         Vm::adopt(&spec.run_dir).context("QEMU started but wrote no usable pid file")
     }
 

@@ -841,6 +841,8 @@ impl Network {
             applied.ruleset = text;
         }
         ensure_dnsmasq(&site, view).await?;
+        // dnsmasq makes its lease, pid and log files with its own umask (022).
+        crate::secrets::make_private(&site.vpc_dir(&view.vpc_id))?;
         self.imds.ensure(&view.vpc_id, &ns)?;
         if let Some(a) = self.applied.get_mut(&view.vpc_id) {
             a.view = Some(view.clone());

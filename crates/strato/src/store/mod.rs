@@ -194,6 +194,19 @@ impl Store {
         self.backend
     }
 
+    /// Rewrites an SQLite database without its free pages, and empties its write-ahead log:
+    /// after values were replaced that must not stay on disk (secrets stored in clear by an
+    /// older version). PostgreSQL keeps old row versions until its own vacuum; nothing here.
+    pub async fn compact(&self) -> anyhow::Result<()> {
+        if self.backend == Backend::Sqlite {
+            let _guard = self.write_lock.lock().await;
+            let mut c = self.pool.acquire().await?;
+            sqlx::Executor::execute(&mut *c, "VACUUM").await.context("VACUUM")?;
+            sqlx::Executor::execute(&mut *c, "PRAGMA wal_checkpoint(TRUNCATE)").await.context("checkpoint")?;
+        }
+        Ok(())
+    }
+
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
@@ -374,6 +387,21 @@ pub async fn access_key(c: &mut AnyConnection, key_id: &str) -> sqlx::Result<Opt
         ))
     })
     .transpose()
+}
+
+/// Every access key's id and stored secret (sealed, or in clear from older versions).
+pub async fn all_access_key_secrets(c: &mut AnyConnection) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT access_key_id, secret FROM access_keys ORDER BY created_at").fetch_all(c).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+pub async fn set_access_key_secret(c: &mut AnyConnection, key_id: &str, secret: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE access_keys SET secret = $1 WHERE access_key_id = $2")
+        .bind(secret)
+        .bind(key_id)
+        .execute(c)
+        .await?;
+    Ok(())
 }
 
 pub async fn access_keys_of(c: &mut AnyConnection, account: &AccountId) -> sqlx::Result<Vec<(String, String)>> {

@@ -148,7 +148,7 @@ fn psql(url: &str, sql: &str) {
 }
 
 /// Drops the database `test_database` made for this data dir, if any.
-fn drop_test_database(dir: &Path) {
+pub fn drop_test_database(dir: &Path) {
     if let Ok(url) = std::fs::read_to_string(dir.join("test-database")) {
         drop_postgres_database(&url);
     }
@@ -264,7 +264,7 @@ impl Cloud {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let mut control =
-                    strato::server::open_control(&data, database.as_deref(), &region).await.expect("control");
+                    strato::server::open_control(&data, database.as_deref(), &region, None).await.expect("control");
                 control.set_host_timeout(host_timeout).await.expect("host timeout");
                 let control = std::sync::Arc::new(control);
                 strato::server::ensure_admin(&control).await.expect("admin");
@@ -742,4 +742,27 @@ pub fn eventually_within(what: &str, limit: Duration, mut ok: impl FnMut() -> bo
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Entries under `root` (not following links) that a group or other user may read, write or
+/// enter, with their modes.
+pub fn readable_by_others(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(format!("{} {mode:o}", p.display()));
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
 }
