@@ -195,6 +195,12 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
     let open = common::readable_by_others(cloud.dir.path());
     assert!(open.is_empty(), "readable by other users: {open:#?}");
     cloud.aws(&["ec2", "terminate-instances", "--instance-ids", &first, &pair[0], &pair[1]]);
+    // A terminated instance's run directory goes with it.
+    for id in [&first, &pair[0], &pair[1]] {
+        wait_state(&cloud, id, "terminated");
+        let dir = cloud.dir.path().join("instances").join(id);
+        common::eventually_within("the run directory is removed", Duration::from_secs(20), || !dir.exists());
+    }
 }
 
 /// A new 1 GiB volume attached to the instance at `device`: the guest sees its disk (by the

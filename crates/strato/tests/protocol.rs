@@ -66,6 +66,18 @@ fn signature_failures_have_their_codes() {
     assert_eq!((status, error_code(&resp)), (400, "IncompleteSignature"));
     let (_, resp) = post_with(&cloud, "Basic dXNlcjpwYXNz", &d, body);
     assert_eq!(error_code(&resp), "IncompleteSignature");
+
+    // A session token, unsigned (added to a request signed without one) or in a presigned
+    // URL: Strato issues no temporary credentials, so it is refused, never ignored.
+    let (d, a) = sign(&cloud, &key, &secret, "local-1", body, now);
+    let req = format!(
+        "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-www-form-urlencoded; charset=utf-8\r\nx-amz-date: {d}\r\nx-amz-security-token: forged\r\nauthorization: {a}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        cloud.addr,
+        body.len()
+    );
+    let (status, resp) = cloud.raw(req.as_bytes());
+    assert_eq!((status, error_code(&resp)), (401, "AuthFailure"), "{resp}");
+    assert!(resp.contains("security token"), "{resp}");
 }
 
 #[test]

@@ -200,15 +200,27 @@ impl<L: Link> Agent<L> {
         let mut phases = Phases::new();
         let duties = self.control.duties(&self.host).await?;
         let live = duties.instances.clone();
-        // Fencing: a VM here whose instance now runs on another host (recovered elsewhere
-        // while this host was cut off) must not run twice.
+        // Run directories of instances that are not this host's: a VM whose instance now
+        // runs on another host (recovered elsewhere while this host was cut off) must not
+        // run twice, and one whose instance is terminated must not run at all; then the
+        // directory goes (its sockets, pid file and metadata log).
         if let Ok(entries) = std::fs::read_dir(&self.instances_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if duties.elsewhere(&name) {
-                    if let Some(vm) = Vm::adopt(&e.path()) {
+                if live.iter().any(|i| i.id.as_str() == name) {
+                    continue;
+                }
+                if let Some(vm) = Vm::adopt(&e.path()) {
+                    if duties.elsewhere(&name) {
                         tracing::warn!(instance_id = %name, "ending a VM whose instance was placed on another host");
-                        vm.kill().await;
+                    } else {
+                        tracing::warn!(instance_id = %name, "ending a VM whose instance is terminated");
+                    }
+                    vm.kill().await;
+                }
+                if Vm::adopt(&e.path()).is_none() {
+                    if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                        tracing::warn!(instance_id = %name, error = %err, "removing a run directory failed");
                     }
                 }
             }
@@ -620,6 +632,7 @@ impl<L: Link> Agent<L> {
                 self.control.apply(&i.id, i.generation, Event::VmGone, reason).await?;
             }
             (InstanceState::Stopped, Some(vm)) | (InstanceState::Terminated, Some(vm)) => vm.kill().await,
+            // (A terminated instance's run directory goes at the start of a pass.)
             (InstanceState::Stopped, None) | (InstanceState::Terminated, None) => {}
         }
         Ok(())

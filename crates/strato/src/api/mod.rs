@@ -241,7 +241,10 @@ async fn agent_call(
     let (status, value) = match crate::agent::remote::serve_call(&state.control, auth, &method, &body).await {
         Ok(v) => (axum::http::StatusCode::OK, v),
         Err(crate::agent::remote::Refused(code, message)) => {
-            tracing::warn!(method, code, message, "agent call refused");
+            // The method name is the caller's (before any authentication): logged bounded
+            // and escaped.
+            let shown: String = method.chars().take(48).flat_map(char::escape_default).collect();
+            tracing::warn!(method = shown, method_len = method.len(), code, message, "agent call refused");
             (
                 axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
                 serde_json::json!({ "error": message }),
@@ -320,12 +323,25 @@ async fn verify_v4(
     service: &str,
 ) -> ApiResult<Caller> {
     claims.check_scope(&state.control.region.name, service, Utc::now())?;
+    if req.headers.contains_key("x-amz-security-token")
+        || form_urlencoded::parse(req.query.as_bytes()).any(|(k, _)| k == "X-Amz-Security-Token")
+    {
+        return Err(invalid_security_token());
+    }
     let (secret, caller) =
         state.control.lookup_access_key(&claims.access_key).await?.ok_or_else(|| {
             ApiError::AuthFailure("AWS was not able to validate the provided access credentials".into())
         })?;
     claims.verify(req, &secret)?;
     Ok(caller)
+}
+
+/// A session token (temporary credentials): Strato issues none, so every one is invalid, signed
+/// or not (an unsigned one was ignored until 2026-12-08).
+fn invalid_security_token() -> ApiError {
+    ApiError::AuthFailure(
+        "The security token included in the request is invalid: Strato issues no temporary credentials".into(),
+    )
 }
 
 /// Verifies a Signature Version 2 request (EC2 only) and returns who is calling.
@@ -336,6 +352,9 @@ async fn authenticate_v2(
 ) -> ApiResult<Caller> {
     let claims = sigv2::parse(pairs)?;
     claims.check_time(Utc::now())?;
+    if pairs.iter().any(|(k, _)| k == "SecurityToken") {
+        return Err(invalid_security_token());
+    }
     let (secret, caller) =
         state.control.lookup_access_key(&claims.access_key).await?.ok_or_else(|| {
             ApiError::AuthFailure("AWS was not able to validate the provided access credentials".into())
@@ -469,15 +488,9 @@ async fn process(
     } else {
         verify_v4(state, &req, claims?, if service == Service::Sts { "sts" } else { "ec2" }).await?
     };
-    for k in [
-        "X-Amz-Algorithm",
-        "X-Amz-Credential",
-        "X-Amz-Date",
-        "X-Amz-SignedHeaders",
-        "X-Amz-Signature",
-        "X-Amz-Expires",
-        "X-Amz-Security-Token",
-    ] {
+    for k in
+        ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Expires"]
+    {
         params.mark_used(k);
     }
 
@@ -488,12 +501,12 @@ async fn process(
 
     let action = params.peek("Action").map(str::to_owned).ok_or_else(|| ApiError::MissingParameter("Action".into()))?;
     params.mark_used("Action");
-    if let Some(v) = params.peek("Version") {
-        if v.len() != 10 || !v.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-            return Err(ApiError::invalid_value(format!("Invalid API version '{v}'")));
-        }
-        params.mark_used("Version");
+    // Every EC2 Query request names its API version (every SDK sends it).
+    let Some(v) = params.peek("Version") else { return Err(ApiError::MissingParameter("Version".into())) };
+    if v.len() != 10 || !v.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        return Err(ApiError::invalid_value(format!("Invalid API version '{v}'")));
     }
+    params.mark_used("Version");
     action_out.clone_from(&action);
     let endpoint_host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1").to_owned();
     let ctx = Ctx { control: state.control.clone(), caller, request_id: request_id.to_owned(), endpoint_host };
