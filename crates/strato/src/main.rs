@@ -87,6 +87,10 @@ enum Command {
         /// different hosts. Without it, this host's instances reach no other host's.
         #[arg(long, env = "STRATO_UNDERLAY")]
         underlay: Option<std::net::Ipv4Addr>,
+        /// Connections the EC2 API serves at once (beyond it, new ones wait in the kernel's
+        /// backlog); a request's head must arrive within 10 s and its body within 30 s.
+        #[arg(long, env = "STRATO_MAX_CONNECTIONS", default_value_t = strato::api::listen::MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -389,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             host_timeout,
             agent_listen,
             underlay,
+            max_connections,
         } => {
             let pool = strato::net::parse_public_pool(&public_pool)?;
             anyhow::ensure!(
@@ -419,6 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent_listen,
                 underlay,
                 secrets_key: cli.secrets_key_file.as_deref(),
+                max_connections,
             })
             .await
         }

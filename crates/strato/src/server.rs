@@ -192,6 +192,8 @@ pub struct ServeOptions<'a> {
     /// `--secrets-key-file`: the key secrets are sealed with; `None` for
     /// `DATA_DIR/secrets.key`.
     pub secrets_key: Option<&'a Path>,
+    /// `--max-connections`: connections the API (and the agent API) serve at once.
+    pub max_connections: usize,
 }
 
 /// Registers this data dir's host (its id kept in `DATA_DIR/host-id`, so a restart is the
@@ -235,6 +237,7 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
         agent_listen,
         underlay,
         secrets_key,
+        max_connections,
     } = opts;
     let mut control = open_control(data_dir, database, region, secrets_key).await?;
     if let Some(dir) = storage_dir {
@@ -280,7 +283,8 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
             let _ = std::io::stdout().flush();
             let router = api::agent_router(Arc::new(ApiState { control: control.clone() }));
             Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(tls, router).await {
+                let limits = api::listen::Limits { max_connections, ..Default::default() };
+                if let Err(e) = api::listen::serve(tls, router, limits, std::future::pending()).await {
                     tracing::error!(error = %e, "the agent API listener stopped");
                 }
             }))
@@ -307,7 +311,8 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     let heartbeats = tokio::spawn(crate::agent::Agent::heartbeats(control.clone(), host.clone()));
     let monitor = tokio::spawn(crate::control::hosts::monitor(control.clone(), host));
     let state = Arc::new(ApiState { control: control.clone() });
-    api::serve(listener, state, shutdown_signal()).await?;
+    let limits = api::listen::Limits { max_connections, ..Default::default() };
+    api::listen::serve(listener, api::router(state), limits, shutdown_signal()).await?;
     if let Some(t) = agent_api {
         t.abort();
     }

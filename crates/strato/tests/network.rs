@@ -193,6 +193,7 @@ fn ssh_security_groups_metadata_and_user_data() {
     .expect("ssh to A for the spoofing attempt");
     assert!(spoof.contains("done") && !spoof.contains(&b), "A read B's metadata: {spoof}");
     raw_frames_from_a_guest_pass_for_no_one(&cloud, &key, &ia, &ib);
+    a_metadata_flood_is_throttled(&cloud, &key, &ia);
 
     // Revoking the rule closes the port again.
     cloud.aws(&[
@@ -317,6 +318,37 @@ fn raw_frames_from_a_guest_pass_for_no_one(cloud: &Cloud, key: &Path, a: &Value,
         let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
         assert!(!neigh.contains(&mac_a), "the router's entry for B ({rb}) points at A after {tag} ARP: {neigh}");
     }
+}
+
+/// One guest floods the metadata service: connections beyond its cap, and requests beyond its
+/// budget, are answered 429 at once; the EC2 API answers meanwhile; the service answers the
+/// guest again once it stops.
+fn a_metadata_flood_is_throttled(cloud: &Cloud, key: &Path, a: &Value) {
+    let (pa, id) = (s(&a["PublicIpAddress"]), s(&a["InstanceId"]));
+    let get = "printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80";
+    let held = strato::net::imds::PER_INSTANCE_CONNECTIONS + 4;
+    let flood = format!(
+        "for i in $(seq 1 {held}); do (sleep 4 | nc 169.254.169.254 80 > /tmp/held.$i 2>&1) & done; sleep 1; \
+         echo \"probe: $({get} | head -n 1)\"; wait; echo \"refused: $(cat /tmp/held.* | grep -c ' 429 ')\"; rm -f /tmp/held.*"
+    );
+    let (k, ip) = (key.to_owned(), pa.clone());
+    let flooding = std::thread::spawn(move || ssh(&k, &ip, &flood).expect("ssh to A for the flood"));
+    std::thread::sleep(Duration::from_secs(2));
+    cloud.aws(&["ec2", "describe-regions"]);
+    let out = flooding.join().expect("the flood thread");
+    assert!(out.contains("probe: HTTP/1.1 429"), "a connection beyond the cap was served: {out}");
+    assert!(!out.contains("refused: 0"), "no held connection was refused: {out}");
+    eventually("the metadata service answers A again", || ssh(key, &pa, get).unwrap_or_default().contains(&id));
+
+    // Requests beyond the budget: 6 connections of 99 requests each, sent without waiting.
+    let burst = "R=; for i in $(seq 1 99); do R=\"${R}GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\"; done; \
+         printf \"$R\" > /tmp/req; for c in 1 2 3 4 5 6; do nc -w 2 169.254.169.254 80 < /tmp/req; done > /tmp/answers; \
+         echo \"ok: $(grep -c ' 200 ' /tmp/answers) throttled: $(grep -c ' 429 ' /tmp/answers)\"";
+    let out = ssh(key, &pa, burst).expect("ssh to A for the burst");
+    assert!(!out.contains("throttled: 0") && !out.contains("ok: 0 "), "requests beyond the budget: {out}");
+    let refill = Duration::from_secs_f64(strato::net::imds::BURST / strato::net::imds::RATE);
+    std::thread::sleep(refill);
+    eventually("the budget refills", || ssh(key, &pa, get).unwrap_or_default().contains(&id));
 }
 
 #[test]

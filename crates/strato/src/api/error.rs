@@ -97,6 +97,12 @@ pub enum ApiError {
     OperationNotPermitted(String),
 
     /// Anything that is our fault. The cause is logged; the client sees a generic message.
+    /// A body over the limit: HTTP 413, with EC2's generic code.
+    #[error("{0}")]
+    BodyTooLarge(String),
+    /// A body that did not arrive in time: HTTP 408, with EC2's generic code.
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("An internal error has occurred")]
     Internal(#[source] anyhow::Error),
 }
@@ -127,7 +133,7 @@ impl ApiError {
             ApiError::InvalidParameterCombination(_) => "InvalidParameterCombination",
             ApiError::InvalidParameter(_) => "InvalidParameter",
             ApiError::UnsupportedOperation(_) => "UnsupportedOperation",
-            ApiError::InvalidRequest(_) => "InvalidRequest",
+            ApiError::InvalidRequest(_) | ApiError::BodyTooLarge(_) | ApiError::BodyTimeout(_) => "InvalidRequest",
             ApiError::InvalidPaginationToken(_) => "InvalidPaginationToken",
             ApiError::InvalidFilter(_) => "InvalidParameterValue",
             ApiError::Malformed(m) => m.code,
@@ -160,6 +166,8 @@ impl ApiError {
             ApiError::DryRunOperation => StatusCode::PRECONDITION_FAILED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::InsufficientInstanceCapacity(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
     }

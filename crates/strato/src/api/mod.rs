@@ -14,6 +14,7 @@
 pub mod actions;
 pub mod ce;
 pub mod error;
+pub mod listen;
 pub mod model;
 mod net_actions;
 pub mod query;
@@ -25,7 +26,6 @@ mod template_actions;
 mod volume_actions;
 pub mod xml;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -254,16 +254,13 @@ async fn agent_call(
     (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, with the default `listen::Limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    listen::serve(listener, router(state), listen::Limits::default(), shutdown).await
 }
 
 async fn handle(State(state): State<Arc<ApiState>>, req: Request<Body>) -> Response {
@@ -367,9 +364,7 @@ async fn authenticate_v2(
 /// The JSON-protocol services on this endpoint (Cost Explorer), chosen by `X-Amz-Target`.
 async fn handle_json(state: &ApiState, parts: &axum::http::request::Parts, body: Body, request_id: &str) -> Response {
     let result: Result<serde_json::Value, ce::CeError> = async {
-        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
-            .await
-            .map_err(|_| ce::CeError::from_api(&ApiError::InvalidRequest("The request body is too large".into())))?;
+        let body = listen::read_body(&parts.headers, body).await.map_err(|e| ce::CeError::from_api(&e))?;
         let query = parts.uri.query().unwrap_or("");
         let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
         let (service, operation) = if let Some(op) = target.strip_prefix(ce::TARGET_PREFIX) {
@@ -446,9 +441,7 @@ async fn process(
             parts.method
         )));
     }
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::InvalidRequest(format!("The request body is larger than {MAX_BODY_BYTES} bytes or could not be read"))
-    })?;
+    let body = listen::read_body(&parts.headers, body).await?;
     let query = parts.uri.query().unwrap_or("");
     let mut params = Params::parse(query.as_bytes())?;
     if parts.method == Method::POST && !body.is_empty() {

@@ -6,6 +6,12 @@
 //! request: the namespace's bridge rules drop any packet whose source address is not the
 //! sending tap's instance's, so the address is trustworthy. The agent keeps the table of
 //! (VPC, address) -> metadata current on every pass.
+//!
+//! One guest cannot take the service (or the process's file descriptors) from the others,
+//! as EC2 throttles its own per instance: at most `PER_INSTANCE_CONNECTIONS` connections
+//! of one instance at once and `TOTAL_CONNECTIONS` of all; requests at `RATE` per second
+//! per instance with bursts of `BURST`; each connection ends after 10 s. Beyond a limit the
+//! answer is `429 Too Many Requests` and the connection closes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,10 +26,92 @@ use crate::metadata::StdioConfig;
 
 type Table = Arc<RwLock<HashMap<(String, Ipv4Addr), StdioConfig>>>;
 
+/// Connections one instance may hold open at once.
+pub const PER_INSTANCE_CONNECTIONS: usize = 16;
+/// Connections all instances of this host may hold open at once.
+pub const TOTAL_CONNECTIONS: usize = 2048;
+/// Requests per second an instance may make, sustained...
+pub const RATE: f64 = 50.0;
+/// ... and at once (a Debian guest's cloud-init reads about 60 paths at boot).
+pub const BURST: f64 = 300.0;
+
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// One instance's use of the service.
+struct Usage {
+    open: usize,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+/// Who holds how many connections, and each instance's request budget.
+#[derive(Default)]
+struct Limits {
+    by_instance: std::sync::Mutex<HashMap<(String, Ipv4Addr), Usage>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+impl Limits {
+    /// A connection of `key` admitted, or None when a limit is reached.
+    fn admit(self: &Arc<Self>, key: &(String, Ipv4Addr)) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        let mut m = self.by_instance.lock().ok()?;
+        if self.total.load(Ordering::Relaxed) >= TOTAL_CONNECTIONS {
+            return None;
+        }
+        let u = m.entry(key.clone()).or_insert_with(|| Usage { open: 0, tokens: BURST, at: std::time::Instant::now() });
+        if u.open >= PER_INSTANCE_CONNECTIONS {
+            return None;
+        }
+        u.open += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(Admitted { limits: self.clone(), key: key.clone() })
+    }
+
+    /// Takes one request from `key`'s budget; false when it has none left.
+    fn take(&self, key: &(String, Ipv4Addr)) -> bool {
+        let Ok(mut m) = self.by_instance.lock() else { return false };
+        let Some(u) = m.get_mut(key) else { return false };
+        let now = std::time::Instant::now();
+        u.tokens = (u.tokens + now.duration_since(u.at).as_secs_f64() * RATE).min(BURST);
+        u.at = now;
+        if u.tokens < 1.0 {
+            return false;
+        }
+        u.tokens -= 1.0;
+        true
+    }
+
+    /// Forgets instances that are gone and hold no connection.
+    fn retain(&self, known: impl Fn(&(String, Ipv4Addr)) -> bool) {
+        if let Ok(mut m) = self.by_instance.lock() {
+            m.retain(|k, u| u.open > 0 || known(k));
+        }
+    }
+}
+
+/// An admitted connection: released when dropped.
+struct Admitted {
+    limits: Arc<Limits>,
+    key: (String, Ipv4Addr),
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.limits.by_instance.lock() {
+            if let Some(u) = m.get_mut(&self.key) {
+                u.open = u.open.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// The metadata listeners of this host and what they serve.
 #[derive(Default)]
 pub struct Imds {
     table: Table,
+    limits: Arc<Limits>,
     listeners: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
@@ -50,6 +138,7 @@ pub fn bind_in_netns(netns: &str, addr: SocketAddr) -> anyhow::Result<std::net::
 impl Imds {
     /// Replaces what every instance is served (called by the agent on each pass).
     pub fn set_table(&self, entries: HashMap<(String, Ipv4Addr), StdioConfig>) {
+        self.limits.retain(|k| entries.contains_key(k));
         if let Ok(mut t) = self.table.write() {
             *t = entries;
         }
@@ -62,7 +151,7 @@ impl Imds {
         }
         let std_listener = bind_in_netns(netns, SocketAddr::new(IpAddr::V4(super::rules::METADATA_ADDR), 80))?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        let table = self.table.clone();
+        let (table, limits) = (self.table.clone(), self.limits.clone());
         let vpc = vpc_id.to_owned();
         let handle = tokio::spawn(async move {
             loop {
@@ -70,10 +159,18 @@ impl Imds {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let table = table.clone();
-                let vpc = vpc.clone();
+                let IpAddr::V4(ip) = peer.ip() else { continue };
+                let key = (vpc.clone(), ip);
+                let Some(admitted) = limits.admit(&key) else {
+                    // Over a limit: told so at once, without waiting on what it sends.
+                    let _ = stream.try_write(TOO_MANY);
+                    continue;
+                };
+                let (table, limits) = (table.clone(), limits.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), serve(stream, peer, &vpc, table)).await;
+                    let _held = admitted;
+                    let serving = serve(stream, &key, &table, &limits);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
                 });
             }
         });
@@ -109,7 +206,12 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 /// One connection: its requests answered in turn (`metadata::serve_one`: an HTTP/1.1
 /// request keeps the connection open, and requests sent without waiting are answered in
 /// order), until one closes it, the client does, or `MAX_REQUESTS`.
-async fn serve(mut stream: tokio::net::TcpStream, peer: SocketAddr, vpc: &str, table: Table) -> std::io::Result<()> {
+async fn serve(
+    mut stream: tokio::net::TcpStream,
+    key: &(String, Ipv4Addr),
+    table: &Table,
+    limits: &Limits,
+) -> std::io::Result<()> {
     const MAX_HEAD: usize = 16 * 1024;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
@@ -136,15 +238,16 @@ async fn serve(mut stream: tokio::net::TcpStream, peer: SocketAddr, vpc: &str, t
             Some(end) => buf.drain(..end).collect(),
             None => std::mem::take(&mut buf),
         };
-        let cfg = match peer.ip() {
-            IpAddr::V4(ip) => table.read().ok().and_then(|t| t.get(&(vpc.to_owned(), ip)).cloned()),
-            IpAddr::V6(_) => None,
-        };
+        let cfg = table.read().ok().and_then(|t| t.get(key).cloned());
         let Some(cfg) = cfg else {
             // Nobody we know: the address is not an instance of this VPC on this host.
             stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
             break;
         };
+        if !limits.take(key) {
+            stream.write_all(TOO_MANY).await?;
+            break;
+        }
         let mut out = Vec::new();
         let may_keep = end.is_some() && n + 1 < crate::metadata::MAX_REQUESTS;
         let keep = crate::metadata::serve_one(&cfg, &mut std::io::Cursor::new(head), &mut out, n == 0, may_keep)?;
@@ -154,4 +257,26 @@ async fn serve(mut stream: tokio::net::TcpStream, peer: SocketAddr, vpc: &str, t
         }
     }
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_has_a_connection_cap_and_a_request_budget() {
+        let limits = Arc::new(Limits::default());
+        let a = ("vpc-1".to_owned(), Ipv4Addr::new(172, 31, 0, 4));
+        let b = ("vpc-1".to_owned(), Ipv4Addr::new(172, 31, 0, 5));
+        let held: Vec<Admitted> = (0..PER_INSTANCE_CONNECTIONS).map(|_| limits.admit(&a).unwrap()).collect();
+        assert!(limits.admit(&a).is_none(), "one more than the cap");
+        assert!(limits.admit(&b).is_some(), "another instance is not held up");
+        drop(held);
+        assert!(limits.admit(&a).is_some(), "connections are given back");
+        assert_eq!(limits.total.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let taken = (0..BURST as usize + 10).filter(|_| limits.take(&a)).count();
+        assert!((BURST as usize..BURST as usize + 2).contains(&taken), "a burst of {taken}");
+        limits.retain(|_| false);
+        assert!(limits.by_instance.lock().unwrap().is_empty(), "gone instances are forgotten");
+    }
 }

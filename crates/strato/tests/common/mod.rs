@@ -208,20 +208,27 @@ impl Cloud {
 
     pub fn start_with_launch_snapshots() -> Cloud {
         let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
-        Self::start_in_with(dir, true)
+        Self::start_in_with(dir, true, &[])
     }
 
     /// Starts a server on an existing data dir (for restart tests).
     pub fn start_in(dir: tempfile::TempDir) -> Cloud {
-        Self::start_in_with(dir, false)
+        Self::start_in_with(dir, false, &[])
     }
 
-    fn start_in_with(dir: tempfile::TempDir, launch_snapshots: bool) -> Cloud {
+    /// `start`, with these environment variables set for `strato serve` (its options).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Cloud {
+        let dir = tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir");
+        Self::start_in_with(dir, false, env)
+    }
+
+    fn start_in_with(dir: tempfile::TempDir, launch_snapshots: bool, env: &[(&str, &str)]) -> Cloud {
         let pool = public_pool(dir.path());
         let mut cmd = strato(dir.path());
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env("STRATO_LAUNCH_SNAPSHOTS", if launch_snapshots { "on" } else { "off" })
-            .env("STRATO_PUBLIC_POOL", pool);
+            .env("STRATO_PUBLIC_POOL", pool)
+            .envs(env.iter().copied());
         let (child, endpoint) = spawn_serve(cmd);
         let addr = endpoint.trim_start_matches("http://").to_owned();
         Cloud { child: Some(child), sim: None, sim_hosts: None, dir, endpoint, addr }
