@@ -1141,3 +1141,135 @@ async fn schedule_in(
     control.store().close().await;
     Ok(())
 }
+
+/// `strato bench reads`: RunInstances answer times while `readers` clients run
+/// DescribeInstances (of all `instances` instances) in a loop, three ways in one run: with no
+/// readers; with readers and everything sharing one pool and no gate on reads (as before
+/// 2026-12-08); with readers, the store's pools split and read-only requests gated (the
+/// default). In-process, one simulated host; `--database` as for the others.
+pub async fn reads(
+    cache: &std::path::Path,
+    instances: usize,
+    readers: usize,
+    launches: usize,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(launches > 0, "--launches must be at least 1");
+    let dir = std::env::temp_dir().join(format!("strato-bench-reads-{}", std::process::id()));
+    let result = reads_in(&dir, cache, instances, readers, launches, database).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn reads_in(
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+    instances: usize,
+    readers: usize,
+    launches: usize,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
+    use crate::agent::sim::SimAgent;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let control = Arc::new(server::open_control(dir, database, "local-1", None).await?);
+    let creds = server::ensure_admin(&control).await?;
+    control
+        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, 10_000_000)
+        .await
+        .map_err(crate::api::error::ApiError::into_anyhow)?;
+    let (_, image, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
+    let spec = crate::control::hosts::HostSpec {
+        name: "sim0".into(),
+        zone: None,
+        vcpus: 1 << 20,
+        memory_mib: 1 << 30,
+        vcpu_overcommit: 1.0,
+        memory_overcommit: 1.0,
+        underlay: None,
+    };
+    let agent = SimAgent::register(control.clone(), &spec).await?.with_real_tick();
+    let agent = tokio::spawn(agent.run());
+    let (addr, stop, server_task) = api_in_process(&control).await?;
+    let region = control.region.name.clone();
+    let mut stream = TcpStream::connect(&addr).await?;
+    stream.set_nodelay(true)?;
+    let mut made = 0;
+    while made < instances {
+        let n = (instances - made).min(100);
+        let body = format!(
+            "Action=RunInstances&Version=2016-11-15&ImageId={image}&InstanceType=t2.nano&MinCount={n}&MaxCount={n}"
+        );
+        let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &body).await?;
+        anyhow::ensure!(status == 200, "RunInstances: {xml}");
+        made += n;
+    }
+    let backend = format!("{:?}", control.store().backend()).to_lowercase();
+    println!("{instances} instances ({backend}), {readers} clients running DescribeInstances of all of them, {launches} launches of one t2.nano each:");
+    for (label, n, priority) in [
+        ("no readers", 0, true),
+        ("readers, one shared pool, reads not gated (before)", readers, false),
+        ("readers, split pools, reads gated (now)", readers, true),
+    ] {
+        control.store().set_split(priority);
+        crate::api::set_read_priority(priority);
+        let stop_readers = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (addr, creds, region) = (addr.clone(), creds.clone(), region.clone());
+            let (stop_readers, served) = (stop_readers.clone(), served.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(&addr).await?;
+                s.set_nodelay(true)?;
+                while !stop_readers.load(Ordering::Relaxed) {
+                    let body = "Action=DescribeInstances&Version=2016-11-15";
+                    if signed_call(&mut s, &addr, &creds, &region, body).await?.0 == 200 {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        // The readers fill the queue before the launches begin.
+        tokio::time::sleep(Duration::from_secs(if n > 0 { 2 } else { 0 })).await;
+        let (t0, before) = (Instant::now(), served.load(Ordering::Relaxed));
+        // A connection of its own (the last one sat idle past the server's timeout while
+        // the readers drained).
+        let mut stream = TcpStream::connect(&addr).await?;
+        stream.set_nodelay(true)?;
+        let mut answers = Vec::new();
+        let mut failed: HashMap<String, usize> = HashMap::new();
+        for _ in 0..launches {
+            let body = format!(
+                "Action=RunInstances&Version=2016-11-15&ImageId={image}&InstanceType=t2.nano&MinCount=1&MaxCount=1"
+            );
+            let t = Instant::now();
+            let (status, xml) = signed_call(&mut stream, &addr, &creds, &region, &body).await?;
+            answers.push(t.elapsed().as_secs_f64() * 1000.0);
+            if status != 200 {
+                // (InsufficientInstanceCapacity: the host's heartbeats starved, it looked down.)
+                *failed.entry(xml_field(&xml, "Code").unwrap_or("?").to_owned()).or_default() += 1;
+            }
+        }
+        let reads_per_s = (served.load(Ordering::Relaxed) - before) as f64 / t0.elapsed().as_secs_f64();
+        stop_readers.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await??;
+        }
+        let failed: Vec<String> = failed.iter().map(|(code, n)| format!("{n} {code}")).collect();
+        println!(
+            "  {label:52} RunInstances p50 {:8.1} ms  p99 {:8.1} ms  max {:8.1} ms; DescribeInstances {reads_per_s:6.1}/s{}",
+            percentile(&mut answers.clone(), 0.50),
+            percentile(&mut answers.clone(), 0.99),
+            percentile(&mut answers.clone(), 1.0),
+            if failed.is_empty() { String::new() } else { format!("; failed: {}", failed.join(", ")) }
+        );
+    }
+    control.store().set_split(true);
+    crate::api::set_read_priority(true);
+    let _ = stop.send(());
+    let _ = server_task.await;
+    agent.abort();
+    control.store().close().await;
+    Ok(())
+}

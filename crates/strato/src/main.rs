@@ -291,6 +291,18 @@ enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// RunInstances answer times (p50, p99, max) while READERS clients run DescribeInstances
+    /// of INSTANCES instances in a loop: with no readers, with one shared database pool and
+    /// no gate on reads (as before), and with the store's pools split and reads gated (now),
+    /// in one run. In-process, a simulated host; --database if given.
+    Reads {
+        #[arg(long, default_value_t = 1000)]
+        instances: usize,
+        #[arg(long, default_value_t = 200)]
+        readers: usize,
+        #[arg(long, default_value_t = 10)]
+        launches: usize,
+    },
     /// dd with direct I/O on a hot-plugged EBS volume inside a guest, beside the same dd on
     /// the host's disk (MB/s and ratio).
     Volume,
@@ -610,6 +622,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { command: BenchCommand::Schedule { hosts, launches } } => {
             strato::bench::schedule(&cli.cache_dir, hosts, launches, cli.database.as_deref()).await
+        }
+        Command::Bench { command: BenchCommand::Reads { instances, readers, launches } } => {
+            strato::bench::reads(&cli.cache_dir, instances, readers, launches, cli.database.as_deref()).await
         }
         Command::Bench { command: BenchCommand::Volume } => strato::bench::volume(&cli.cache_dir).await,
         Command::Bench { command: BenchCommand::Launch { runs, image, instance_type } } => {

@@ -307,19 +307,22 @@ pub async fn serve(opts: ServeOptions<'_>) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     tracing::info!(%endpoint, data_dir = %data_dir.display(), "serving");
     let agent = crate::agent::Agent::new(control.clone(), data_dir, host.clone())?;
-    let agent_task = tokio::spawn(agent.run());
-    let heartbeats = tokio::spawn(crate::agent::Agent::heartbeats(control.clone(), host.clone()));
-    let monitor = tokio::spawn(crate::control::hosts::monitor(control.clone(), host));
+    // The agent, its heartbeats and the host monitor read from the store's priority pool:
+    // requests that only read never hold them up.
+    let agent_task = tokio::spawn(store::priority(agent.run()));
+    let heartbeats = tokio::spawn(store::priority(crate::agent::Agent::heartbeats(control.clone(), host.clone())));
+    let monitor = tokio::spawn(store::priority(crate::control::hosts::monitor(control.clone(), host)));
     let state = Arc::new(ApiState { control: control.clone() });
     let limits = api::listen::Limits { max_connections, ..Default::default() };
     api::listen::serve(listener, api::router(state), limits, shutdown_signal()).await?;
     if let Some(t) = agent_api {
         t.abort();
     }
-    // VMs keep running: they are daemonized QEMUs the next start adopts.
+    // Instances' VMs keep running: they are daemonized QEMUs the next start adopts.
     agent_task.abort();
     heartbeats.abort();
     monitor.abort();
+    end_pool_vms(data_dir).await;
     control.store().close().await;
     tracing::info!("stopped");
     Ok(())
@@ -339,8 +342,21 @@ pub async fn down(data_dir: &Path) -> usize {
             }
         }
     }
+    // And any left whose run directory went.
+    n += crate::hypervisor::end_orphans(data_dir).await;
     crate::net::Site::new(data_dir).teardown().await;
     n
+}
+
+/// At shutdown: the warm pool's VMs end (they are no instance's; a next start would end them
+/// anyway), and any QEMU whose run directory is gone. Instances' VMs run on.
+async fn end_pool_vms(data_dir: &Path) {
+    for e in std::fs::read_dir(data_dir.join("warm-pool")).into_iter().flatten().flatten() {
+        if let Some(vm) = crate::hypervisor::Vm::adopt(&e.path()) {
+            vm.kill().await;
+        }
+    }
+    crate::hypervisor::end_orphans(data_dir).await;
 }
 
 async fn shutdown_signal() {
@@ -414,5 +430,6 @@ pub async fn run_agent(
         _ = async { tokio::join!(agent.run(), heartbeats) } => {}
         _ = shutdown_signal() => {}
     }
+    end_pool_vms(data_dir).await;
     Ok(())
 }

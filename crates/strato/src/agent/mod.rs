@@ -113,6 +113,10 @@ pub struct Agent<L: Link = Control> {
     pub snapshots: snapshot::Snapshots,
     /// Instances whose restore failed: they boot cold.
     restore_failed: std::collections::HashSet<String>,
+    /// Restored instances whose guest this process is waiting on to take its identity (their
+    /// run directories hold `IDENTITY_PENDING` until it answers). A marker with no waiter
+    /// here is a restore a crash cut short: the VM is redone.
+    identity_waits: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// When the launch snapshots of deregistered images were last looked for.
     pruned: Option<Instant>,
     /// VMs restored and warmed up ahead of launches (`pool`).
@@ -162,6 +166,7 @@ impl<L: Link> Agent<L> {
             token_key,
             powerdown_sent: HashMap::new(),
             restore_failed: Default::default(),
+            identity_waits: Default::default(),
             pruned: None,
             snapshots,
             pool,
@@ -172,8 +177,12 @@ impl<L: Link> Agent<L> {
     /// desired state.
     pub async fn run(mut self) {
         let control = self.control.clone();
-        // A previous run's pool VMs: their state is not known, they end.
+        // A previous run's pool VMs: their state is not known, they end; so does any QEMU
+        // of this data dir whose run directory is gone.
         self.pool.clear_leftovers().await;
+        if let Some(data_dir) = self.instances_dir.parent() {
+            crate::hypervisor::end_orphans(data_dir).await;
+        }
         loop {
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = format!("{e:#}"), "agent pass failed");
@@ -551,6 +560,16 @@ impl<L: Link> Agent<L> {
                     let _ = std::fs::remove_file(dir.join(NETWORK_HELD));
                 }
                 self.control.apply(&i.id, i.generation, Event::Booted, None).await?;
+            }
+            (InstanceState::Running, Some(vm)) if self.identity_cut_short(i.id.as_str(), &dir) => {
+                // Restored, reported running, but its guest never took its identity (the
+                // server crashed before it answered, or it never did): it would never come
+                // up. Redone as a cold boot from its root volume, which the guest has not
+                // written to since the template's snapshot point.
+                tracing::warn!(instance_id = %i.id, "a restored guest never took its identity: booting it cold");
+                vm.kill().await;
+                let _ = std::fs::remove_file(dir.join(IDENTITY_PENDING));
+                self.launch(i, &dir, views, false).await?;
             }
             (InstanceState::Running, Some(vm)) => {
                 if i.reboot_requested {
@@ -1068,7 +1087,7 @@ impl<L: Link> Agent<L> {
             let dir = self.run_dir(i.id.as_str());
             let Some(vm) = Vm::adopt(&dir) else { continue };
             let Ok(mut q) = vm.qmp().await else { continue };
-            let half_done = dir.join(IDENTITY_PENDING).exists()
+            let half_done = self.identity_cut_short(i.id.as_str(), &dir)
                 || q.query_status()
                     .await
                     .is_ok_and(|s| matches!(s.status.as_str(), "inmigrate" | "prelaunch" | "paused"));
@@ -1083,6 +1102,13 @@ impl<L: Link> Agent<L> {
         }
     }
 
+    /// Whether a restored VM's guest was handed its identity by no live waiter of this
+    /// process: the marker is there, and nobody here waits for the guest's answer (a crash
+    /// cut the restore short, or the guest never answered).
+    fn identity_cut_short(&self, instance_id: &str, dir: &Path) -> bool {
+        dir.join(IDENTITY_PENDING).exists() && !self.identity_waits.lock().is_ok_and(|w| w.contains(instance_id))
+    }
+
     /// Runs the restored VMs on, once their network is in place (rules and all: a guest
     /// never runs unfiltered). A failed restore is undone; the instance then boots cold in
     /// the pass's instance loop.
@@ -1093,10 +1119,11 @@ impl<L: Link> Agent<L> {
     /// once).
     async fn finish_restores(&mut self, restoring: Vec<Restoring>) {
         for r in restoring {
+            let waits = self.identity_waits.clone();
             let result = async {
                 let loaded = r.task.await??;
                 anyhow::ensure!(!self.net_failed.contains(&r.vpc_id), "the VPC's network is not in place");
-                loaded.resume().await
+                loaded.resume(waits).await
             }
             .await;
             if let Err(e) = result {
@@ -1247,11 +1274,19 @@ impl RestoreJob {
 }
 
 impl Loaded {
-    /// Hands the guest its identity and runs it.
-    async fn resume(self) -> anyhow::Result<Vm> {
+    /// Hands the guest its identity and runs it. Until the guest answers, its run directory
+    /// holds `IDENTITY_PENDING` and `waits` its instance id: a crash before the answer (QEMU
+    /// drops a line the guest has not read when our end closes) leaves the marker without a
+    /// waiter, and the VM is redone (`identity_cut_short`).
+    async fn resume(self, waits: Arc<std::sync::Mutex<std::collections::HashSet<String>>>) -> anyhow::Result<Vm> {
         let Loaded { instance_id, vm, qmp, identity_path, identity, netns, t0, started, loaded } = self;
         let pooled = qmp.is_none();
         let waited = t0.elapsed();
+        if let Ok(mut w) = waits.lock() {
+            w.insert(instance_id.clone());
+        }
+        let marker = vm.run_dir.join(IDENTITY_PENDING);
+        std::fs::write(&marker, b"")?;
         // The guest reads it as soon as it runs; QEMU passes it on as the guest's serial
         // port takes it (the socket's buffer holds it until then). The connection stays
         // open until the guest answers: QEMU drops what it has not passed on when the other
@@ -1259,21 +1294,22 @@ impl Loaded {
         let mut channel =
             tokio::net::UnixStream::connect(&identity_path).await.context("connecting to the identity channel")?;
         tokio::io::AsyncWriteExt::write_all(&mut channel, identity.as_bytes()).await?;
-        match qmp {
-            Some(mut q) => {
-                q.execute("cont", None).await?;
-            }
-            // A warm-pool VM runs already: it reads the line at once.
-            None => {
-                let _ = std::fs::remove_file(vm.run_dir.join(IDENTITY_PENDING));
-            }
+        // (A warm-pool VM runs already: it reads the line at once.)
+        if let Some(mut q) = qmp {
+            q.execute("cont", None).await?;
         }
         let id = instance_id.clone();
         tokio::spawn(async move {
             let mut answer = [0u8; 16];
             let read = tokio::io::AsyncReadExt::read(&mut channel, &mut answer);
-            if !matches!(tokio::time::timeout(IDENTITY_TIMEOUT, read).await, Ok(Ok(n)) if n > 0) {
+            if matches!(tokio::time::timeout(IDENTITY_TIMEOUT, read).await, Ok(Ok(n)) if n > 0) {
+                let _ = std::fs::remove_file(&marker);
+            } else {
+                // The marker stays: the next pass redoes the VM.
                 tracing::warn!(instance_id = %id, "the restored guest never took its identity");
+            }
+            if let Ok(mut w) = waits.lock() {
+                w.remove(&id);
             }
         });
         tracing::info!(

@@ -97,7 +97,13 @@ impl SimAgent {
         Ok(())
     }
 
+    /// Passes and heartbeats until aborted, reading from the store's priority pool as the
+    /// real agent does.
     pub async fn run(self) {
+        crate::store::priority(self.run_loop()).await
+    }
+
+    async fn run_loop(self) {
         let mut beat = std::time::Instant::now();
         loop {
             if beat.elapsed() >= self.control.heartbeat_interval() {

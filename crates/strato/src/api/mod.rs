@@ -209,8 +209,37 @@ async fn call<A: Action>(ctx: &Ctx, p: &mut Params) -> ApiResult<String> {
         return Err(ApiError::DryRunOperation);
     }
     let mut x = Xml::response(A::NAME, &ctx.request_id);
-    req.run(ctx, &mut x).await?;
+    if is_read_only(A::NAME) {
+        // At most `read_slots()` read-only requests run at once; the rest wait here without
+        // using the CPU, so a mutating request never queues behind a crowd of them.
+        let _slot = match READ_PRIORITY.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Some(READS.acquire().await.map_err(|e| ApiError::Internal(e.into()))?),
+            false => None,
+        };
+        req.run(ctx, &mut x).await?;
+    } else {
+        // Its reads too come from the store's priority pool: a launch never waits behind
+        // requests that only read.
+        crate::store::priority(req.run(ctx, &mut x)).await?;
+    }
     Ok(x.finish(A::NAME))
+}
+
+/// How many read-only requests run at once: twice the cores (at least 4).
+fn read_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from).saturating_mul(2).max(4)
+}
+
+static READS: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(read_slots()));
+
+/// Whether read-only requests are gated (`READS`); on by default.
+static READ_PRIORITY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the gate on read-only requests off or on (`strato bench reads` compares; the
+/// store's pools are split or shared by `Store::set_split`).
+pub fn set_read_priority(on: bool) {
+    READ_PRIORITY.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 pub struct ApiState {
@@ -238,7 +267,8 @@ async fn agent_call(
     body: axum::body::Bytes,
 ) -> Response {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let (status, value) = match crate::agent::remote::serve_call(&state.control, auth, &method, &body).await {
+    let call = crate::agent::remote::serve_call(&state.control, auth, &method, &body);
+    let (status, value) = match crate::store::priority(call).await {
         Ok(v) => (axum::http::StatusCode::OK, v),
         Err(crate::agent::remote::Refused(code, message)) => {
             // The method name is the caller's (before any authentication): logged bounded

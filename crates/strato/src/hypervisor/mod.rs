@@ -634,6 +634,45 @@ impl Vm {
     }
 }
 
+/// The pids of the QEMUs started from `data_dir`: those whose QMP socket (on their command
+/// line) is under it.
+pub fn qemus_of(data_dir: &Path) -> Vec<u32> {
+    let prefix = format!("unix:{}/", data_dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let qemu = args.first().is_some_and(|a| a.ends_with(b"qemu-system-x86_64"));
+            let ours = args.windows(2).any(|w| w[0] == b"-qmp" && w[1].starts_with(prefix.as_bytes()));
+            (qemu && ours).then_some(pid)
+        })
+        .collect()
+}
+
+/// Ends the QEMUs of `data_dir` that no run directory names any more (an instance's, a
+/// launch snapshot's, a warm-pool VM's): no VM may outlive the record of it. Returns how
+/// many it ended.
+pub async fn end_orphans(data_dir: &Path) -> usize {
+    let mut known = std::collections::HashSet::new();
+    for sub in ["instances", "launch-snapshots", "warm-pool"] {
+        for e in std::fs::read_dir(data_dir.join(sub)).into_iter().flatten().flatten() {
+            if let Some(vm) = Vm::adopt(&e.path()) {
+                known.insert(vm.pid);
+            }
+        }
+    }
+    let mut ended = 0;
+    for pid in qemus_of(data_dir).into_iter().filter(|p| !known.contains(p)) {
+        tracing::warn!(pid, data_dir = %data_dir.display(), "ending a QEMU no run directory names");
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        ended += 1;
+    }
+    ended
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

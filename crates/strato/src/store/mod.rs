@@ -87,11 +87,32 @@ pub enum Backend {
     Postgres,
 }
 
+/// Reads and writes come from two pools, so that writes (and the agent's reads) never
+/// queue behind requests that only read: `pool` serves the reads of read-only API requests,
+/// `priority` every write transaction and the reads of work run under `priority()` (mutating
+/// API requests, the agents, the host monitor). Under 200 clients reading at once, a
+/// RunInstances used to wait seconds for a connection of the one shared pool.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    priority: AnyPool,
     backend: Backend,
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// False: everything shares `pool` (as before the split; `strato bench reads` compares).
+    split: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+tokio::task_local! {
+    static PRIORITY: ();
+}
+
+/// Runs `work` with the store's priority pool for its reads (writes always use it).
+pub async fn priority<F: std::future::Future>(work: F) -> F::Output {
+    PRIORITY.scope((), work).await
+}
+
+fn in_priority() -> bool {
+    PRIORITY.try_with(|_| ()).is_ok()
 }
 
 /// A write transaction, holding the writer lock until it ends.
@@ -140,6 +161,42 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// A pool of `max` connections to the database at `url`.
+async fn connect(url: &str, backend: Backend, max: u32) -> anyhow::Result<AnyPool> {
+    match backend {
+        Backend::Sqlite => {
+            // The driver's own options are not reachable through `Any`: the URL creates the
+            // file, and each connection is set up like `SqliteConnectOptions` would.
+            let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 10000",
+                        ] {
+                            sqlx::Executor::execute(&mut *conn, pragma).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await
+        }
+        Backend::Postgres => {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(std::time::Duration::from_secs(30))
+                .connect(url)
+                .await
+        }
+    }
+    .with_context(|| format!("opening database {}", redacted(url)))
+}
+
 impl Store {
     /// Opens the database at `url` (`sqlite://PATH`, created if missing, or
     /// `postgres://USER:PASSWORD@HOST:PORT/DB`, which must exist) and brings its schema up to
@@ -153,39 +210,16 @@ impl Store {
         } else {
             anyhow::bail!("unsupported database {}: expected sqlite://PATH or postgres://...", redacted(url))
         };
-        let pool = match backend {
-            Backend::Sqlite => {
-                // The driver's own options are not reachable through `Any`: the URL creates the
-                // file, and each connection is set up like `SqliteConnectOptions` would.
-                let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            for pragma in [
-                                "PRAGMA journal_mode = WAL",
-                                "PRAGMA synchronous = NORMAL",
-                                "PRAGMA foreign_keys = ON",
-                                "PRAGMA busy_timeout = 10000",
-                            ] {
-                                sqlx::Executor::execute(&mut *conn, pragma).await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await
-            }
-            Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(std::time::Duration::from_secs(30))
-                    .connect(url)
-                    .await
-            }
-        }
-        .with_context(|| format!("opening database {}", redacted(url)))?;
-        let store = Store { pool, backend, write_lock: Default::default() };
+        // Connections: SQLite has one writer at a time (the file lock), so its priority pool
+        // is that writer and two readers; PostgreSQL's pools are larger.
+        let (reads, priority) = match backend {
+            Backend::Sqlite => (4, 3),
+            Backend::Postgres => (8, 4),
+        };
+        let pool = connect(url, backend, reads).await?;
+        let priority = connect(url, backend, priority).await?;
+        let store = Store { pool, priority, backend, write_lock: Default::default(), split: Default::default() };
+        store.set_split(true);
         store.migrate().await?;
         Ok(store)
     }
@@ -200,7 +234,7 @@ impl Store {
     pub async fn compact(&self) -> anyhow::Result<()> {
         if self.backend == Backend::Sqlite {
             let _guard = self.write_lock.lock().await;
-            let mut c = self.pool.acquire().await?;
+            let mut c = self.priority.acquire().await?;
             sqlx::Executor::execute(&mut *c, "VACUUM").await.context("VACUUM")?;
             sqlx::Executor::execute(&mut *c, "PRAGMA wal_checkpoint(TRUNCATE)").await.context("checkpoint")?;
         }
@@ -241,7 +275,8 @@ impl Store {
     /// later write waited out `busy_timeout` and failed.
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let (pool, backend) = (self.pool.clone(), self.backend);
+        let pool = if self.split.load(std::sync::atomic::Ordering::Relaxed) { &self.priority } else { &self.pool };
+        let (pool, backend) = (pool.clone(), self.backend);
         tokio::spawn(async move {
             let tx = match backend {
                 // SQLite: the file's write lock at once, waited for (busy_timeout) while
@@ -280,12 +315,25 @@ impl Store {
         Ok(rows.into_iter().map(|(t, c, ty, not_null)| (t, c, ty, not_null != 0)).collect())
     }
 
+    /// A connection for reading: from the priority pool inside `priority()`, else from the
+    /// pool of read-only requests.
     pub async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
-        self.pool.acquire().await
+        if in_priority() && self.split.load(std::sync::atomic::Ordering::Relaxed) {
+            self.priority.acquire().await
+        } else {
+            self.pool.acquire().await
+        }
+    }
+
+    /// Whether writes and priority reads have their own pool (the default); off, everything
+    /// shares one, as before (for `strato bench reads` to compare).
+    pub fn set_split(&self, split: bool) {
+        self.split.store(split, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub async fn close(&self) {
-        self.pool.close().await
+        self.pool.close().await;
+        self.priority.close().await;
     }
 }
 

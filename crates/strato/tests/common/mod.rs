@@ -53,6 +53,8 @@ pub struct Cloud {
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     pub addr: String,
+    /// Whether `strato serve` runs with launch snapshots (kept by `restart`).
+    launch_snapshots: bool,
 }
 
 /// The virtualenv holding the AWS CLI and boto3.
@@ -231,7 +233,7 @@ impl Cloud {
             .envs(env.iter().copied());
         let (child, endpoint) = spawn_serve(cmd);
         let addr = endpoint.trim_start_matches("http://").to_owned();
-        Cloud { child: Some(child), sim: None, sim_hosts: None, dir, endpoint, addr }
+        Cloud { child: Some(child), sim: None, sim_hosts: None, dir, endpoint, addr, launch_snapshots }
     }
 
     /// The control plane and API in this process with the simulated agent (no VMs), for
@@ -330,6 +332,7 @@ impl Cloud {
             endpoint: format!("http://{addr}"),
             addr,
             dir,
+            launch_snapshots: false,
         }
     }
 
@@ -368,7 +371,7 @@ impl Cloud {
             &mut self.dir,
             tempfile::Builder::new().prefix("strato-test-").tempdir().expect("temp dir"),
         );
-        let mut fresh = Cloud::start_in(dir);
+        let mut fresh = Cloud::start_in_with(dir, self.launch_snapshots, &[]);
         self.child = fresh.child.take();
         self.sim = fresh.sim.take();
         self.endpoint = fresh.endpoint.clone();
