@@ -91,6 +91,11 @@ enum Command {
         /// backlog); a request's head must arrive within 10 s and its body within 30 s.
         #[arg(long, env = "STRATO_MAX_CONNECTIONS", default_value_t = strato::api::listen::MAX_CONNECTIONS)]
         max_connections: usize,
+        /// The users VMs run as, FIRST-LAST (each QEMU drops root to a user of its own from
+        /// this range before its guest runs; no capability, no file of the host or of other
+        /// VMs it may open), or `root` to run them as root.
+        #[arg(long, env = "STRATO_VM_USERS", default_value = "2900000000-2900065535")]
+        vm_users: String,
     },
     /// End this data dir's VMs (by their pids) and remove its networks from the host: VPC
     /// namespaces, dnsmasqs, uplinks, routes and nftables table. For after `serve` stopped:
@@ -368,6 +373,19 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(cli))
 }
 
+/// `--vm-users FIRST-LAST` (or `root`): the first id and how many.
+fn parse_vm_users(s: &str) -> anyhow::Result<Option<(u32, u32)>> {
+    if s == "root" {
+        return Ok(None);
+    }
+    let parsed =
+        s.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some((first, last)) if first > 0 && last >= first && last < u32::MAX => Ok(Some((first, last - first + 1))),
+        _ => anyhow::bail!("--vm-users is FIRST-LAST (user ids above 0, e.g. 2900000000-2900065535) or root"),
+    }
+}
+
 /// Where a command's control plane is: `--data-dir`, `--database`, `--storage-dir`, `--region`.
 struct At {
     data_dir: PathBuf,
@@ -406,7 +424,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             agent_listen,
             underlay,
             max_connections,
+            vm_users,
         } => {
+            strato::hypervisor::set_vm_users(parse_vm_users(&vm_users)?);
             let pool = strato::net::parse_public_pool(&public_pool)?;
             anyhow::ensure!(
                 memory_overcommit.is_finite() && (0.1..=100.0).contains(&memory_overcommit),

@@ -89,6 +89,7 @@ fn ssh_security_groups_metadata_and_user_data() {
     let b = run(&cloud, "strato", &["--image-id", &ami, "--key-name", "net", "--security-group-ids", &web]);
     let ia = wait_ready(&cloud, "strato", &a);
     let ib = wait_ready(&cloud, "strato", &b);
+    vms_run_as_users_of_their_own(&cloud, &ia, &ib);
     let (pa, pb) = (s(&ia["PublicIpAddress"]), s(&ib["PublicIpAddress"]));
     let (ra, rb) = (s(&ia["PrivateIpAddress"]), s(&ib["PrivateIpAddress"]));
     assert!(pa.starts_with("127.") && pb.starts_with("127.") && pa != pb, "public addresses {pa} {pb}");
@@ -272,6 +273,48 @@ fn ssh_security_groups_metadata_and_user_data() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Each VM's QEMU runs as a user of its own, with no capability, and cannot open another
+/// VM's disk (nor its own: every disk is root's, opened before QEMU dropped root).
+fn vms_run_as_users_of_their_own(cloud: &Cloud, a: &Value, b: &Value) {
+    let user = |i: &Value| -> (u32, String) {
+        let pid =
+            std::fs::read_to_string(cloud.dir.path().join("instances").join(s(&i["InstanceId"])).join("qemu.pid"))
+                .expect("qemu.pid");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).expect("QEMU's status");
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().trim().to_owned();
+        let uid = field("Uid:").split_whitespace().next().and_then(|u| u.parse().ok()).expect("a uid");
+        (uid, field("CapEff:"))
+    };
+    let ((ua, capa), (ub, capb)) = (user(a), user(b));
+    assert!(ua != 0 && ub != 0 && ua != ub, "QEMU users: {ua} and {ub}");
+    assert_eq!((capa.as_str(), capb.as_str()), ("0000000000000000", "0000000000000000"), "effective capabilities");
+    let disk = |i: &Value| {
+        let vol = s(&i["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]);
+        cloud.dir.path().join("volumes").join(format!("{vol}.qcow2"))
+    };
+    for (uid, path) in [(ua, disk(b)), (ua, disk(a))] {
+        let read_as = |who: Option<u32>| {
+            let mut cmd = match who {
+                Some(u) => {
+                    let mut c = Command::new("setpriv");
+                    c.args([format!("--reuid={u}"), format!("--regid={u}"), "--clear-groups".into(), "head".into()]);
+                    c
+                }
+                None => Command::new("head"),
+            };
+            cmd.args(["-c", "1"]).arg(&path).output().expect("head")
+        };
+        assert!(read_as(None).status.success(), "root reads {}", path.display());
+        let out = read_as(Some(uid));
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "user {uid} opened {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The same attack with raw frames, as a program in the guest writes them (tests/spoof/spoof.c,

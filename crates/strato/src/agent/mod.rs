@@ -39,7 +39,7 @@
 //! Snapshots: `pending` -> a point-in-time copy of the volume into
 //! `DATA_DIR/snapshots/<id>.qcow2`: QEMU's `blockdev-backup` (sync=full) when the volume is
 //! in a running VM (crash-consistent while the guest writes; for a root volume
-//! `drive-backup` of `virtio0`, which flattens the image under it, the VM paused meanwhile
+//! `blockdev-backup` of `virtio0`, which flattens the image under it, the VM paused meanwhile
 //! for CreateImage without NoReboot), `qemu-img convert` otherwise; a copy of the source
 //! file for CopySnapshot. Files no snapshot names are removed.
 //!
@@ -364,7 +364,7 @@ impl<L: Link> Agent<L> {
                         let vm = self.attached_vm(v, live);
                         match vm {
                             // A root volume: flattened (the image under it included).
-                            Some(vm) if v.root => root_backup(&vm, s.id.as_str(), s.pause_vm, &tmp).await,
+                            Some(vm) if v.root => root_backup(&vm, s.id.as_str(), v.size_gb, s.pause_vm, &tmp).await,
                             Some(vm) => backup(&vm, &disk, s.id.as_str(), v.size_gb, &tmp).await,
                             None => qemu_img_convert(&disk.path, &tmp).await,
                         }
@@ -1370,22 +1370,30 @@ async fn qemu_img_convert(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// A point-in-time copy of a volume in a running VM: `blockdev-backup` (sync=full) into a
 /// new qcow2 file, waiting for the job to end.
 async fn backup(vm: &Vm, disk: &VolumeDisk, snapshot: &str, size_gb: i64, target: &Path) -> anyhow::Result<()> {
+    backup_from(vm, &disk.node(), snapshot, size_gb, target).await
+}
+
+/// `backup` of the block device or node `device` (a root drive, `virtio0`, reads through
+/// its image: the copy is standalone).
+async fn backup_from(vm: &Vm, device: &str, snapshot: &str, size_gb: i64, target: &Path) -> anyhow::Result<()> {
     qemu_img_create(target, size_gb, None).await?;
     let node = format!("sn{}", snapshot.trim_start_matches("snap-"));
     let job = format!("job-{snapshot}");
     let mut q = vm.qmp().await?;
+    // Handed over open: the VM's QEMU runs as a user that may open no file of the host.
+    let fdset = q.add_fd(&open_rw(target)?).await?;
     q.execute(
         "blockdev-add",
         Some(serde_json::json!({
             "driver": "qcow2", "node-name": node,
-            "file": {"driver": "file", "filename": target.display().to_string()}
+            "file": {"driver": "file", "filename": format!("/dev/fdset/{fdset}")}
         })),
     )
     .await?;
     let result = async {
         q.execute(
             "blockdev-backup",
-            Some(serde_json::json!({"job-id": job, "device": disk.node(), "target": node, "sync": "full", "auto-dismiss": false})),
+            Some(serde_json::json!({"job-id": job, "device": device, "target": node, "sync": "full", "auto-dismiss": false})),
         )
         .await?;
         wait_job(&mut q, &job).await
@@ -1418,29 +1426,22 @@ async fn wait_job(q: &mut crate::hypervisor::qmp::Qmp, job: &str) -> anyhow::Res
 }
 
 /// CreateImage of a running instance: a full, standalone copy of its root drive (`virtio0`,
-/// backing file included) by `drive-backup`, the VM paused meanwhile when asked.
-async fn root_backup(vm: &Vm, snapshot: &str, pause: bool, target: &Path) -> anyhow::Result<()> {
-    let mut q = vm.qmp().await?;
-    let job = format!("job-{snapshot}");
+/// its image included), the VM paused meanwhile when asked. The target is made here and
+/// handed over open (`backup_from`): the VM's QEMU may run as a user that opens no file.
+async fn root_backup(vm: &Vm, snapshot: &str, size_gb: i64, pause: bool, target: &Path) -> anyhow::Result<()> {
     if pause {
-        q.execute("stop", None).await?;
+        vm.qmp().await?.execute("stop", None).await?;
     }
-    let result = async {
-        q.execute(
-            "drive-backup",
-            Some(serde_json::json!({
-                "job-id": job, "device": "virtio0", "target": target.display().to_string(),
-                "format": "qcow2", "sync": "full", "mode": "absolute-paths", "auto-dismiss": false
-            })),
-        )
-        .await?;
-        wait_job(&mut q, &job).await
-    }
-    .await;
+    let result = backup_from(vm, "virtio0", snapshot, size_gb, target).await;
     if pause {
-        q.execute("cont", None).await?;
+        vm.qmp().await?.execute("cont", None).await?;
     }
     result
+}
+
+/// A file opened for reading and writing, to hand to a VM's QEMU.
+fn open_rw(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("opening {}", path.display()))
 }
 
 /// Whether the VM has a device with this id.
@@ -1456,7 +1457,8 @@ async fn hotplug(vm: &Vm, disk: &VolumeDisk) -> anyhow::Result<()> {
     if device_present(&mut q, &disk.device_id()).await? {
         return Ok(());
     }
-    if let Err(e) = q.execute("blockdev-add", Some(disk.blockdev())).await {
+    let fdset = q.add_fd(&open_rw(&disk.path)?).await?;
+    if let Err(e) = q.execute("blockdev-add", Some(disk.blockdev_at(&format!("/dev/fdset/{fdset}")))).await {
         // Left from an earlier try: the node may exist already.
         tracing::debug!(error = %e, "blockdev-add");
     }

@@ -82,7 +82,24 @@ impl Qmp {
     /// to or from a file with no shell or helper process in between). QEMU keeps its own
     /// copy: the caller's file may close at once.
     pub async fn getfd(&mut self, name: &str, file: &impl AsRawFd) -> Result<(), QmpError> {
-        let text = message("getfd", Some(json!({ "fdname": name })));
+        self.with_fd("getfd", json!({ "fdname": name }), file).await.map(drop)
+    }
+
+    /// Hands QEMU an open file in a new fd set (`add-fd`); returns the set's id, for a
+    /// later command to open `/dev/fdset/ID` (a VM that runs as its own user opens no file
+    /// by path after its start: the agent opens it and hands the descriptor over).
+    pub async fn add_fd(&mut self, file: &impl AsRawFd) -> Result<u64, QmpError> {
+        let answer = self.with_fd("add-fd", json!({}), file).await?;
+        answer["fdset-id"].as_u64().ok_or_else(|| QmpError::Command {
+            command: "add-fd".into(),
+            class: "GenericError".into(),
+            desc: format!("no fdset-id in {answer}"),
+        })
+    }
+
+    /// `command` with `file`'s descriptor attached.
+    async fn with_fd(&mut self, command: &str, arguments: Value, file: &impl AsRawFd) -> Result<Value, QmpError> {
+        let text = message(command, Some(arguments));
         let fd = file.as_raw_fd();
         let stream: &UnixStream = self.writer.as_ref();
         let sock = stream.as_raw_fd();
@@ -90,9 +107,12 @@ impl Qmp {
         // the command from it, so anything short is an error.
         let sent = stream.async_io(tokio::io::Interest::WRITABLE, || send_with_fd(sock, text.as_bytes(), fd)).await?;
         if sent != text.len() {
-            return Err(QmpError::Io(std::io::Error::new(std::io::ErrorKind::WriteZero, "getfd sent in part")));
+            return Err(QmpError::Io(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "a command with a descriptor sent in part",
+            )));
         }
-        self.answer("getfd").await.map(drop)
+        self.answer(command).await
     }
 
     async fn answer(&mut self, command: &str) -> Result<Value, QmpError> {

@@ -54,7 +54,8 @@ pub fn parse_public_pool(s: &str) -> anyhow::Result<Ipv4Cidr> {
     Ok(c)
 }
 
-fn short_hash(s: &str, n: usize) -> String {
+/// The first `n` hex digits of SHA-256(s).
+pub fn short_hash(s: &str, n: usize) -> String {
     hex::encode(sha2::Sha256::digest(s.as_bytes()))[..n].to_owned()
 }
 
