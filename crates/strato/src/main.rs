@@ -91,9 +91,10 @@ enum Command {
         /// backlog); a request's head must arrive within 10 s and its body within 30 s.
         #[arg(long, env = "STRATO_MAX_CONNECTIONS", default_value_t = strato::api::listen::MAX_CONNECTIONS)]
         max_connections: usize,
-        /// The users VMs run as, FIRST-LAST (each QEMU drops root to a user of its own from
-        /// this range before its guest runs; no capability, no file of the host or of other
-        /// VMs it may open), or `root` to run them as root.
+        /// The users VMs run as, FIRST-LAST (each cold-booted VM's QEMU drops root to a user
+        /// of its own from this range before its guest runs: no capability, and no file of
+        /// the data dir it may open; launch-snapshot restores still run as root), or `root`
+        /// to run every VM as root.
         #[arg(long, env = "STRATO_VM_USERS", default_value = "2900000000-2900065535")]
         vm_users: String,
     },
