@@ -1047,6 +1047,39 @@ pub async fn volume(cache: &std::path::Path) -> anyhow::Result<()> {
 /// `strato bench schedule`: RunInstances answer time (placement included, one instance per
 /// call, through the signed API) with `hosts` simulated hosts spread over the zones, then
 /// the host monitor's pass after one host dies: how long it takes to recover its instances.
+/// A control plane on a fresh data dir for the simulated-host benchmarks: the admin's
+/// credentials (with room for any number of vCPUs) and the minimal image.
+async fn sim_control(
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+    database: Option<&str>,
+    host_timeout: Duration,
+) -> anyhow::Result<(Arc<crate::control::Control>, Credentials, crate::ids::ImageId)> {
+    let mut control = server::open_control(dir, database, "local-1", None).await?;
+    control.host_timeout = host_timeout;
+    let control = Arc::new(control);
+    let creds = server::ensure_admin(&control).await?;
+    control
+        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, 10_000_000)
+        .await
+        .map_err(crate::api::error::ApiError::into_anyhow)?;
+    let (_, image, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
+    Ok((control, creds, image))
+}
+
+/// A simulated host's description.
+fn sim_host(name: &str, zone: Option<String>, vcpus: u32, memory_mib: u64) -> crate::control::hosts::HostSpec {
+    crate::control::hosts::HostSpec {
+        name: name.to_owned(),
+        zone,
+        vcpus,
+        memory_mib,
+        vcpu_overcommit: 1.0,
+        memory_overcommit: 1.0,
+        underlay: None,
+    }
+}
+
 pub async fn schedule(
     cache: &std::path::Path,
     hosts: usize,
@@ -1068,28 +1101,11 @@ async fn schedule_in(
     database: Option<&str>,
 ) -> anyhow::Result<()> {
     use crate::agent::sim::SimAgent;
-    use crate::control::hosts::HostSpec;
-    let mut control = server::open_control(dir, database, "local-1", None).await?;
-    control.host_timeout = Duration::from_secs(2);
-    let control = Arc::new(control);
-    let creds = server::ensure_admin(&control).await?;
-    control
-        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, 100_000)
-        .await
-        .map_err(crate::api::error::ApiError::into_anyhow)?;
-    let (_, image, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
+    let (control, creds, image) = sim_control(dir, cache, database, Duration::from_secs(2)).await?;
     let zones = control.region.zones.clone();
     let mut agents = Vec::new();
     for n in 0..hosts {
-        let spec = HostSpec {
-            name: format!("sim{n}"),
-            zone: Some(zones[n % zones.len()].clone()),
-            vcpus: 1024,
-            memory_mib: 1 << 20,
-            vcpu_overcommit: 1.0,
-            memory_overcommit: 1.0,
-            underlay: None,
-        };
+        let spec = sim_host(&format!("sim{n}"), Some(zones[n % zones.len()].clone()), 1024, 1 << 20);
         let agent = SimAgent::register(control.clone(), &spec).await?.with_real_tick();
         let host = agent.host().clone();
         agents.push((host, tokio::spawn(agent.run())));
@@ -1171,22 +1187,8 @@ async fn reads_in(
 ) -> anyhow::Result<()> {
     use crate::agent::sim::SimAgent;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let control = Arc::new(server::open_control(dir, database, "local-1", None).await?);
-    let creds = server::ensure_admin(&control).await?;
-    control
-        .set_vcpu_quota(crate::control::ADMIN_ACCOUNT, 10_000_000)
-        .await
-        .map_err(crate::api::error::ApiError::into_anyhow)?;
-    let (_, image, _) = server::build_and_register(&control, cache, crate::image::Kind::Minimal, false).await?;
-    let spec = crate::control::hosts::HostSpec {
-        name: "sim0".into(),
-        zone: None,
-        vcpus: 1 << 20,
-        memory_mib: 1 << 30,
-        vcpu_overcommit: 1.0,
-        memory_overcommit: 1.0,
-        underlay: None,
-    };
+    let (control, creds, image) = sim_control(dir, cache, database, crate::control::hosts::HOST_TIMEOUT).await?;
+    let spec = sim_host("sim0", None, 1 << 20, 1 << 30);
     let agent = SimAgent::register(control.clone(), &spec).await?.with_real_tick();
     let agent = tokio::spawn(agent.run());
     let (addr, stop, server_task) = api_in_process(&control).await?;

@@ -33,6 +33,16 @@ fn wait_state(cloud: &Cloud, id: &str, state: &str) {
     }
 }
 
+/// Waits (up to 2 minutes) until the agent has saved a launch snapshot.
+fn wait_for_launch_snapshot(cloud: &Cloud) {
+    let snapshots = cloud.dir.path().join("launch-snapshots");
+    let start = Instant::now();
+    while !std::fs::read_dir(&snapshots).into_iter().flatten().flatten().any(|e| e.path().join("state").exists()) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the launch snapshot was never made");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// What identifies a guest, read inside it.
 const IDENTITY: &str = "i=0; while [ ! -f /tmp/user-data-ran ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk '{print $4}'; \
     for f in /etc/dropbear/*host_key; do dropbearkey -y -f $f | grep Fingerprint; done; \
@@ -88,12 +98,7 @@ fn restored_instances_each_get_their_own_identity(image: &str) {
     // Debian's has no fw_cfg driver built in, and takes DHCP.
     let fw_cfg = image == "strato-minimal-fast-x86_64";
     assert_eq!(console(&cloud, &first).contains("(fw_cfg identity)"), fw_cfg, "{}", console(&cloud, &first));
-    let snapshots = cloud.dir.path().join("launch-snapshots");
-    let start = Instant::now();
-    while !std::fs::read_dir(&snapshots).into_iter().flatten().flatten().any(|e| e.path().join("state").exists()) {
-        assert!(start.elapsed() < Duration::from_secs(120), "the launch snapshot was never made");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_launch_snapshot(&cloud);
 
     // The agent's warm pool (one VM by default) fills once the snapshot is there.
     let pool = cloud.dir.path().join("warm-pool");
@@ -258,12 +263,7 @@ fn a_crash_right_after_restored_launches_leaves_every_instance_working() {
     };
     // The first launch boots cold and has the snapshot made.
     let first = run(&cloud);
-    let snapshots = cloud.dir.path().join("launch-snapshots");
-    let start = Instant::now();
-    while !std::fs::read_dir(&snapshots).into_iter().flatten().flatten().any(|e| e.path().join("state").exists()) {
-        assert!(start.elapsed() < Duration::from_secs(120), "the launch snapshot was never made");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_launch_snapshot(&cloud);
     let mut launched = vec![first];
     for delay in [Duration::from_millis(50), Duration::from_millis(300), Duration::from_millis(1000)] {
         launched.push(run(&cloud));
