@@ -468,6 +468,9 @@ async fn ensure_dnsmasq(site: &Site, view: &VpcView) -> anyhow::Result<()> {
             let mut argv: Vec<&str> = vec!["netns", "exec", &ns, "dnsmasq"];
             argv.extend(args.iter().map(String::as_str));
             run("ip", &argv).await.context("starting dnsmasq")?;
+            // It made its lease, pid and log files with its own umask (022); it rewrites
+            // them in place after.
+            crate::secrets::make_private(&dir)?;
         }
     }
     Ok(())
@@ -842,8 +845,6 @@ impl Network {
             applied.ruleset = text;
         }
         ensure_dnsmasq(&site, view).await?;
-        // dnsmasq makes its lease, pid and log files with its own umask (022).
-        crate::secrets::make_private(&site.vpc_dir(&view.vpc_id))?;
         self.imds.ensure(&view.vpc_id, &ns)?;
         if let Some(a) = self.applied.get_mut(&view.vpc_id) {
             a.view = Some(view.clone());
